@@ -1,0 +1,128 @@
+//! Rank/world discovery and the [`Collective`] trait that the trainer all-reduces through.
+//!
+//! Three implementations, chosen by [`connect`]:
+//! - [`Local`]: a world of one (a plain `mtrec-worker` run); every collective is the identity.
+//! - [`MpiCollective`]: CPU tensors reduced with MPI (rsmpi), when launched by `mpirun` or `srun`.
+//! - [`NcclCollective`]: CUDA tensors reduced in place with NCCL (cudarc, loaded at run time so the
+//!   code builds and links without CUDA); MPI bootstraps the communicator and reduces host values.
+//!
+//! This crate knows nothing about models or training: it moves tensors and numbers between ranks.
+
+mod local;
+mod mpi_collective;
+mod nccl;
+
+pub use local::Local;
+pub use mpi_collective::MpiCollective;
+pub use mpi_collective::mpi_library_version;
+pub use nccl::{NcclCollective, nccl_library_status};
+
+use tch::Tensor;
+
+/// Everything that can go wrong while discovering the world or moving data between ranks.
+#[derive(Debug, thiserror::Error)]
+pub enum DistError {
+    #[error("MPI could not be initialised (was it already initialised in this process?)")]
+    MpiInit,
+    #[error("{op}: tensor must be {expected}, got {got}")]
+    UnsupportedTensor { op: &'static str, expected: &'static str, got: String },
+    #[error("{op}: root rank {root} is outside the world of {world_size} ranks")]
+    BadRoot { op: &'static str, root: usize, world_size: usize },
+    #[error("NCCL: {0}")]
+    Nccl(String),
+    #[error("torch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+/// Where this process sits in the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// Global rank, `0..world_size`.
+    pub rank: usize,
+    /// Number of processes in the job.
+    pub world_size: usize,
+    /// Rank among the processes on this node (the GPU this rank drives).
+    pub local_rank: usize,
+    /// Number of processes on this node.
+    pub local_size: usize,
+}
+
+impl Placement {
+    /// A world of one.
+    pub const SINGLE: Placement = Placement { rank: 0, world_size: 1, local_rank: 0, local_size: 1 };
+
+    /// Rank 0 logs the run and writes checkpoints.
+    pub fn is_main(&self) -> bool {
+        self.rank == 0
+    }
+}
+
+/// Reductions between the ranks of one job. Every rank must call the same collectives in the
+/// same order with tensors of the same shape; implementations check what they can locally.
+pub trait Collective {
+    /// Where this rank sits.
+    fn placement(&self) -> Placement;
+
+    /// Replaces `tensor` on every rank by the element-wise mean over ranks.
+    fn all_reduce_mean(&self, tensor: &mut Tensor) -> Result<(), DistError>;
+
+    /// Replaces `tensor` on every rank by its value on `root`.
+    fn broadcast(&self, tensor: &mut Tensor, root: usize) -> Result<(), DistError>;
+
+    /// Element-wise sum over ranks of host values (metric sums, counts, checksums).
+    fn all_reduce_sum_f64(&self, values: &mut [f64]) -> Result<(), DistError>;
+
+    /// Short name for logs: `local`, `mpi`, `nccl`.
+    fn backend(&self) -> &'static str;
+}
+
+/// True when this process was started by an MPI launcher (`mpirun`, `srun --mpi=pmix`, ...).
+pub fn launched_by_mpi() -> bool {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS", "MV2_COMM_WORLD_SIZE"]
+        .iter()
+        .any(|var| std::env::var_os(var).is_some())
+}
+
+/// Which collective a rank wants: CPU (MPI) or GPU (NCCL). A world of one is always [`Local`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Cpu,
+    Cuda,
+}
+
+/// Discovers the world and returns its collective: [`Local`] for a plain run, otherwise MPI
+/// (CPU tensors) or NCCL bootstrapped over MPI (CUDA tensors, device = local rank).
+pub fn connect(backend: Backend) -> Result<Box<dyn Collective>, DistError> {
+    if !launched_by_mpi() {
+        return Ok(Box::new(Local));
+    }
+    let mpi = MpiCollective::init()?;
+    Ok(match backend {
+        Backend::Cpu => Box::new(mpi),
+        Backend::Cuda => Box::new(NcclCollective::new(mpi)?),
+    })
+}
+
+/// Element count of a tensor that a collective may reduce in place: contiguous, one of the
+/// float types this crate moves, on the expected kind of device.
+fn check_reducible(op: &'static str, tensor: &Tensor, cuda: bool) -> Result<usize, DistError> {
+    let on_cuda = tensor.device().is_cuda();
+    let float = matches!(tensor.kind(), tch::Kind::Float | tch::Kind::Double | tch::Kind::BFloat16);
+    if on_cuda != cuda || !tensor.is_contiguous() || !float {
+        return Err(DistError::UnsupportedTensor {
+            op,
+            expected: if cuda {
+                "a contiguous f32/f64/bf16 CUDA tensor"
+            } else {
+                "a contiguous f32/f64 CPU tensor"
+            },
+            got: format!(
+                "{:?} on {:?}{}",
+                tensor.kind(),
+                tensor.device(),
+                if tensor.is_contiguous() { "" } else { " (not contiguous)" }
+            ),
+        });
+    }
+    Ok(tensor.numel())
+}

@@ -1,0 +1,116 @@
+use crate::{Collective, DistError, Placement, check_reducible};
+use mpi::collective::SystemOperation;
+use mpi::datatype::Equivalence;
+use mpi::topology::{Communicator, SimpleCommunicator};
+use mpi::traits::*;
+use tch::{Kind, Tensor};
+
+/// CPU collectives over MPI. Owns the MPI environment: dropping it finalises MPI, so it lives as
+/// long as the job.
+pub struct MpiCollective {
+    world: SimpleCommunicator,
+    placement: Placement,
+    // Declared last: finalises MPI after the communicators above are released.
+    _universe: mpi::environment::Universe,
+}
+
+impl std::fmt::Debug for MpiCollective {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MpiCollective").field("placement", &self.placement).finish()
+    }
+}
+
+impl MpiCollective {
+    /// Initialises MPI and reads rank, world size and the node-local rank (shared-memory split).
+    pub fn init() -> Result<Self, DistError> {
+        let universe = mpi::initialize().ok_or(DistError::MpiInit)?;
+        let world = universe.world();
+        let node = world.split_shared(world.rank());
+        let placement = Placement {
+            rank: world.rank() as usize,
+            world_size: world.size() as usize,
+            local_rank: node.rank() as usize,
+            local_size: node.size() as usize,
+        };
+        Ok(MpiCollective { world, placement, _universe: universe })
+    }
+
+    /// Broadcasts raw bytes from `root` (same length on every rank).
+    pub(crate) fn broadcast_bytes(&self, bytes: &mut [u8], root: usize) {
+        self.world.process_at_rank(root as i32).broadcast_into(bytes);
+    }
+
+    fn check_root(&self, op: &'static str, root: usize) -> Result<(), DistError> {
+        if root >= self.placement.world_size {
+            return Err(DistError::BadRoot { op, root, world_size: self.placement.world_size });
+        }
+        Ok(())
+    }
+}
+
+/// The tensor's storage as a mutable slice of `T`.
+///
+/// # Safety
+/// `tensor` must be a contiguous CPU tensor whose element type is `T`, with `numel` elements,
+/// and no other view of it may be used while the slice lives.
+unsafe fn host_slice<T>(tensor: &mut Tensor, numel: usize) -> &mut [T] {
+    // SAFETY: guaranteed by the caller.
+    unsafe { std::slice::from_raw_parts_mut(tensor.data_ptr() as *mut T, numel) }
+}
+
+fn sum_in_place<T: Equivalence + Copy>(world: &SimpleCommunicator, values: &mut [T]) {
+    let send = values.to_vec();
+    world.all_reduce_into(&send[..], values, SystemOperation::sum());
+}
+
+impl Collective for MpiCollective {
+    fn placement(&self) -> Placement {
+        self.placement
+    }
+
+    fn all_reduce_mean(&self, tensor: &mut Tensor) -> Result<(), DistError> {
+        let numel = check_reducible("all_reduce_mean", tensor, false)?;
+        match tensor.kind() {
+            // SAFETY: checked contiguous, on the CPU, of this element type.
+            Kind::Float => sum_in_place(&self.world, unsafe { host_slice::<f32>(tensor, numel) }),
+            Kind::Double => sum_in_place(&self.world, unsafe { host_slice::<f64>(tensor, numel) }),
+            other => {
+                return Err(DistError::UnsupportedTensor {
+                    op: "all_reduce_mean",
+                    expected: "f32 or f64 on the CPU",
+                    got: format!("{other:?}"),
+                });
+            }
+        }
+        let _ = tensor.f_div_scalar_(self.placement.world_size as f64)?;
+        Ok(())
+    }
+
+    fn broadcast(&self, tensor: &mut Tensor, root: usize) -> Result<(), DistError> {
+        self.check_root("broadcast", root)?;
+        let numel = check_reducible("broadcast", tensor, false)?;
+        let bytes = numel * tensor.kind().elt_size_in_bytes();
+        // SAFETY: checked contiguous and on the CPU; viewed as bytes.
+        let slice = unsafe { host_slice::<u8>(tensor, bytes) };
+        self.broadcast_bytes(slice, root);
+        Ok(())
+    }
+
+    fn all_reduce_sum_f64(&self, values: &mut [f64]) -> Result<(), DistError> {
+        sum_in_place(&self.world, values);
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "mpi"
+    }
+}
+
+/// The MPI library this binary runs with, for `mtrec-worker doctor`.
+pub fn mpi_library_version() -> String {
+    let (major, minor) = mpi::environment::version();
+    let library = mpi::environment::library_version().unwrap_or_else(|_| "unknown".into());
+    let first_line =
+        library.lines().next().unwrap_or("").trim_matches(|c: char| c.is_whitespace() || c == '\0');
+    format!("MPI {major}.{minor}: {first_line}")
+}

@@ -1,0 +1,153 @@
+//! GPU collectives with NCCL, through cudarc with dynamic loading: `libnccl` and `libcuda` are
+//! opened at run time, so this builds (and CI compiles it) on machines without CUDA.
+//!
+//! Tensors are reduced in place through their device pointers on the legacy default stream
+//! (stream 0), the stream libtorch's kernels run on unless told otherwise, so the reduction is
+//! ordered after the backward pass that produced the gradients without a host synchronisation.
+use crate::{Collective, DistError, MpiCollective, Placement, check_reducible};
+use cudarc::driver::result as cuda;
+use cudarc::nccl::{result as nccl, sys};
+use tch::{Kind, Tensor};
+
+/// NCCL communicator over all ranks, one GPU per rank (device = local rank).
+pub struct NcclCollective {
+    comm: sys::ncclComm_t,
+    device: usize,
+    mpi: MpiCollective,
+}
+
+impl std::fmt::Debug for NcclCollective {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NcclCollective")
+            .field("placement", &self.mpi.placement())
+            .field("device", &self.device)
+            .finish()
+    }
+}
+
+fn nccl_err(what: &str, err: impl std::fmt::Debug) -> DistError {
+    DistError::Nccl(format!("{what}: {err:?}"))
+}
+
+/// NCCL's version when its library can be opened, otherwise what to do about it.
+pub fn nccl_library_status() -> Result<String, String> {
+    // SAFETY: only tries to open the library by name.
+    if !unsafe { sys::is_culib_present() } {
+        return Err("libnccl.so not found on the loader path: install NCCL, or put a directory holding \
+                    libnccl.so (a link to the libnccl.so.2 of the nvidia-nccl wheel) on LD_LIBRARY_PATH \
+                    (launch/mpirun.sh does this for the venv's PyTorch)"
+            .into());
+    }
+    let code = nccl::get_nccl_version().map_err(|e| format!("ncclGetVersion failed: {e:?}"))?;
+    Ok(format!("{}.{}.{}", code / 10000, (code / 100) % 100, code % 100))
+}
+
+impl NcclCollective {
+    /// Makes GPU `local_rank` current, has rank 0 create the communicator id, broadcasts it over
+    /// MPI and joins the communicator.
+    pub fn new(mpi: MpiCollective) -> Result<Self, DistError> {
+        let placement = mpi.placement();
+        nccl_library_status().map_err(DistError::Nccl)?;
+        let device = placement.local_rank;
+        // SAFETY: plain driver calls; the primary context stays retained for the process.
+        unsafe {
+            cuda::init().map_err(|e| nccl_err("cuInit", e))?;
+            let dev = cuda::device::get(device as i32).map_err(|e| nccl_err("cuDeviceGet", e))?;
+            let ctx = cuda::primary_ctx::retain(dev).map_err(|e| nccl_err("cuDevicePrimaryCtxRetain", e))?;
+            cuda::ctx::set_current(ctx).map_err(|e| nccl_err("cuCtxSetCurrent", e))?;
+        }
+        let mut id = if placement.rank == 0 {
+            nccl::get_uniqueid().map_err(|e| nccl_err("ncclGetUniqueId", e))?
+        } else {
+            sys::ncclUniqueId { internal: [0; 128] }
+        };
+        // SAFETY: the id is 128 plain bytes.
+        let id_bytes = unsafe { std::slice::from_raw_parts_mut(id.internal.as_mut_ptr() as *mut u8, 128) };
+        mpi.broadcast_bytes(id_bytes, 0);
+        let mut comm: sys::ncclComm_t = std::ptr::null_mut();
+        // SAFETY: `comm` is a valid out-pointer; every rank passes the same id and world size.
+        unsafe {
+            nccl::comm_init_rank(&mut comm, placement.world_size as i32, id, placement.rank as i32)
+                .map_err(|e| nccl_err("ncclCommInitRank", e))?;
+        }
+        tracing::info!(rank = placement.rank, device, "NCCL communicator ready");
+        Ok(NcclCollective { comm, device, mpi })
+    }
+
+    /// The CUDA device this rank drives.
+    pub fn device(&self) -> tch::Device {
+        tch::Device::Cuda(self.device)
+    }
+}
+
+fn nccl_type(kind: Kind) -> Result<sys::ncclDataType_t, DistError> {
+    match kind {
+        Kind::Float => Ok(sys::ncclDataType_t::ncclFloat32),
+        Kind::Double => Ok(sys::ncclDataType_t::ncclFloat64),
+        Kind::BFloat16 => Ok(sys::ncclDataType_t::ncclBfloat16),
+        other => Err(DistError::UnsupportedTensor {
+            op: "nccl",
+            expected: "f32, f64 or bf16",
+            got: format!("{other:?}"),
+        }),
+    }
+}
+
+impl Collective for NcclCollective {
+    fn placement(&self) -> Placement {
+        self.mpi.placement()
+    }
+
+    fn all_reduce_mean(&self, tensor: &mut Tensor) -> Result<(), DistError> {
+        let count = check_reducible("all_reduce_mean", tensor, true)?;
+        let datatype = nccl_type(tensor.kind())?;
+        let ptr = tensor.data_ptr();
+        // SAFETY: contiguous CUDA tensor of `count` elements of `datatype`, reduced in place.
+        unsafe {
+            nccl::all_reduce(
+                ptr,
+                ptr,
+                count,
+                datatype,
+                sys::ncclRedOp_t::ncclAvg,
+                self.comm,
+                std::ptr::null_mut(),
+            )
+            .map_err(|e| nccl_err("ncclAllReduce", e))?;
+        }
+        Ok(())
+    }
+
+    fn broadcast(&self, tensor: &mut Tensor, root: usize) -> Result<(), DistError> {
+        let world_size = self.placement().world_size;
+        if root >= world_size {
+            return Err(DistError::BadRoot { op: "broadcast", root, world_size });
+        }
+        let count = check_reducible("broadcast", tensor, true)?;
+        let datatype = nccl_type(tensor.kind())?;
+        let ptr = tensor.data_ptr();
+        // SAFETY: as in all_reduce_mean.
+        unsafe {
+            nccl::broadcast(ptr, ptr, count, datatype, root as i32, self.comm, std::ptr::null_mut())
+                .map_err(|e| nccl_err("ncclBroadcast", e))?;
+        }
+        Ok(())
+    }
+
+    fn all_reduce_sum_f64(&self, values: &mut [f64]) -> Result<(), DistError> {
+        self.mpi.all_reduce_sum_f64(values)
+    }
+
+    fn backend(&self) -> &'static str {
+        "nccl"
+    }
+}
+
+impl Drop for NcclCollective {
+    fn drop(&mut self) {
+        // SAFETY: the communicator was created by comm_init_rank and is not used after this.
+        if let Err(e) = unsafe { nccl::comm_destroy(self.comm) } {
+            tracing::warn!("ncclCommDestroy failed: {e:?}");
+        }
+    }
+}

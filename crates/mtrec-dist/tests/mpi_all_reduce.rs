@@ -1,0 +1,52 @@
+//! The MPI collective on real ranks: this test re-launches itself under `mpirun -n 2`, and each
+//! rank checks the averaged and broadcast values.
+use mtrec_dist::{Backend, connect, launched_by_mpi};
+use std::process::Command;
+use tch::Tensor;
+
+fn rank_body() {
+    let collective = connect(Backend::Cpu).expect("MPI world");
+    let p = collective.placement();
+    assert_eq!(p.world_size, 2, "expected a world of 2");
+    assert_eq!(collective.backend(), "mpi");
+    let r = p.rank as f32;
+    // rank 0 holds [0, 1, 2, 3, 4], rank 1 holds [10, 11, 12, 13, 14]: the mean is [5, 6, ...].
+    let mut t = Tensor::arange(5, (tch::Kind::Float, tch::Device::Cpu)) + 10.0 * r as f64;
+    collective.all_reduce_mean(&mut t).expect("all-reduce");
+    assert_eq!(Vec::<f32>::try_from(&t).unwrap(), vec![5.0, 6.0, 7.0, 8.0, 9.0], "rank {}", p.rank);
+
+    // f64 buffers and a view created from a larger tensor (contiguous slice) work too.
+    let mut d = Tensor::from_slice(&[r as f64 * 2.0 + 1.0, -(r as f64)]);
+    collective.all_reduce_mean(&mut d).expect("all-reduce f64");
+    assert_eq!(Vec::<f64>::try_from(&d).unwrap(), vec![2.0, -0.5]);
+
+    let mut b = Tensor::from_slice(&[r + 1.0, r + 2.0]);
+    collective.broadcast(&mut b, 1).expect("broadcast");
+    assert_eq!(Vec::<f32>::try_from(&b).unwrap(), vec![2.0, 3.0]);
+
+    let mut sums = [r as f64, 1.0];
+    collective.all_reduce_sum_f64(&mut sums).expect("sum");
+    assert_eq!(sums, [1.0, 2.0]);
+
+    // A non-contiguous tensor is refused, not silently reduced wrong.
+    let mut strided = Tensor::zeros([3, 2], (tch::Kind::Float, tch::Device::Cpu)).transpose(0, 1);
+    assert!(collective.all_reduce_mean(&mut strided).is_err());
+}
+
+#[test]
+fn two_ranks_average_a_tensor() {
+    if launched_by_mpi() {
+        rank_body();
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new("mpirun")
+        .args(["-n", "2", "--oversubscribe", "--allow-run-as-root"])
+        .arg(exe)
+        .args(["--exact", "two_ranks_average_a_tensor", "--test-threads=1", "--color=never"])
+        .output()
+        .expect("mpirun must be installed (ci/setup.sh)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "2-rank run failed:\n{text}");
+    assert_eq!(text.matches("test result: ok. 1 passed").count(), 2, "both ranks must pass:\n{text}");
+}
