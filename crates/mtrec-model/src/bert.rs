@@ -1,0 +1,401 @@
+//! BERT in tch, one struct per Hugging Face module, with HF parameter names
+//! (`embeddings.word_embeddings.weight`, `encoder.layer.3.attention.self.query.weight`, ...), so a
+//! `model.safetensors` of `transformers.BertModel` (with or without the `bert.` prefix) loads by name.
+//! Reference: `transformers/models/bert/modeling_bert.py` (Devlin et al. 2019).
+use crate::ModelError;
+use serde::Deserialize;
+use std::path::Path;
+use tch::{Kind, Tensor, nn, nn::Module};
+
+/// The fields of a Hugging Face `config.json` that a BERT encoder needs.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+pub struct BertConfig {
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    pub intermediate_size: i64,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    pub max_position_embeddings: i64,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: i64,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: i64,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_type_vocab() -> i64 {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+
+impl BertConfig {
+    /// Reads `config.json` of a Hugging Face model folder.
+    pub fn from_model_dir(dir: &Path) -> Result<Self, ModelError> {
+        let path = dir.join("config.json");
+        let text =
+            std::fs::read_to_string(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
+        let config: BertConfig = serde_json::from_str(&text)
+            .map_err(|e| ModelError::Config { path: path.clone(), reason: e.to_string() })?;
+        if config.hidden_size % config.num_attention_heads != 0 {
+            return Err(ModelError::Config {
+                path,
+                reason: format!(
+                    "hidden_size {} is not a multiple of num_attention_heads {}",
+                    config.hidden_size, config.num_attention_heads
+                ),
+            });
+        }
+        if !matches!(config.hidden_act.as_str(), "gelu" | "relu" | "gelu_new") {
+            return Err(ModelError::Config {
+                path,
+                reason: format!("unsupported hidden_act {:?}", config.hidden_act),
+            });
+        }
+        Ok(config)
+    }
+}
+
+/// HF's initializer: normal(0, 0.02) weights, zero biases.
+fn linear(p: nn::Path, input: i64, output: i64) -> nn::Linear {
+    let config = nn::LinearConfig {
+        ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 },
+        bs_init: Some(nn::Init::Const(0.0)),
+        bias: true,
+    };
+    nn::linear(p, input, output, config)
+}
+
+fn embedding(p: nn::Path, count: i64, dim: i64) -> nn::Embedding {
+    let config =
+        nn::EmbeddingConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 }, ..Default::default() };
+    nn::embedding(p, count, dim, config)
+}
+
+fn layer_norm(p: nn::Path, cfg: &BertConfig) -> nn::LayerNorm {
+    let config = nn::LayerNormConfig { eps: cfg.layer_norm_eps, ..Default::default() };
+    nn::layer_norm(p, vec![cfg.hidden_size], config)
+}
+
+/// Word + position + token-type embeddings, then LayerNorm and dropout.
+#[derive(Debug)]
+pub struct BertEmbeddings {
+    word_embeddings: nn::Embedding,
+    position_embeddings: nn::Embedding,
+    token_type_embeddings: nn::Embedding,
+    layer_norm: nn::LayerNorm,
+    dropout: f64,
+}
+
+impl BertEmbeddings {
+    pub fn new(p: &nn::Path, cfg: &BertConfig) -> Self {
+        BertEmbeddings {
+            word_embeddings: embedding(p / "word_embeddings", cfg.vocab_size, cfg.hidden_size),
+            position_embeddings: embedding(
+                p / "position_embeddings",
+                cfg.max_position_embeddings,
+                cfg.hidden_size,
+            ),
+            token_type_embeddings: embedding(
+                p / "token_type_embeddings",
+                cfg.type_vocab_size,
+                cfg.hidden_size,
+            ),
+            layer_norm: layer_norm(p / "LayerNorm", cfg),
+            dropout: cfg.hidden_dropout_prob,
+        }
+    }
+
+    /// # Shapes
+    /// `input_ids [B, L]` (int64) -> `[B, L, d]`; token types are all 0 (single-segment titles).
+    pub fn forward_t(&self, input_ids: &Tensor, train: bool) -> Tensor {
+        let len = input_ids.size()[1];
+        let positions = Tensor::arange(len, (Kind::Int64, input_ids.device()));
+        let words = self.word_embeddings.forward(input_ids);
+        // Token type 0 everywhere: row 0 of the token-type table, broadcast.
+        let token_type = self.token_type_embeddings.ws.get(0);
+        let x = words + self.position_embeddings.forward(&positions) + token_type;
+        self.layer_norm.forward(&x).dropout(self.dropout, train)
+    }
+}
+
+/// Multi-head scaled dot-product self-attention (`query`, `key`, `value`).
+#[derive(Debug)]
+pub struct BertSelfAttention {
+    query: nn::Linear,
+    key: nn::Linear,
+    value: nn::Linear,
+    heads: i64,
+    dropout: f64,
+}
+
+impl BertSelfAttention {
+    pub fn new(p: &nn::Path, cfg: &BertConfig) -> Self {
+        let d = cfg.hidden_size;
+        BertSelfAttention {
+            query: linear(p / "query", d, d),
+            key: linear(p / "key", d, d),
+            value: linear(p / "value", d, d),
+            heads: cfg.num_attention_heads,
+            dropout: cfg.attention_probs_dropout_prob,
+        }
+    }
+
+    /// # Shapes
+    /// `x [B, L, d]`, `mask [B, 1, 1, L]` (bool, true = attend; `None` = no padding) -> `[B, L, d]`.
+    pub fn forward_t(&self, x: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
+        let (b, l, d) = x.size3().expect("attention input is [B, L, d]");
+        let split = |t: Tensor| t.view([b, l, self.heads, d / self.heads]).transpose(1, 2);
+        let q = split(self.query.forward(x));
+        let k = split(self.key.forward(x));
+        let v = split(self.value.forward(x));
+        let dropout = if train { self.dropout } else { 0.0 };
+        Tensor::scaled_dot_product_attention(&q, &k, &v, mask, dropout, false, None, false)
+            .transpose(1, 2)
+            .reshape([b, l, d])
+    }
+}
+
+/// Output projection of attention, dropout, residual and LayerNorm.
+#[derive(Debug)]
+pub struct BertSelfOutput {
+    dense: nn::Linear,
+    layer_norm: nn::LayerNorm,
+    dropout: f64,
+}
+
+impl BertSelfOutput {
+    pub fn new(p: &nn::Path, cfg: &BertConfig) -> Self {
+        BertSelfOutput {
+            dense: linear(p / "dense", cfg.hidden_size, cfg.hidden_size),
+            layer_norm: layer_norm(p / "LayerNorm", cfg),
+            dropout: cfg.hidden_dropout_prob,
+        }
+    }
+
+    /// # Shapes
+    /// `hidden [B, L, d]`, `residual [B, L, d]` -> `[B, L, d]`.
+    pub fn forward_t(&self, hidden: &Tensor, residual: &Tensor, train: bool) -> Tensor {
+        let h = self.dense.forward(hidden).dropout(self.dropout, train);
+        self.layer_norm.forward(&(h + residual))
+    }
+}
+
+/// `attention.self` + `attention.output`.
+#[derive(Debug)]
+pub struct BertAttention {
+    self_attention: BertSelfAttention,
+    output: BertSelfOutput,
+}
+
+impl BertAttention {
+    pub fn new(p: &nn::Path, cfg: &BertConfig) -> Self {
+        BertAttention {
+            self_attention: BertSelfAttention::new(&(p / "self"), cfg),
+            output: BertSelfOutput::new(&(p / "output"), cfg),
+        }
+    }
+
+    /// # Shapes
+    /// `x [B, L, d]`, `mask [B, 1, 1, L]` -> `[B, L, d]`.
+    pub fn forward_t(&self, x: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
+        let h = self.self_attention.forward_t(x, mask, train);
+        self.output.forward_t(&h, x, train)
+    }
+}
+
+/// Feed-forward up-projection with the configured activation.
+#[derive(Debug)]
+pub struct BertIntermediate {
+    dense: nn::Linear,
+    act: String,
+}
+
+impl BertIntermediate {
+    pub fn new(p: &nn::Path, cfg: &BertConfig) -> Self {
+        BertIntermediate {
+            dense: linear(p / "dense", cfg.hidden_size, cfg.intermediate_size),
+            act: cfg.hidden_act.clone(),
+        }
+    }
+
+    /// # Shapes
+    /// `[B, L, d]` -> `[B, L, d_ff]`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let h = self.dense.forward(x);
+        match self.act.as_str() {
+            "relu" => h.relu(),
+            "gelu_new" => h.gelu("tanh"),
+            _ => h.gelu("none"),
+        }
+    }
+}
+
+/// Feed-forward down-projection, dropout, residual and LayerNorm.
+#[derive(Debug)]
+pub struct BertOutput {
+    dense: nn::Linear,
+    layer_norm: nn::LayerNorm,
+    dropout: f64,
+}
+
+impl BertOutput {
+    pub fn new(p: &nn::Path, cfg: &BertConfig) -> Self {
+        BertOutput {
+            dense: linear(p / "dense", cfg.intermediate_size, cfg.hidden_size),
+            layer_norm: layer_norm(p / "LayerNorm", cfg),
+            dropout: cfg.hidden_dropout_prob,
+        }
+    }
+
+    /// # Shapes
+    /// `hidden [B, L, d_ff]`, `residual [B, L, d]` -> `[B, L, d]`.
+    pub fn forward_t(&self, hidden: &Tensor, residual: &Tensor, train: bool) -> Tensor {
+        let h = self.dense.forward(hidden).dropout(self.dropout, train);
+        self.layer_norm.forward(&(h + residual))
+    }
+}
+
+/// One transformer block.
+#[derive(Debug)]
+pub struct BertLayer {
+    attention: BertAttention,
+    intermediate: BertIntermediate,
+    output: BertOutput,
+}
+
+impl BertLayer {
+    pub fn new(p: &nn::Path, cfg: &BertConfig) -> Self {
+        BertLayer {
+            attention: BertAttention::new(&(p / "attention"), cfg),
+            intermediate: BertIntermediate::new(&(p / "intermediate"), cfg),
+            output: BertOutput::new(&(p / "output"), cfg),
+        }
+    }
+
+    /// # Shapes
+    /// `x [B, L, d]`, `mask [B, 1, 1, L]` -> `[B, L, d]`.
+    pub fn forward_t(&self, x: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
+        let a = self.attention.forward_t(x, mask, train);
+        let h = self.intermediate.forward(&a);
+        self.output.forward_t(&h, &a, train)
+    }
+}
+
+/// The stack of `num_hidden_layers` blocks (`encoder.layer.{i}`).
+#[derive(Debug)]
+pub struct BertEncoder {
+    layers: Vec<BertLayer>,
+}
+
+impl BertEncoder {
+    pub fn new(p: &nn::Path, cfg: &BertConfig) -> Self {
+        let p = p / "layer";
+        BertEncoder { layers: (0..cfg.num_hidden_layers).map(|i| BertLayer::new(&(&p / i), cfg)).collect() }
+    }
+
+    /// # Shapes
+    /// `x [B, L, d]`, `mask [B, 1, 1, L]` -> `[B, L, d]`.
+    pub fn forward_t(&self, x: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
+        self.layers.iter().fold(x.shallow_clone(), |h, layer| layer.forward_t(&h, mask, train))
+    }
+}
+
+/// `BertModel` without the pooler (MTRec uses the final `[CLS]` state, not the pooled one).
+#[derive(Debug)]
+pub struct BertModel {
+    embeddings: BertEmbeddings,
+    encoder: BertEncoder,
+    pub config: BertConfig,
+}
+
+impl BertModel {
+    /// Builds the variables under `p` with HF names (`p/embeddings/...`, `p/encoder/layer/...`).
+    pub fn new(p: &nn::Path, cfg: &BertConfig) -> Self {
+        BertModel {
+            embeddings: BertEmbeddings::new(&(p / "embeddings"), cfg),
+            encoder: BertEncoder::new(&(p / "encoder"), cfg),
+            config: cfg.clone(),
+        }
+    }
+
+    /// Final hidden states of every token.
+    ///
+    /// # Shapes
+    /// `input_ids [B, L]` (int64), `attention_mask [B, L]` (bool, true = real token; `None` when
+    /// no row is padded) -> `[B, L, d]`.
+    pub fn forward_t(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, train: bool) -> Tensor {
+        let (b, l) = input_ids.size2().expect("input_ids is [B, L]");
+        let mask = attention_mask.map(|m| m.view([b, 1, 1, l]));
+        let x = self.embeddings.forward_t(input_ids, train);
+        self.encoder.forward_t(&x, mask.as_ref(), train)
+    }
+}
+
+/// Refuses pickle checkpoints: loading `.bin` / `.pt` / `.pth` can execute arbitrary code.
+pub fn weights_file(model_dir: &Path) -> Result<std::path::PathBuf, ModelError> {
+    let safetensors = model_dir.join("model.safetensors");
+    if safetensors.is_file() {
+        return Ok(safetensors);
+    }
+    for pickle in ["pytorch_model.bin", "model.bin", "model.pt", "model.pth"] {
+        if model_dir.join(pickle).is_file() {
+            return Err(ModelError::PickleCheckpoint { path: model_dir.join(pickle) });
+        }
+    }
+    Err(ModelError::MissingWeights { dir: model_dir.to_path_buf() })
+}
+
+/// Copies the tensors of a safetensors checkpoint into the variables of `vs` under `prefix`
+/// (e.g. `"bert"`), accepting checkpoint keys with or without a leading `bert.` and ignoring
+/// keys of modules this model does not have (pooler, pre-training heads). Fails with every
+/// variable that was missing or had the wrong shape.
+pub fn load_bert_weights(vs: &nn::VarStore, prefix: &str, path: &Path) -> Result<usize, ModelError> {
+    let tensors = Tensor::read_safetensors(path)
+        .map_err(|e| ModelError::Checkpoint { path: path.to_path_buf(), reason: e.to_string() })?;
+    let by_name: std::collections::HashMap<&str, &Tensor> =
+        tensors.iter().map(|(name, t)| (name.strip_prefix("bert.").unwrap_or(name.as_str()), t)).collect();
+    let mut problems = Vec::new();
+    let mut loaded = 0;
+    let mut variables = vs.variables();
+    let mut names: Vec<_> =
+        variables.keys().filter(|n| n.starts_with(&format!("{prefix}."))).cloned().collect();
+    names.sort();
+    tch::no_grad(|| {
+        for name in &names {
+            let key = &name[prefix.len() + 1..];
+            let var = variables.get_mut(name).expect("name taken from the map");
+            match by_name.get(key) {
+                None => problems.push(format!("{key}: missing from the checkpoint")),
+                Some(t) if t.size() != var.size() => problems.push(format!(
+                    "{key}: checkpoint shape {:?}, config shape {:?}",
+                    t.size(),
+                    var.size()
+                )),
+                Some(t) => {
+                    var.copy_(&t.to_kind(var.kind()));
+                    loaded += 1;
+                }
+            }
+        }
+    });
+    if problems.is_empty() {
+        Ok(loaded)
+    } else {
+        Err(ModelError::WeightsMismatch { path: path.to_path_buf(), problems })
+    }
+}

