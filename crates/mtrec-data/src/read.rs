@@ -1,0 +1,292 @@
+//! Readers of the shard files into plain vectors (the worker turns them into tensors).
+
+use std::fs::File;
+use std::path::Path;
+
+use arrow::array::{Array, ArrayRef, AsArray, ListArray, PrimitiveArray, RecordBatch};
+use arrow::datatypes::{ArrowPrimitiveType, Float32Type, Int8Type, Int32Type, Int64Type, SchemaRef};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::manifest::{Manifest, Split};
+use crate::write::{entity_schema, eval_schema, news_schema, train_schema};
+use crate::{DataError, MANIFEST_FILE};
+
+/// `news.parquet` in memory, indexed by nid; index 0 is the padding entry (empty title, no
+/// tokens, category and subcategory 0, no entities).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NewsTable {
+    /// MIND news id (`""` at 0).
+    pub news_id: Vec<String>,
+    /// Category id.
+    pub category: Vec<i64>,
+    /// Subcategory id.
+    pub subcategory: Vec<i64>,
+    /// Word-piece ids, `[CLS] ... [SEP]`.
+    pub input_ids: Vec<Vec<i32>>,
+    /// NER tag per piece (-1 on special tokens).
+    pub ner_tags: Vec<Vec<i8>>,
+    /// Entity rows (1-based) into the entity table.
+    pub entities: Vec<Vec<i32>>,
+}
+
+impl NewsTable {
+    /// Number of entries, padding included (`num_news + 1`).
+    pub fn len(&self) -> usize {
+        self.news_id.len()
+    }
+
+    /// True when not even the padding entry is present.
+    pub fn is_empty(&self) -> bool {
+        self.news_id.is_empty()
+    }
+}
+
+/// One training impression.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainImpression {
+    /// MIND impression id.
+    pub impression_id: i64,
+    /// Dense user id, `1..=num_users`.
+    pub user: i32,
+    /// Unix seconds, UTC.
+    pub time: i64,
+    /// nids, oldest first (at most `max_history`).
+    pub history: Vec<i32>,
+    /// Clicked nids.
+    pub clicked: Vec<i32>,
+    /// Shown but not clicked nids.
+    pub non_clicked: Vec<i32>,
+}
+
+/// One dev/test impression.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalImpression {
+    /// MIND impression id.
+    pub impression_id: i64,
+    /// Dense user id, 0 for users not seen in train.
+    pub user: i32,
+    /// nids, oldest first (at most `max_history`).
+    pub history: Vec<i32>,
+    /// Candidate nids in their original order.
+    pub candidates: Vec<i32>,
+    /// Labels aligned to `candidates` (1 = clicked); `None` when the split has none.
+    pub labels: Option<Vec<i8>>,
+}
+
+/// Opens a shard, checks that its schema is the contract's, and returns its record batches
+/// one at a time.
+fn batches(
+    path: &Path,
+    expected: &SchemaRef,
+) -> Result<impl Iterator<Item = Result<RecordBatch, DataError>> + use<>, DataError> {
+    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|source| DataError::Parquet { path: path.to_path_buf(), source })?;
+    let found = builder.schema().clone();
+    for field in expected.fields() {
+        let Ok(actual) = found.field_with_name(field.name()) else {
+            return Err(DataError::Schema {
+                path: path.to_path_buf(),
+                field: field.name().clone(),
+                reason: "missing".into(),
+            });
+        };
+        if !actual.data_type().equals_datatype(field.data_type()) {
+            return Err(DataError::Schema {
+                path: path.to_path_buf(),
+                field: field.name().clone(),
+                reason: format!("expected {}, found {}", field.data_type(), actual.data_type()),
+            });
+        }
+    }
+    let reader = builder
+        .with_batch_size(8192)
+        .build()
+        .map_err(|source| DataError::Parquet { path: path.to_path_buf(), source })?;
+    let path = path.to_path_buf();
+    Ok(reader.map(move |b| b.map_err(|source| DataError::Arrow { path: path.clone(), source })))
+}
+
+/// One column of a batch whose types [`batches`] checked.
+fn column<'a>(path: &Path, b: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, DataError> {
+    b.column_by_name(name).ok_or_else(|| DataError::Schema {
+        path: path.to_path_buf(),
+        field: name.to_string(),
+        reason: "missing".into(),
+    })
+}
+
+fn prim<'a, T: ArrowPrimitiveType>(
+    path: &Path,
+    b: &'a RecordBatch,
+    name: &str,
+) -> Result<&'a PrimitiveArray<T>, DataError> {
+    Ok(column(path, b, name)?.as_primitive::<T>())
+}
+
+fn list<'a>(path: &Path, b: &'a RecordBatch, name: &str) -> Result<&'a ListArray, DataError> {
+    Ok(column(path, b, name)?.as_list::<i32>())
+}
+
+fn list_values<T: ArrowPrimitiveType>(l: &ListArray, row: usize) -> Vec<T::Native> {
+    let v = l.value(row);
+    v.as_primitive::<T>().values().to_vec()
+}
+
+/// Reads `news.parquet` into a [`NewsTable`], checking that nids are `1, 2, ...` in order.
+pub fn read_news(shards_dir: &Path) -> Result<NewsTable, DataError> {
+    let path = shards_dir.join("news.parquet");
+    let mut t = NewsTable {
+        news_id: vec![String::new()],
+        category: vec![0],
+        subcategory: vec![0],
+        input_ids: vec![Vec::new()],
+        ner_tags: vec![Vec::new()],
+        entities: vec![Vec::new()],
+    };
+    for batch in batches(&path, &news_schema())? {
+        let b = batch?;
+        let nid = prim::<Int32Type>(&path, &b, "nid")?;
+        let news_id = column(&path, &b, "news_id")?.as_string::<i32>();
+        let category = prim::<Int32Type>(&path, &b, "category")?;
+        let subcategory = prim::<Int32Type>(&path, &b, "subcategory")?;
+        let (input_ids, ner_tags, entities) = (list(&path, &b, "input_ids")?, list(&path, &b, "ner_tags")?, list(&path, &b, "entities")?);
+        for r in 0..b.num_rows() {
+            let row = t.len() - 1;
+            if nid.value(r) as i64 != t.len() as i64 {
+                return Err(DataError::Invalid {
+                    path,
+                    row,
+                    field: "nid".into(),
+                    reason: format!("expected {}, found {} (nids must be dense and sorted)", t.len(), nid.value(r)),
+                });
+            }
+            let ids = list_values::<Int32Type>(input_ids, r);
+            let tags = list_values::<Int8Type>(ner_tags, r);
+            if ids.len() != tags.len() {
+                return Err(DataError::Invalid {
+                    path,
+                    row,
+                    field: "ner_tags".into(),
+                    reason: format!("{} tags for {} input_ids", tags.len(), ids.len()),
+                });
+            }
+            t.news_id.push(news_id.value(r).to_string());
+            t.category.push(category.value(r).into());
+            t.subcategory.push(subcategory.value(r).into());
+            t.input_ids.push(ids);
+            t.ner_tags.push(tags);
+            t.entities.push(list_values::<Int32Type>(entities, r));
+        }
+    }
+    Ok(t)
+}
+
+/// Reads `entity_embedding.parquet`: `(dim, vectors)` with `vectors` row-major
+/// `(num_entities + 1) x dim` and row 0 all zeros (padding). `dim` comes from `manifest.json`.
+pub fn read_entity_vectors(shards_dir: &Path) -> Result<(usize, Vec<f32>), DataError> {
+    let dim = Manifest::load_unverified(shards_dir)?.entity_dim as usize;
+    let path = shards_dir.join("entity_embedding.parquet");
+    let mut out = vec![0.0f32; dim];
+    let mut rows = 0usize;
+    for batch in batches(&path, &entity_schema())? {
+        let b = batch?;
+        let row = prim::<Int32Type>(&path, &b, "row")?;
+        let vector = list(&path, &b, "vector")?;
+        for r in 0..b.num_rows() {
+            rows += 1;
+            let bad = |field: &str, reason: String| DataError::Invalid {
+                path: path.clone(),
+                row: rows - 1,
+                field: field.into(),
+                reason,
+            };
+            if row.value(r) as usize != rows {
+                return Err(bad("row", format!("expected {rows}, found {}", row.value(r))));
+            }
+            let v = vector.value(r);
+            let v = v.as_primitive::<Float32Type>();
+            if v.len() != dim {
+                return Err(bad("vector", format!("length {} but {MANIFEST_FILE} says entity_dim {dim}", v.len())));
+            }
+            out.extend_from_slice(v.values());
+        }
+    }
+    Ok((dim, out))
+}
+
+fn shard_paths(manifest: &Manifest, split: Split, shards_dir: &Path) -> Result<Vec<std::path::PathBuf>, DataError> {
+    let info = manifest.splits.get(split).ok_or_else(|| DataError::Manifest {
+        path: shards_dir.join(MANIFEST_FILE),
+        field: format!("splits.{}", split.name()),
+        reason: "this split was not prepared".into(),
+    })?;
+    Ok(info.shards.iter().map(|s| shards_dir.join(s)).collect())
+}
+
+/// Reads every train shard, in shard order (= the order of `behaviors.tsv`).
+pub fn read_train(shards_dir: &Path, manifest: &Manifest) -> Result<Vec<TrainImpression>, DataError> {
+    let mut out = Vec::new();
+    for path in shard_paths(manifest, Split::Train, shards_dir)? {
+        for batch in batches(&path, &train_schema())? {
+            let b = batch?;
+            let (id, user, time) =
+                (prim::<Int64Type>(&path, &b, "impression_id")?, prim::<Int32Type>(&path, &b, "user")?, prim::<Int64Type>(&path, &b, "time")?);
+            let (history, clicked, non_clicked) = (list(&path, &b, "history")?, list(&path, &b, "clicked")?, list(&path, &b, "non_clicked")?);
+            for r in 0..b.num_rows() {
+                out.push(TrainImpression {
+                    impression_id: id.value(r),
+                    user: user.value(r),
+                    time: time.value(r),
+                    history: list_values::<Int32Type>(history, r),
+                    clicked: list_values::<Int32Type>(clicked, r),
+                    non_clicked: list_values::<Int32Type>(non_clicked, r),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads every shard of `split` (`Dev` or `Test`), in the order of its `behaviors.tsv`.
+pub fn read_eval(shards_dir: &Path, manifest: &Manifest, split: Split) -> Result<Vec<EvalImpression>, DataError> {
+    if split == Split::Train {
+        return Err(DataError::Manifest {
+            path: shards_dir.join(MANIFEST_FILE),
+            field: "splits.train".into(),
+            reason: "read_eval reads dev or test; use read_train for train".into(),
+        });
+    }
+    let mut out = Vec::new();
+    for path in shard_paths(manifest, split, shards_dir)? {
+        let mut file_row = 0usize;
+        for batch in batches(&path, &eval_schema())? {
+            let b = batch?;
+            let (id, user) = (prim::<Int64Type>(&path, &b, "impression_id")?, prim::<Int32Type>(&path, &b, "user")?);
+            let (history, candidates, labels) = (list(&path, &b, "history")?, list(&path, &b, "candidates")?, list(&path, &b, "labels")?);
+            for r in 0..b.num_rows() {
+                let cands = list_values::<Int32Type>(candidates, r);
+                let labs = (!labels.is_null(r)).then(|| list_values::<Int8Type>(labels, r));
+                if let Some(l) = &labs
+                    && l.len() != cands.len()
+                {
+                    return Err(DataError::Invalid {
+                        path,
+                        row: file_row,
+                        field: "labels".into(),
+                        reason: format!("{} labels for {} candidates", l.len(), cands.len()),
+                    });
+                }
+                file_row += 1;
+                out.push(EvalImpression {
+                    impression_id: id.value(r),
+                    user: user.value(r),
+                    history: list_values::<Int32Type>(history, r),
+                    candidates: cands,
+                    labels: labs,
+                });
+            }
+        }
+    }
+    Ok(out)
+}

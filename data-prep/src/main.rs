@@ -1,0 +1,186 @@
+//! `mtrec-prep`: MIND to the sharded Parquet of the mtrec data contract (`mind`), and a
+//! MIND-format synthetic data generator (`synth`).
+//!
+//! ```text
+//! mtrec-prep synth --out data/synth
+//! mtrec-prep mind --train data/synth/train --dev data/synth/dev --test data/synth/test \
+//!     --model MODEL_DIR --out data/shards
+//! ```
+
+mod prep;
+mod synth;
+mod tokenize;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use mtrec_data::{Manifest, NerScheme};
+
+#[derive(Parser)]
+#[command(name = "mtrec-prep", version, about = "MIND to sharded Parquet, and a MIND-format synthetic data generator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Prepare MIND split folders into shards (news.parquet, entity_embedding.parquet,
+    /// train/dev/test parts, manifest.json).
+    Mind(MindArgs),
+    /// Write a synthetic data set in the MIND format (DIR/train, DIR/dev, DIR/test).
+    Synth(SynthArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SchemeArg {
+    /// O, B, I.
+    Bio,
+    /// O, B-T, I-T for every entity type T.
+    Typed,
+}
+
+#[derive(clap::Args)]
+struct MindArgs {
+    /// MIND train folder (news.tsv, behaviors.tsv, entity_embedding.vec).
+    #[arg(long)]
+    train: PathBuf,
+    /// MIND dev folder.
+    #[arg(long)]
+    dev: PathBuf,
+    /// MIND test folder (labels optional).
+    #[arg(long)]
+    test: Option<PathBuf>,
+    /// Model folder with tokenizer.json, or vocab.txt (+ tokenizer_config.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Output shards folder (must not exist, or be empty, unless --force).
+    #[arg(long)]
+    out: PathBuf,
+    /// Shards per split (default: one per 250,000 impressions).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Word pieces per title, [CLS] and [SEP] included.
+    #[arg(long, default_value_t = 30)]
+    max_title_len: usize,
+    /// Most recent history entries kept per impression.
+    #[arg(long, default_value_t = 50)]
+    max_history: usize,
+    /// Drop news ids that no news.tsv defines (counted in the manifest) instead of failing.
+    #[arg(long)]
+    drop_unknown_news: bool,
+    /// NER tag scheme.
+    #[arg(long, value_enum, default_value_t = SchemeArg::Bio)]
+    ner_scheme: SchemeArg,
+    /// Replace a non-empty --out.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(clap::Args)]
+struct SynthArgs {
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// News items.
+    #[arg(long, default_value_t = 2000)]
+    news: usize,
+    /// Users.
+    #[arg(long, default_value_t = 500)]
+    users: usize,
+    /// Impressions over the three splits (70% train, 15% dev, 15% test).
+    #[arg(long, default_value_t = 4000)]
+    impressions: usize,
+    /// RNG seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Write test without labels, as MIND-large test.
+    #[arg(long)]
+    unlabeled_test: bool,
+}
+
+fn summary(m: &Manifest, out: &std::path::Path) {
+    let r = &m.prep_report;
+    println!("wrote {}", out.display());
+    println!(
+        "  news {}  users {}  entities {}  categories {}  subcategories {}",
+        m.num_news,
+        m.num_users,
+        m.num_entities,
+        m.categories.len(),
+        m.subcategories.len()
+    );
+    for (name, info, rep) in [
+        ("train", &m.splits.train, &r.train),
+        ("dev", &m.splits.dev, &r.dev),
+        ("test", &m.splits.test, &r.test),
+    ] {
+        if let (Some(i), Some(s)) = (info, rep) {
+            println!(
+                "  {name:5} impressions {} in {} shard(s) (lines {}, impressions dropped {}, unknown news dropped {})",
+                i.impressions,
+                i.shards.len(),
+                s.lines,
+                s.dropped_impressions,
+                s.dropped_unknown_news
+            );
+        }
+    }
+    println!(
+        "  NER occurrences {}: located by search {}, dropped {}, truncated {}",
+        r.ner_occurrences, r.ner_located_by_search, r.ner_dropped, r.ner_truncated
+    );
+    if r.duplicate_news_differing > 0 {
+        println!("  news ids defined differently in two places: {} (e.g. {:?})", r.duplicate_news_differing, r.duplicate_news_examples);
+    }
+    println!("  {:.2} s", r.elapsed_seconds);
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cli::parse().command {
+        Command::Mind(a) => {
+            let opts = prep::MindOptions {
+                train: a.train,
+                dev: a.dev,
+                test: a.test,
+                model: a.model,
+                out: a.out,
+                shards: a.shards,
+                max_title_len: a.max_title_len,
+                max_history: a.max_history,
+                drop_unknown_news: a.drop_unknown_news,
+                ner_scheme: match a.ner_scheme {
+                    SchemeArg::Bio => NerScheme::Bio,
+                    SchemeArg::Typed => NerScheme::Typed,
+                },
+                force: a.force,
+            };
+            prep::run(&opts).map(|m| summary(&m, &opts.out))
+        }
+        Command::Synth(a) => {
+            let opts = synth::SynthOptions {
+                news: a.news,
+                users: a.users,
+                impressions: a.impressions,
+                seed: a.seed,
+                unlabeled_test: a.unlabeled_test,
+            };
+            synth::run(&opts, &a.out).map(|()| println!("wrote {}/{{train,dev,test}}", a.out.display()))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,635 @@
+//! `mtrec-prep mind`: MIND split folders to the shards of the data contract (see the
+//! `mtrec-data` crate documentation for every file and column).
+//!
+//! Order of work: read and check every `news.tsv` (small: held in memory), build the category,
+//! subcategory, NER-tag and entity vocabularies, tokenize all titles in parallel, write
+//! `news.parquet` and `entity_embedding.parquet`; then stream each `behaviors.tsv` in chunks of
+//! lines (a reader thread, a bounded queue, parallel parsing, one shard writer), so memory does not
+//! grow with the file. Everything goes to a temporary folder next to `--out`, renamed at the end.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mtrec_data::mind::{MindEntity, parse_behavior_line, parse_news_line, parse_vec_line};
+use mtrec_data::write::{EntityWriter, EvalRow, EvalWriter, NewsRow, NewsWriter, TrainRow, TrainWriter, part_name};
+use mtrec_data::{
+    DataError, FORMAT_VERSION, FileEntry, MANIFEST_FILE, Manifest, NerScheme, PrepReport, Split, SplitInfo,
+    SplitReport, Splits, sha256_file, tokenizer_identity,
+};
+use rayon::prelude::*;
+
+use crate::tokenize::{NerStats, TitleTokenizer, ner_tags};
+
+/// Lines per chunk handed from the reader thread to the parsers.
+const CHUNK_LINES: usize = 8192;
+/// Impressions per shard when `--shards` is not given.
+const AUTO_SHARD_ROWS: u64 = 250_000;
+
+/// Options of `mtrec-prep mind`.
+#[derive(Debug, Clone)]
+pub struct MindOptions {
+    /// MIND train folder.
+    pub train: PathBuf,
+    /// MIND dev folder.
+    pub dev: PathBuf,
+    /// MIND test folder, if any.
+    pub test: Option<PathBuf>,
+    /// Model folder with `tokenizer.json` or `vocab.txt`.
+    pub model: PathBuf,
+    /// Output shards folder.
+    pub out: PathBuf,
+    /// Shards per split (`None`: one per 250,000 impressions).
+    pub shards: Option<usize>,
+    /// Word pieces per title including `[CLS]` and `[SEP]`.
+    pub max_title_len: usize,
+    /// History entries kept (the most recent).
+    pub max_history: usize,
+    /// Drop (and count) news ids no news.tsv defines instead of failing.
+    pub drop_unknown_news: bool,
+    /// NER tag scheme.
+    pub ner_scheme: NerScheme,
+    /// Replace a non-empty `--out`.
+    pub force: bool,
+}
+
+/// One news item as read from a news.tsv.
+struct News {
+    news_id: String,
+    category: String,
+    subcategory: String,
+    title: String,
+    entities: Vec<MindEntity>,
+    content_hash: u64,
+}
+
+/// A progress bar on stderr; indicatif draws nothing when stderr is not a terminal.
+fn progress(len: u64, what: &str, units: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    let template = format!("{{msg:>20}} [{{bar:40}}] {units} {{eta}}");
+    if let Ok(style) = ProgressStyle::with_template(&template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn split_dir(opts: &MindOptions, split: Split) -> Option<&Path> {
+    match split {
+        Split::Train => Some(&opts.train),
+        Split::Dev => Some(&opts.dev),
+        Split::Test => opts.test.as_deref(),
+    }
+}
+
+/// Runs the whole prep; on error nothing is left at `--out` (the temporary folder is removed).
+pub fn run(opts: &MindOptions) -> Result<Manifest> {
+    let started = Instant::now();
+    check_out(&opts.out, opts.force)?;
+    let parent = match opts.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".mtrec-prep-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("creating a temporary folder in {}", parent.display()))?;
+    let mut manifest = prep_into(opts, tmp.path())?;
+    manifest.prep_report.elapsed_seconds = started.elapsed().as_secs_f64();
+    let text = serde_json::to_string_pretty(&manifest).context("serializing manifest.json")?;
+    std::fs::write(tmp.path().join(MANIFEST_FILE), text).context("writing manifest.json")?;
+    if opts.out.exists() {
+        std::fs::remove_dir_all(&opts.out).with_context(|| format!("removing {}", opts.out.display()))?;
+    }
+    let tmp_path = tmp.keep();
+    std::fs::rename(&tmp_path, &opts.out).with_context(|| {
+        format!("renaming {} to {}", tmp_path.display(), opts.out.display())
+    })?;
+    Ok(manifest)
+}
+
+fn check_out(out: &Path, force: bool) -> Result<()> {
+    if !out.exists() {
+        return Ok(());
+    }
+    if !out.is_dir() {
+        bail!("--out {}: exists and is not a folder", out.display());
+    }
+    let empty = std::fs::read_dir(out).with_context(|| format!("reading {}", out.display()))?.next().is_none();
+    if !empty && !force {
+        bail!("--out {}: exists and is not empty (pass --force to replace it)", out.display());
+    }
+    Ok(())
+}
+
+fn prep_into(opts: &MindOptions, dir: &Path) -> Result<Manifest> {
+    let tokenizer_sha256 = tokenizer_identity(&opts.model)?;
+    let tokenizer = TitleTokenizer::load(&opts.model, opts.max_title_len)?;
+    let mut report = PrepReport::default();
+
+    // 1. News of every split; the first definition of an id wins.
+    let mut news: Vec<News> = Vec::new();
+    let mut nid_of: HashMap<String, i32> = HashMap::new();
+    for split in [Split::Train, Split::Dev, Split::Test] {
+        let Some(folder) = split_dir(opts, split) else { continue };
+        for item in read_news_file(&folder.join("news.tsv"))? {
+            match nid_of.get(&item.news_id) {
+                Some(&nid) => {
+                    if news[nid as usize - 1].content_hash != item.content_hash {
+                        report.duplicate_news_differing += 1;
+                        if report.duplicate_news_examples.len() < 20 {
+                            report.duplicate_news_examples.push(item.news_id.clone());
+                        }
+                    }
+                }
+                None => {
+                    let nid = i32::try_from(news.len() + 1).context("more than 2^31 news")?;
+                    nid_of.insert(item.news_id.clone(), nid);
+                    news.push(item);
+                }
+            }
+        }
+    }
+    if report.duplicate_news_differing > 0 {
+        tracing::warn!(
+            count = report.duplicate_news_differing,
+            examples = ?report.duplicate_news_examples,
+            "news ids defined with different content in two places; the first definition is kept"
+        );
+    }
+
+    // 2. Vocabularies.
+    let vocab = |f: fn(&News) -> &str| -> Vec<String> {
+        let mut v: Vec<String> = news.iter().map(f).collect::<HashSet<_>>().into_iter().map(String::from).collect();
+        v.sort();
+        v
+    };
+    let categories = vocab(|n| &n.category);
+    let subcategories = vocab(|n| &n.subcategory);
+    let index = |v: &[String]| -> HashMap<String, i32> { v.iter().enumerate().map(|(i, s)| (s.clone(), i as i32)).collect() };
+    let (cat_id, sub_id) = (index(&categories), index(&subcategories));
+    let ner_tag_names: Vec<String> = match opts.ner_scheme {
+        NerScheme::Bio => vec!["O".into(), "B".into(), "I".into()],
+        NerScheme::Typed => {
+            let mut kinds: Vec<&str> =
+                news.iter().flat_map(|n| n.entities.iter().map(|e| e.kind.as_str())).collect::<HashSet<_>>().into_iter().collect();
+            kinds.sort();
+            std::iter::once("O".to_string()).chain(kinds.iter().flat_map(|k| [format!("B-{k}"), format!("I-{k}")])).collect()
+        }
+    };
+    if ner_tag_names.len() > 127 {
+        bail!("{} NER tags do not fit in int8 (too many entity types for --ner-scheme typed)", ner_tag_names.len());
+    }
+    let tag_index: HashMap<&str, (i8, i8)> = match opts.ner_scheme {
+        NerScheme::Bio => HashMap::new(),
+        NerScheme::Typed => ner_tag_names
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| t.strip_prefix("B-").map(|k| (k, (i as i8, i as i8 + 1))))
+            .collect(),
+    };
+    let tag_ids = |kind: &str| -> (i8, i8) { tag_index.get(kind).copied().unwrap_or((1, 2)) };
+
+    // 3. Entity vectors of every split (the first vector of an id wins).
+    let mut vectors: HashMap<String, Vec<f32>> = HashMap::new();
+    let mut entity_dim: Option<(usize, PathBuf)> = None;
+    for split in [Split::Train, Split::Dev, Split::Test] {
+        let Some(folder) = split_dir(opts, split) else { continue };
+        read_vec_file(&folder.join("entity_embedding.vec"), &mut vectors, &mut entity_dim)?;
+    }
+    let entity_dim = entity_dim.map_or(100, |(d, _)| d);
+
+    // 4. Tokenize and tag every title in parallel.
+    let bar = progress(news.len() as u64, "tokenizing titles", "{pos}/{len}");
+    let encoded: Vec<(Vec<i32>, Vec<i8>, NerStats)> = news
+        .par_iter()
+        .map(|n| {
+            let tokens = tokenizer.encode(&n.title).with_context(|| format!("news {}", n.news_id))?;
+            let mut stats = NerStats::default();
+            let tags = ner_tags(&n.title, &tokens, &n.entities, tag_ids, &mut stats);
+            bar.inc(1);
+            Ok((tokens.ids, tags, stats))
+        })
+        .collect::<Result<_>>()?;
+    bar.finish_and_clear();
+
+    // 5. news.parquet and entity_embedding.parquet.
+    let mut files = Vec::new();
+    let mut ner = NerStats::default();
+    let mut entity_row: HashMap<&str, i32> = HashMap::new();
+    let mut entity_writer = EntityWriter::create(&dir.join("entity_embedding.parquet"))?;
+    let mut news_writer = NewsWriter::create(&dir.join("news.parquet"))?;
+    for (i, (n, (ids, tags, stats))) in news.iter().zip(encoded).enumerate() {
+        ner += stats;
+        let mut entities = Vec::new();
+        for e in &n.entities {
+            let Some(v) = vectors.get(&e.wikidata_id) else { continue };
+            let next = entity_row.len() as i32 + 1;
+            let row = *entity_row.entry(&e.wikidata_id).or_insert_with(|| {
+                entity_writer.push(&e.wikidata_id, v);
+                next
+            });
+            if !entities.contains(&row) {
+                entities.push(row);
+            }
+        }
+        news_writer.push(&NewsRow {
+            nid: i as i32 + 1,
+            news_id: n.news_id.clone(),
+            category: cat_id[&n.category],
+            subcategory: sub_id[&n.subcategory],
+            title: n.title.clone(),
+            input_ids: ids,
+            ner_tags: tags,
+            entities,
+        })?;
+    }
+    let num_entities = entity_writer.finish()?;
+    files.push(file_entry(dir, "entity_embedding.parquet", num_entities)?);
+    files.push(file_entry(dir, "news.parquet", news_writer.finish()?)?);
+    report.ner_occurrences = ner.occurrences;
+    report.ner_located_by_search = ner.located_by_search;
+    report.ner_dropped = ner.dropped;
+    report.ner_truncated = ner.truncated;
+
+    // 6. Behaviors, streamed.
+    let mut users: HashMap<String, i32> = HashMap::new();
+    let mut splits = Splits::default();
+    for split in [Split::Train, Split::Dev, Split::Test] {
+        let Some(folder) = split_dir(opts, split) else { continue };
+        let ctx = BehaviorsCtx { opts, nid_of: &nid_of, dir };
+        let (info, split_report, split_files) = ctx.run(split, &folder.join("behaviors.tsv"), &mut users)?;
+        files.extend(split_files);
+        match split {
+            Split::Train => (splits.train, report.train) = (Some(info), Some(split_report)),
+            Split::Dev => (splits.dev, report.dev) = (Some(info), Some(split_report)),
+            Split::Test => (splits.test, report.test) = (Some(info), Some(split_report)),
+        }
+    }
+
+    Ok(Manifest {
+        format_version: FORMAT_VERSION,
+        tokenizer_sha256,
+        max_title_len: opts.max_title_len as u32,
+        max_history: opts.max_history as u32,
+        categories,
+        subcategories,
+        ner_scheme: opts.ner_scheme,
+        ner_tags: ner_tag_names,
+        num_news: news.len() as u64,
+        num_users: users.len() as u64,
+        entity_dim: entity_dim as u32,
+        num_entities,
+        files,
+        splits,
+        prep_report: report,
+    })
+}
+
+fn file_entry(dir: &Path, rel: &str, rows: u64) -> Result<FileEntry> {
+    Ok(FileEntry { path: rel.to_string(), rows, sha256: sha256_file(&dir.join(rel))? })
+}
+
+fn read_news_file(path: &Path) -> Result<Vec<News>> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let lines: Vec<&[u8]> = bytes.split_inclusive(|&b| b == b'\n').collect();
+    let parsed: Vec<News> = lines
+        .par_iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            let line_no = i as u64 + 1;
+            let line = std::str::from_utf8(raw)
+                .map_err(|e| DataError::parse(path, line_no, "line", format!("not valid UTF-8: {e}")))?;
+            let n = parse_news_line(path, line_no, line)?;
+            let mut h = DefaultHasher::new();
+            n.content.hash(&mut h);
+            Ok(News {
+                news_id: n.news_id.to_string(),
+                category: n.category.to_string(),
+                subcategory: n.subcategory.to_string(),
+                title: n.title.to_string(),
+                entities: n.title_entities,
+                content_hash: h.finish(),
+            })
+        })
+        .collect::<Result<_, DataError>>()?;
+    Ok(parsed)
+}
+
+fn read_vec_file(
+    path: &Path,
+    vectors: &mut HashMap<String, Vec<f32>>,
+    dim: &mut Option<(usize, PathBuf)>,
+) -> Result<()> {
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut reader = BufReader::new(file);
+    let mut buf = Vec::new();
+    let mut line_no = 0u64;
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf).map_err(|e| DataError::io(path, e))? == 0 {
+            return Ok(());
+        }
+        line_no += 1;
+        let line = std::str::from_utf8(&buf)
+            .map_err(|e| DataError::parse(path, line_no, "line", format!("not valid UTF-8: {e}")))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (id, v) = parse_vec_line(path, line_no, line)?;
+        match dim {
+            Some((d, first)) if *d != v.len() => {
+                return Err(DataError::parse(
+                    path,
+                    line_no,
+                    "vector",
+                    format!("{} values, but {} has {d}", v.len(), first.display()),
+                )
+                .into());
+            }
+            Some(_) => {}
+            None => *dim = Some((v.len(), path.to_path_buf())),
+        }
+        vectors.entry(id.to_string()).or_insert(v);
+    }
+}
+
+/// A chunk of whole lines from the reader thread.
+struct Chunk {
+    first_line: u64,
+    text: Vec<u8>,
+}
+
+/// One behaviors line after parsing and news-id resolution.
+struct Parsed {
+    line_no: u64,
+    impression_id: i64,
+    user: String,
+    time: i64,
+    history: Vec<i32>,
+    candidates: Vec<i32>,
+    labels: Option<Vec<i8>>,
+    dropped_unknown: u64,
+}
+
+struct BehaviorsCtx<'a> {
+    opts: &'a MindOptions,
+    nid_of: &'a HashMap<String, i32>,
+    dir: &'a Path,
+}
+
+/// Output of one split: its manifest entry, its report, its files.
+type SplitOutput = (SplitInfo, SplitReport, Vec<FileEntry>);
+
+/// The open shard of a split.
+enum Shard {
+    Train(TrainWriter),
+    Eval(EvalWriter),
+}
+
+impl Shard {
+    fn finish(self) -> Result<u64, DataError> {
+        match self {
+            Shard::Train(w) => w.finish(),
+            Shard::Eval(w) => w.finish(),
+        }
+    }
+}
+
+impl BehaviorsCtx<'_> {
+    fn resolve(&self, path: &Path, line_no: u64, field: &str, id: &str, dropped: &mut u64) -> Result<Option<i32>, DataError> {
+        match self.nid_of.get(id) {
+            Some(&nid) => Ok(Some(nid)),
+            None if self.opts.drop_unknown_news => {
+                *dropped += 1;
+                Ok(None)
+            }
+            None => Err(DataError::parse(
+                path,
+                line_no,
+                field,
+                format!("news id `{id}` is defined by no news.tsv (pass --drop-unknown-news to drop such ids)"),
+            )),
+        }
+    }
+
+    fn parse(&self, path: &Path, line_no: u64, raw: &[u8]) -> Result<Parsed, DataError> {
+        let line = std::str::from_utf8(raw)
+            .map_err(|e| DataError::parse(path, line_no, "line", format!("not valid UTF-8: {e}")))?;
+        let b = parse_behavior_line(path, line_no, line)?;
+        let mut dropped = 0;
+        let mut history = Vec::with_capacity(b.history.len().min(self.opts.max_history));
+        for id in &b.history {
+            if let Some(nid) = self.resolve(path, line_no, "history", id, &mut dropped)? {
+                history.push(nid);
+            }
+        }
+        if history.len() > self.opts.max_history {
+            history.drain(..history.len() - self.opts.max_history);
+        }
+        let mut candidates = Vec::with_capacity(b.impressions.len());
+        let mut labels = Vec::with_capacity(b.impressions.len());
+        let labeled = b.impressions[0].1.is_some();
+        for (id, label) in &b.impressions {
+            if let Some(nid) = self.resolve(path, line_no, "impressions", id, &mut dropped)? {
+                candidates.push(nid);
+                labels.push(label.unwrap_or(0));
+            }
+        }
+        Ok(Parsed {
+            line_no,
+            impression_id: b.impression_id,
+            user: b.user.to_string(),
+            time: b.time,
+            history,
+            candidates,
+            labels: labeled.then_some(labels),
+            dropped_unknown: dropped,
+        })
+    }
+
+    fn run(&self, split: Split, path: &Path, users: &mut HashMap<String, i32>) -> Result<SplitOutput> {
+        let total_bytes = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?.len();
+        let lines = count_lines(path)?;
+        let shards = match self.opts.shards {
+            Some(n) => n.max(1),
+            None => lines.div_ceil(AUTO_SHARD_ROWS).max(1) as usize,
+        }
+        .min(lines.max(1) as usize);
+        let split_dir = self.dir.join(split.name());
+        std::fs::create_dir_all(&split_dir).map_err(|e| DataError::io(&split_dir, e))?;
+        // Shard k holds lines [k*lines/shards, (k+1)*lines/shards).
+        let boundary = |k: usize| (k as u64 * lines).div_ceil(shards as u64);
+        let open = |k: usize| -> Result<Shard, DataError> {
+            let p = split_dir.join(part_name(k));
+            Ok(match split {
+                Split::Train => Shard::Train(TrainWriter::create(&p)?),
+                _ => Shard::Eval(EvalWriter::create(&p)?),
+            })
+        };
+        let mut files = Vec::new();
+        let mut shard_rows = 0u64;
+        let mut current = (0usize, open(0)?);
+        let mut report = SplitReport { lines, ..Default::default() };
+        let mut written = 0u64;
+        let mut labeled: Option<(bool, u64)> = None;
+        let bar = progress(total_bytes, &format!("{} behaviors", split.name()), "{bytes}/{total_bytes}");
+
+        let (tx, rx) = mpsc::sync_channel::<Result<Chunk, DataError>>(4);
+        let reader_path = path.to_path_buf();
+        let reader = std::thread::spawn(move || read_chunks(&reader_path, &tx));
+        let result = (|| -> Result<()> {
+            // `rx` moves in here: when this closure returns early, the reader's next send fails.
+            let rx = rx;
+            for chunk in rx {
+                let chunk = chunk?;
+                bar.inc(chunk.text.len() as u64);
+                let lines: Vec<&[u8]> = chunk.text.split_inclusive(|&b| b == b'\n').collect();
+                let parsed: Vec<Parsed> = lines
+                    .par_iter()
+                    .enumerate()
+                    .map(|(i, raw)| self.parse(path, chunk.first_line + i as u64, raw))
+                    .collect::<Result<_, DataError>>()?;
+                for p in parsed {
+                    // Line index p.line_no - 1 decides the shard.
+                    while p.line_no - 1 >= boundary(current.0 + 1) {
+                        let next = current.0 + 1;
+                        let done = std::mem::replace(&mut current, (next, open(next)?));
+                        let rows = done.1.finish()?;
+                        files.push(file_entry(self.dir, &format!("{}/{}", split.name(), part_name(done.0)), rows)?);
+                        shard_rows += rows;
+                    }
+                    report.dropped_unknown_news += p.dropped_unknown;
+                    let is_labeled = p.labels.is_some();
+                    match labeled {
+                        None => labeled = Some((is_labeled, p.line_no)),
+                        Some((l, first)) if l != is_labeled => {
+                            return Err(DataError::parse(
+                                path,
+                                p.line_no,
+                                "impressions",
+                                format!(
+                                    "{} but line {first} {}; a split is labeled throughout or not at all",
+                                    if is_labeled { "labeled" } else { "unlabeled" },
+                                    if l { "is labeled" } else { "is not" }
+                                ),
+                            )
+                            .into());
+                        }
+                        Some(_) => {}
+                    }
+                    match &mut current.1 {
+                        Shard::Train(w) => {
+                            let Some(labels) = p.labels else {
+                                return Err(DataError::parse(path, p.line_no, "impressions", "train impressions need labels (`N123-1`)").into());
+                            };
+                            let next = users.len() as i32 + 1;
+                            let user = *users.entry(p.user).or_insert(next);
+                            let mut clicked = Vec::new();
+                            let mut non_clicked = Vec::new();
+                            for (&c, &l) in p.candidates.iter().zip(&labels) {
+                                if l == 1 { clicked.push(c) } else { non_clicked.push(c) }
+                            }
+                            if clicked.is_empty() || non_clicked.is_empty() {
+                                report.dropped_impressions += 1;
+                                continue;
+                            }
+                            w.push(&TrainRow { impression_id: p.impression_id, user, time: p.time, history: p.history, clicked, non_clicked })?;
+                        }
+                        Shard::Eval(w) => {
+                            if p.candidates.is_empty() {
+                                report.dropped_impressions += 1;
+                                continue;
+                            }
+                            let user = users.get(&p.user).copied().unwrap_or(0);
+                            w.push(&EvalRow {
+                                impression_id: p.impression_id,
+                                user,
+                                time: p.time,
+                                history: p.history,
+                                candidates: p.candidates,
+                                labels: p.labels,
+                            })?;
+                        }
+                    }
+                    written += 1;
+                }
+            }
+            Ok(())
+        })();
+        // On error the receiver is gone, so the reader stops at its next send.
+        reader.join().map_err(|_| anyhow::anyhow!("{}: reader thread panicked", path.display()))?;
+        result?;
+        bar.finish_and_clear();
+        let rows = current.1.finish()?;
+        files.push(file_entry(self.dir, &format!("{}/{}", split.name(), part_name(current.0)), rows)?);
+        shard_rows += rows;
+        // Shards past the last line (only when lines < shards) are still created, empty.
+        for k in current.0 + 1..shards {
+            files.push(file_entry(self.dir, &format!("{}/{}", split.name(), part_name(k)), open(k)?.finish()?)?);
+        }
+        debug_assert_eq!(shard_rows, written);
+        let info = SplitInfo {
+            impressions: written,
+            labeled: labeled.is_none_or(|(l, _)| l),
+            shards: files.iter().map(|f| f.path.clone()).collect(),
+        };
+        Ok((info, report, files))
+    }
+}
+
+fn count_lines(path: &Path) -> Result<u64, DataError> {
+    let mut file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut lines, mut last) = (0u64, b'\n');
+    loop {
+        let n = file.read(&mut buf).map_err(|e| DataError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        last = buf[n - 1];
+    }
+    Ok(if last == b'\n' { lines } else { lines + 1 })
+}
+
+/// Sends `path` in chunks of whole lines, or the error that stopped reading.
+fn read_chunks(path: &Path, tx: &mpsc::SyncSender<Result<Chunk, DataError>>) {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = tx.send(Err(DataError::io(path, e)));
+            return;
+        }
+    };
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut next_line = 1u64;
+    loop {
+        let mut chunk = Chunk { first_line: next_line, text: Vec::with_capacity(1 << 20) };
+        let mut n = 0;
+        while n < CHUNK_LINES {
+            let read = match reader.read_until(b'\n', &mut chunk.text) {
+                Ok(r) => r,
+                Err(e) => {
+                    // A failed send means the consumer already stopped with its own error.
+                    let _ = tx.send(Err(DataError::parse(path, next_line, "line", e.to_string())));
+                    return;
+                }
+            };
+            if read == 0 {
+                break;
+            }
+            n += 1;
+            next_line += 1;
+        }
+        if n == 0 || tx.send(Ok(chunk)).is_err() {
+            return;
+        }
+    }
+}
