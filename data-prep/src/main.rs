@@ -18,7 +18,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use mtrec_data::{Manifest, NerScheme};
 
 #[derive(Parser)]
-#[command(name = "mtrec-prep", version, about = "MIND to sharded Parquet, and a MIND-format synthetic data generator")]
+#[command(
+    name = "mtrec-prep",
+    version,
+    about = "MIND to sharded Parquet, and a MIND-format synthetic data generator"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -132,7 +136,10 @@ fn summary(m: &Manifest, out: &std::path::Path) {
         r.ner_occurrences, r.ner_located_by_search, r.ner_dropped, r.ner_truncated
     );
     if r.duplicate_news_differing > 0 {
-        println!("  news ids defined differently in two places: {} (e.g. {:?})", r.duplicate_news_differing, r.duplicate_news_examples);
+        println!(
+            "  news ids defined differently in two places: {} (e.g. {:?})",
+            r.duplicate_news_differing, r.duplicate_news_examples
+        );
     }
     println!("  {:.2} s", r.elapsed_seconds);
 }

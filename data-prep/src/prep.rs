@@ -17,7 +17,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mtrec_data::mind::{MindEntity, parse_behavior_line, parse_news_line, parse_vec_line};
-use mtrec_data::write::{EntityWriter, EvalRow, EvalWriter, NewsRow, NewsWriter, TrainRow, TrainWriter, part_name};
+use mtrec_data::write::{
+    EntityWriter, EvalRow, EvalWriter, NewsRow, NewsWriter, TrainRow, TrainWriter, part_name,
+};
 use mtrec_data::{
     DataError, FORMAT_VERSION, FileEntry, MANIFEST_FILE, Manifest, NerScheme, PrepReport, Split, SplitInfo,
     SplitReport, Splits, sha256_file, tokenizer_identity,
@@ -108,9 +110,8 @@ pub fn run(opts: &MindOptions) -> Result<Manifest> {
         std::fs::remove_dir_all(&opts.out).with_context(|| format!("removing {}", opts.out.display()))?;
     }
     let tmp_path = tmp.keep();
-    std::fs::rename(&tmp_path, &opts.out).with_context(|| {
-        format!("renaming {} to {}", tmp_path.display(), opts.out.display())
-    })?;
+    std::fs::rename(&tmp_path, &opts.out)
+        .with_context(|| format!("renaming {} to {}", tmp_path.display(), opts.out.display()))?;
     Ok(manifest)
 }
 
@@ -121,7 +122,8 @@ fn check_out(out: &Path, force: bool) -> Result<()> {
     if !out.is_dir() {
         bail!("--out {}: exists and is not a folder", out.display());
     }
-    let empty = std::fs::read_dir(out).with_context(|| format!("reading {}", out.display()))?.next().is_none();
+    let empty =
+        std::fs::read_dir(out).with_context(|| format!("reading {}", out.display()))?.next().is_none();
     if !empty && !force {
         bail!("--out {}: exists and is not empty (pass --force to replace it)", out.display());
     }
@@ -166,25 +168,37 @@ fn prep_into(opts: &MindOptions, dir: &Path) -> Result<Manifest> {
 
     // 2. Vocabularies.
     let vocab = |f: fn(&News) -> &str| -> Vec<String> {
-        let mut v: Vec<String> = news.iter().map(f).collect::<HashSet<_>>().into_iter().map(String::from).collect();
+        let mut v: Vec<String> =
+            news.iter().map(f).collect::<HashSet<_>>().into_iter().map(String::from).collect();
         v.sort();
         v
     };
     let categories = vocab(|n| &n.category);
     let subcategories = vocab(|n| &n.subcategory);
-    let index = |v: &[String]| -> HashMap<String, i32> { v.iter().enumerate().map(|(i, s)| (s.clone(), i as i32)).collect() };
+    let index = |v: &[String]| -> HashMap<String, i32> {
+        v.iter().enumerate().map(|(i, s)| (s.clone(), i as i32)).collect()
+    };
     let (cat_id, sub_id) = (index(&categories), index(&subcategories));
     let ner_tag_names: Vec<String> = match opts.ner_scheme {
         NerScheme::Bio => vec!["O".into(), "B".into(), "I".into()],
         NerScheme::Typed => {
-            let mut kinds: Vec<&str> =
-                news.iter().flat_map(|n| n.entities.iter().map(|e| e.kind.as_str())).collect::<HashSet<_>>().into_iter().collect();
+            let mut kinds: Vec<&str> = news
+                .iter()
+                .flat_map(|n| n.entities.iter().map(|e| e.kind.as_str()))
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
             kinds.sort();
-            std::iter::once("O".to_string()).chain(kinds.iter().flat_map(|k| [format!("B-{k}"), format!("I-{k}")])).collect()
+            std::iter::once("O".to_string())
+                .chain(kinds.iter().flat_map(|k| [format!("B-{k}"), format!("I-{k}")]))
+                .collect()
         }
     };
     if ner_tag_names.len() > 127 {
-        bail!("{} NER tags do not fit in int8 (too many entity types for --ner-scheme typed)", ner_tag_names.len());
+        bail!(
+            "{} NER tags do not fit in int8 (too many entity types for --ner-scheme typed)",
+            ner_tag_names.len()
+        );
     }
     let tag_index: HashMap<&str, (i8, i8)> = match opts.ner_scheme {
         NerScheme::Bio => HashMap::new(),
@@ -403,7 +417,14 @@ impl Shard {
 }
 
 impl BehaviorsCtx<'_> {
-    fn resolve(&self, path: &Path, line_no: u64, field: &str, id: &str, dropped: &mut u64) -> Result<Option<i32>, DataError> {
+    fn resolve(
+        &self,
+        path: &Path,
+        line_no: u64,
+        field: &str,
+        id: &str,
+        dropped: &mut u64,
+    ) -> Result<Option<i32>, DataError> {
         match self.nid_of.get(id) {
             Some(&nid) => Ok(Some(nid)),
             None if self.opts.drop_unknown_news => {
@@ -414,7 +435,9 @@ impl BehaviorsCtx<'_> {
                 path,
                 line_no,
                 field,
-                format!("news id `{id}` is defined by no news.tsv (pass --drop-unknown-news to drop such ids)"),
+                format!(
+                    "news id `{id}` is defined by no news.tsv (pass --drop-unknown-news to drop such ids)"
+                ),
             )),
         }
     }
@@ -502,7 +525,11 @@ impl BehaviorsCtx<'_> {
                         let next = current.0 + 1;
                         let done = std::mem::replace(&mut current, (next, open(next)?));
                         let rows = done.1.finish()?;
-                        files.push(file_entry(self.dir, &format!("{}/{}", split.name(), part_name(done.0)), rows)?);
+                        files.push(file_entry(
+                            self.dir,
+                            &format!("{}/{}", split.name(), part_name(done.0)),
+                            rows,
+                        )?);
                         shard_rows += rows;
                     }
                     report.dropped_unknown_news += p.dropped_unknown;
@@ -527,7 +554,13 @@ impl BehaviorsCtx<'_> {
                     match &mut current.1 {
                         Shard::Train(w) => {
                             let Some(labels) = p.labels else {
-                                return Err(DataError::parse(path, p.line_no, "impressions", "train impressions need labels (`N123-1`)").into());
+                                return Err(DataError::parse(
+                                    path,
+                                    p.line_no,
+                                    "impressions",
+                                    "train impressions need labels (`N123-1`)",
+                                )
+                                .into());
                             };
                             let next = users.len() as i32 + 1;
                             let user = *users.entry(p.user).or_insert(next);
@@ -540,7 +573,14 @@ impl BehaviorsCtx<'_> {
                                 report.dropped_impressions += 1;
                                 continue;
                             }
-                            w.push(&TrainRow { impression_id: p.impression_id, user, time: p.time, history: p.history, clicked, non_clicked })?;
+                            w.push(&TrainRow {
+                                impression_id: p.impression_id,
+                                user,
+                                time: p.time,
+                                history: p.history,
+                                clicked,
+                                non_clicked,
+                            })?;
                         }
                         Shard::Eval(w) => {
                             if p.candidates.is_empty() {
@@ -572,7 +612,11 @@ impl BehaviorsCtx<'_> {
         shard_rows += rows;
         // Shards past the last line (only when lines < shards) are still created, empty.
         for k in current.0 + 1..shards {
-            files.push(file_entry(self.dir, &format!("{}/{}", split.name(), part_name(k)), open(k)?.finish()?)?);
+            files.push(file_entry(
+                self.dir,
+                &format!("{}/{}", split.name(), part_name(k)),
+                open(k)?.finish()?,
+            )?);
         }
         debug_assert_eq!(shard_rows, written);
         let info = SplitInfo {

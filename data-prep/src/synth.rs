@@ -38,30 +38,348 @@ pub struct SynthOptions {
 const DIM: usize = 100;
 
 /// (category, subcategories, topic words, entities as (name, type)).
-type Topic = (&'static str, &'static [&'static str], &'static [&'static str], &'static [(&'static str, &'static str)]);
+type Topic =
+    (&'static str, &'static [&'static str], &'static [&'static str], &'static [(&'static str, &'static str)]);
 
 const TOPICS: &[Topic] = &[
-    ("sports", &["football_nfl", "basketball_nba"], &["coach", "season", "game", "quarterback", "playoff", "team", "score", "win", "touchdown", "league", "player", "trade", "injury", "fans", "stadium", "championship"], &[("Tom Brady", "P"), ("LeBron James", "P"), ("New England Patriots", "O"), ("José Mourinho", "P"), ("Los Angeles Lakers", "O")]),
-    ("finance", &["markets", "personalfinance"], &["stock", "market", "investors", "bank", "shares", "price", "economy", "money", "tax", "retirement", "debt", "interest", "rates", "profit", "fund", "trading"], &[("Wall Street", "G"), ("Federal Reserve", "O"), ("Warren Buffett", "P"), ("Société Générale", "O"), ("Goldman Sachs", "O")]),
-    ("foodanddrink", &["recipes", "restaurants"], &["recipe", "chicken", "dinner", "cheese", "bread", "soup", "kitchen", "chef", "cook", "dessert", "pie", "sauce", "restaurant", "wine", "breakfast", "salad"], &[("Gordon Ramsay", "P"), ("Starbucks", "O"), ("McDonald's", "O"), ("Crème Brûlée", "C"), ("Thanksgiving", "C")]),
-    ("travel", &["traveltips", "travelnews"], &["beach", "hotel", "flight", "island", "trip", "airport", "travel", "city", "vacation", "tourists", "cruise", "mountain", "park", "road", "destination", "passengers"], &[("Zürich", "G"), ("Kraków", "G"), ("Hawaii", "G"), ("Delta Air Lines", "O"), ("Yellowstone National Park", "G")]),
-    ("health", &["wellness", "medical"], &["doctor", "health", "disease", "sleep", "weight", "diet", "heart", "cancer", "hospital", "patients", "study", "exercise", "brain", "symptoms", "vitamin", "risk"], &[("Mayo Clinic", "O"), ("World Health Organization", "O"), ("Alzheimer's disease", "C"), ("Harvard Medical School", "O"), ("FDA", "O")]),
-    ("movies", &["movienews", "celebrity"], &["movie", "film", "actor", "director", "star", "trailer", "box", "office", "sequel", "cast", "role", "hollywood", "premiere", "oscar", "drama", "comedy"], &[("Renée Zellweger", "P"), ("Joker", "C"), ("Martin Scorsese", "P"), ("Netflix", "O"), ("Disney", "O")]),
-    ("music", &["musicnews", "celebrity"], &["song", "album", "singer", "concert", "tour", "band", "music", "rapper", "fans", "stage", "awards", "video", "grammy", "pop", "guitar", "hit"], &[("Beyoncé", "P"), ("Taylor Swift", "P"), ("Billboard", "O"), ("Kanye West", "P"), ("Björk", "P")]),
-    ("news", &["newspolitics", "newsworld"], &["president", "election", "vote", "senate", "court", "law", "police", "government", "impeachment", "campaign", "congress", "officials", "protest", "judge", "minister", "war"], &[("Donald Trump", "P"), ("Nicolás Maduro", "P"), ("House of Representatives", "O"), ("Nancy Pelosi", "P"), ("Hong Kong", "G")]),
-    ("autos", &["autosnews", "autosenthusiasts"], &["car", "truck", "engine", "driver", "vehicle", "electric", "speed", "model", "wheel", "motor", "race", "fuel", "crash", "road", "brand", "design"], &[("Tesla", "O"), ("Ford", "O"), ("Elon Musk", "P"), ("Škoda", "O"), ("Porsche", "O")]),
-    ("weather", &["weathertopstories", "weathernews"], &["storm", "snow", "rain", "winter", "temperatures", "cold", "wind", "forecast", "hurricane", "flood", "weather", "ice", "heat", "tornado", "warning", "freeze"], &[("National Weather Service", "O"), ("Chicago", "G"), ("Texas", "G"), ("Montréal", "G"), ("Midwest", "G")]),
+    (
+        "sports",
+        &["football_nfl", "basketball_nba"],
+        &[
+            "coach",
+            "season",
+            "game",
+            "quarterback",
+            "playoff",
+            "team",
+            "score",
+            "win",
+            "touchdown",
+            "league",
+            "player",
+            "trade",
+            "injury",
+            "fans",
+            "stadium",
+            "championship",
+        ],
+        &[
+            ("Tom Brady", "P"),
+            ("LeBron James", "P"),
+            ("New England Patriots", "O"),
+            ("José Mourinho", "P"),
+            ("Los Angeles Lakers", "O"),
+        ],
+    ),
+    (
+        "finance",
+        &["markets", "personalfinance"],
+        &[
+            "stock",
+            "market",
+            "investors",
+            "bank",
+            "shares",
+            "price",
+            "economy",
+            "money",
+            "tax",
+            "retirement",
+            "debt",
+            "interest",
+            "rates",
+            "profit",
+            "fund",
+            "trading",
+        ],
+        &[
+            ("Wall Street", "G"),
+            ("Federal Reserve", "O"),
+            ("Warren Buffett", "P"),
+            ("Société Générale", "O"),
+            ("Goldman Sachs", "O"),
+        ],
+    ),
+    (
+        "foodanddrink",
+        &["recipes", "restaurants"],
+        &[
+            "recipe",
+            "chicken",
+            "dinner",
+            "cheese",
+            "bread",
+            "soup",
+            "kitchen",
+            "chef",
+            "cook",
+            "dessert",
+            "pie",
+            "sauce",
+            "restaurant",
+            "wine",
+            "breakfast",
+            "salad",
+        ],
+        &[
+            ("Gordon Ramsay", "P"),
+            ("Starbucks", "O"),
+            ("McDonald's", "O"),
+            ("Crème Brûlée", "C"),
+            ("Thanksgiving", "C"),
+        ],
+    ),
+    (
+        "travel",
+        &["traveltips", "travelnews"],
+        &[
+            "beach",
+            "hotel",
+            "flight",
+            "island",
+            "trip",
+            "airport",
+            "travel",
+            "city",
+            "vacation",
+            "tourists",
+            "cruise",
+            "mountain",
+            "park",
+            "road",
+            "destination",
+            "passengers",
+        ],
+        &[
+            ("Zürich", "G"),
+            ("Kraków", "G"),
+            ("Hawaii", "G"),
+            ("Delta Air Lines", "O"),
+            ("Yellowstone National Park", "G"),
+        ],
+    ),
+    (
+        "health",
+        &["wellness", "medical"],
+        &[
+            "doctor", "health", "disease", "sleep", "weight", "diet", "heart", "cancer", "hospital",
+            "patients", "study", "exercise", "brain", "symptoms", "vitamin", "risk",
+        ],
+        &[
+            ("Mayo Clinic", "O"),
+            ("World Health Organization", "O"),
+            ("Alzheimer's disease", "C"),
+            ("Harvard Medical School", "O"),
+            ("FDA", "O"),
+        ],
+    ),
+    (
+        "movies",
+        &["movienews", "celebrity"],
+        &[
+            "movie",
+            "film",
+            "actor",
+            "director",
+            "star",
+            "trailer",
+            "box",
+            "office",
+            "sequel",
+            "cast",
+            "role",
+            "hollywood",
+            "premiere",
+            "oscar",
+            "drama",
+            "comedy",
+        ],
+        &[
+            ("Renée Zellweger", "P"),
+            ("Joker", "C"),
+            ("Martin Scorsese", "P"),
+            ("Netflix", "O"),
+            ("Disney", "O"),
+        ],
+    ),
+    (
+        "music",
+        &["musicnews", "celebrity"],
+        &[
+            "song", "album", "singer", "concert", "tour", "band", "music", "rapper", "fans", "stage",
+            "awards", "video", "grammy", "pop", "guitar", "hit",
+        ],
+        &[("Beyoncé", "P"), ("Taylor Swift", "P"), ("Billboard", "O"), ("Kanye West", "P"), ("Björk", "P")],
+    ),
+    (
+        "news",
+        &["newspolitics", "newsworld"],
+        &[
+            "president",
+            "election",
+            "vote",
+            "senate",
+            "court",
+            "law",
+            "police",
+            "government",
+            "impeachment",
+            "campaign",
+            "congress",
+            "officials",
+            "protest",
+            "judge",
+            "minister",
+            "war",
+        ],
+        &[
+            ("Donald Trump", "P"),
+            ("Nicolás Maduro", "P"),
+            ("House of Representatives", "O"),
+            ("Nancy Pelosi", "P"),
+            ("Hong Kong", "G"),
+        ],
+    ),
+    (
+        "autos",
+        &["autosnews", "autosenthusiasts"],
+        &[
+            "car", "truck", "engine", "driver", "vehicle", "electric", "speed", "model", "wheel", "motor",
+            "race", "fuel", "crash", "road", "brand", "design",
+        ],
+        &[("Tesla", "O"), ("Ford", "O"), ("Elon Musk", "P"), ("Škoda", "O"), ("Porsche", "O")],
+    ),
+    (
+        "weather",
+        &["weathertopstories", "weathernews"],
+        &[
+            "storm",
+            "snow",
+            "rain",
+            "winter",
+            "temperatures",
+            "cold",
+            "wind",
+            "forecast",
+            "hurricane",
+            "flood",
+            "weather",
+            "ice",
+            "heat",
+            "tornado",
+            "warning",
+            "freeze",
+        ],
+        &[
+            ("National Weather Service", "O"),
+            ("Chicago", "G"),
+            ("Texas", "G"),
+            ("Montréal", "G"),
+            ("Midwest", "G"),
+        ],
+    ),
 ];
 
 const GENERAL: &[&str] = &[
-    "the", "new", "after", "says", "how", "why", "what", "first", "year", "best", "could", "more", "world",
-    "big", "people", "day", "time", "here", "about", "over", "this", "week", "back", "last", "just", "still",
-    "may", "now", "old", "top", "says", "video", "report", "family", "home", "life", "woman", "man", "years",
-    "things", "ways", "know", "should", "never", "every", "make", "great", "major", "little", "real", "state",
-    "local", "from", "with", "for", "and", "into", "will", "their", "his", "her", "your", "most", "all",
-    "makes", "gets", "takes", "finds", "shows", "reveals", "announces", "could", "might", "again", "before",
-    "during", "against", "under", "next", "only", "other", "some", "many", "good", "bad", "long", "free",
-    "high", "small", "right", "left", "late", "early", "school", "town", "morning", "night", "story", "news",
+    "the",
+    "new",
+    "after",
+    "says",
+    "how",
+    "why",
+    "what",
+    "first",
+    "year",
+    "best",
+    "could",
+    "more",
+    "world",
+    "big",
+    "people",
+    "day",
+    "time",
+    "here",
+    "about",
+    "over",
+    "this",
+    "week",
+    "back",
+    "last",
+    "just",
+    "still",
+    "may",
+    "now",
+    "old",
+    "top",
+    "says",
+    "video",
+    "report",
+    "family",
+    "home",
+    "life",
+    "woman",
+    "man",
+    "years",
+    "things",
+    "ways",
+    "know",
+    "should",
+    "never",
+    "every",
+    "make",
+    "great",
+    "major",
+    "little",
+    "real",
+    "state",
+    "local",
+    "from",
+    "with",
+    "for",
+    "and",
+    "into",
+    "will",
+    "their",
+    "his",
+    "her",
+    "your",
+    "most",
+    "all",
+    "makes",
+    "gets",
+    "takes",
+    "finds",
+    "shows",
+    "reveals",
+    "announces",
+    "could",
+    "might",
+    "again",
+    "before",
+    "during",
+    "against",
+    "under",
+    "next",
+    "only",
+    "other",
+    "some",
+    "many",
+    "good",
+    "bad",
+    "long",
+    "free",
+    "high",
+    "small",
+    "right",
+    "left",
+    "late",
+    "early",
+    "school",
+    "town",
+    "morning",
+    "night",
+    "story",
+    "news",
 ];
 
 /// A deterministic pseudo-random "Wikidata id" per (topic, entity).
@@ -140,7 +458,8 @@ fn make_news(rng: &mut ChaCha8Rng, topic: usize, nid: usize) -> Result<SynthNews
         chars += text.chars().count() as u64;
         title.push_str(&text);
     }
-    let abstract_text: Vec<&str> = (0..rng.random_range(8..20)).map(|_| *GENERAL.choose(rng).unwrap_or(&"news")).collect();
+    let abstract_text: Vec<&str> =
+        (0..rng.random_range(8..20)).map(|_| *GENERAL.choose(rng).unwrap_or(&"news")).collect();
     let sub = subs.choose(rng).copied().unwrap_or(category);
     let line = format!(
         "{category}\t{sub}\t{title}\t{}.\thttps://assets.msn.com/labs/mind/AA{nid:06}.html\t{}\t[]",
@@ -192,7 +511,11 @@ pub fn run(opts: &SynthOptions, out: &Path) -> Result<()> {
     let n_test = opts.impressions - n_train - n_dev;
     // 2019-11-09 00:00:00 UTC
     let day0 = 1_573_257_600i64;
-    let splits = [("train", n_train, 0i64, 5i64, true), ("dev", n_dev, 5, 1, true), ("test", n_test, 6, 1, !opts.unlabeled_test)];
+    let splits = [
+        ("train", n_train, 0i64, 5i64, true),
+        ("dev", n_dev, 5, 1, true),
+        ("test", n_test, 6, 1, !opts.unlabeled_test),
+    ];
     for (name, count, first_day, days, labeled) in splits {
         let dir = out.join(name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -200,12 +523,17 @@ pub fn run(opts: &SynthOptions, out: &Path) -> Result<()> {
         let users = if name == "train" { train_users } else { opts.users };
         let mut used = vec![false; news.len()];
         let path = dir.join("behaviors.tsv");
-        let mut w = BufWriter::new(File::create(&path).with_context(|| format!("creating {}", path.display()))?);
+        let mut w =
+            BufWriter::new(File::create(&path).with_context(|| format!("creating {}", path.display()))?);
         let mut line = String::new();
         for imp in 0..count {
             let u = rng.random_range(0..users);
             let pick = |rng: &mut ChaCha8Rng, preferred: bool| -> usize {
-                let t = if preferred { *prefs[u].choose(rng).unwrap_or(&0) } else { rng.random_range(0..TOPICS.len()) };
+                let t = if preferred {
+                    *prefs[u].choose(rng).unwrap_or(&0)
+                } else {
+                    rng.random_range(0..TOPICS.len())
+                };
                 let p = if pool[t].is_empty() { &by_topic_train[t] } else { &pool[t] };
                 p.choose(rng).copied().unwrap_or(0)
             };
@@ -216,7 +544,11 @@ pub fn run(opts: &SynthOptions, out: &Path) -> Result<()> {
             write!(line, "{}\tU{}\t{}\t", imp + 1, u + 1, format_time(time))?;
             for h in 0..hist_len {
                 // History: news of the training period, mostly of the user's topics.
-                let t = if rng.random_bool(0.8) { *prefs[u].choose(&mut rng).unwrap_or(&0) } else { rng.random_range(0..TOPICS.len()) };
+                let t = if rng.random_bool(0.8) {
+                    *prefs[u].choose(&mut rng).unwrap_or(&0)
+                } else {
+                    rng.random_range(0..TOPICS.len())
+                };
                 let n = by_topic_train[t].choose(&mut rng).copied().unwrap_or(0);
                 used[n] = true;
                 write!(line, "{}N{}", if h > 0 { " " } else { "" }, n + 1)?;

