@@ -29,6 +29,8 @@ pub struct TitleBatch {
     pub len: usize,
     /// Real tokens in the batch (for tokens/s).
     pub tokens: usize,
+    /// Tokens with an NER label (>= 0), the NER loss's denominator, counted on the host.
+    pub labelled_tokens: usize,
 }
 
 /// Groups title indices (sorted by length) into buckets whose padding stays within
@@ -99,6 +101,8 @@ impl TitleBatch {
             inverse: Tensor::from_slice(&inverse).to_device(device),
             len: titles.len(),
             tokens: titles.iter().map(|t| t.len()).sum(),
+            labelled_tokens: ner
+                .map_or(0, |ner| ner.iter().map(|tags| tags.iter().filter(|&&t| t >= 0).count()).sum()),
         }
     }
 }
@@ -126,28 +130,25 @@ pub fn encode_titles(bert: &BertModel, titles: &TitleBatch, train: bool) -> Enco
     EncodedTitles { cls: cls_sorted.index_select(0, &titles.inverse), tokens }
 }
 
-/// Sum of per-token cross-entropy over labelled tokens and their count, over all buckets.
-/// `logits_per_bucket[b]` is `[n_b, L_b, T]`.
-pub fn token_cross_entropy(logits_per_bucket: &[Tensor], titles: &TitleBatch) -> (Tensor, i64) {
-    let mut total: Option<Tensor> = None;
-    let mut count = 0;
-    for (logits, bucket) in logits_per_bucket.iter().zip(&titles.buckets) {
-        let labels = bucket.ner_labels.as_ref().expect("token loss needs NER labels in the TitleBatch");
-        let t = logits.size()[2];
-        let loss = logits.view([-1, t]).cross_entropy_loss::<Tensor>(
-            &labels.view([-1]),
-            None,
-            tch::Reduction::Sum,
-            -1,
-            0.0,
-        );
-        count += labels.ge(0).sum(Kind::Int64).int64_value(&[]);
-        total = Some(match total {
-            Some(sum) => sum + loss,
-            None => loss,
-        });
-    }
-    (total.unwrap_or_else(|| Tensor::zeros([], (Kind::Float, Device::Cpu))), count)
+/// Mean per-token cross-entropy over the tokens with an NER label (-1 = ignored), over all
+/// buckets. `logits_per_bucket[b]` is `[n_b, L_b, T]`.
+pub fn token_cross_entropy(logits_per_bucket: &[Tensor], titles: &TitleBatch) -> Tensor {
+    let sums: Vec<Tensor> = logits_per_bucket
+        .iter()
+        .zip(&titles.buckets)
+        .map(|(logits, bucket)| {
+            let labels = bucket.ner_labels.as_ref().expect("token loss needs NER labels in the TitleBatch");
+            let t = logits.size()[2];
+            logits.view([-1, t]).cross_entropy_loss::<Tensor>(
+                &labels.view([-1]),
+                None,
+                tch::Reduction::Sum,
+                -1,
+                0.0,
+            )
+        })
+        .collect();
+    Tensor::stack(&sums, 0).sum(Kind::Float) / titles.labelled_tokens.max(1) as f64
 }
 
 #[cfg(test)]

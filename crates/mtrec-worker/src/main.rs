@@ -1,10 +1,13 @@
 //! `mtrec-worker`: one process per GPU (or CPU rank) of an mtrec job.
 //!
-//! Subcommands: `doctor` (what this binary found: libtorch, CUDA, MPI, NCCL).
+//! `train`, `eval`, `predict` (the MIND leaderboard file), `embed` (news vectors to Parquet),
+//! `bench` (step time on the reference workload) and `doctor` (what this binary found).
 
+mod commands;
 mod doctor;
 
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(name = "mtrec-worker", version, about = "Train, evaluate and serve MTRec news recommenders")]
@@ -13,20 +16,104 @@ struct Cli {
     command: Command,
 }
 
+/// Options every config-driven command shares.
+#[derive(clap::Args, Debug)]
+pub struct ConfigArgs {
+    /// Run config (TOML); see configs/.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Override any config field: `--set train.max_steps=100 --set mtl.surgery=pcgrad`.
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub overrides: Vec<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Train per the config; `--resume auto` continues from the newest checkpoint of the run dir.
+    Train {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// `auto` or a checkpoint folder.
+        #[arg(long)]
+        resume: Option<String>,
+    },
+    /// Evaluate a checkpoint on the config's eval split: prints AUC, MRR, nDCG@5/10, writes metrics.json.
+    Eval {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        checkpoint: PathBuf,
+    },
+    /// Write the MIND leaderboard file (prediction.txt zipped) for a split.
+    Predict {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long, default_value = "test")]
+        split: String,
+        #[arg(long, default_value = "prediction.zip")]
+        out: PathBuf,
+    },
+    /// Write the news vector of every news item of the shards to Parquet (news_id, vector).
+    Embed {
+        /// Hugging Face model folder (default: the config's model.path, else the venv's MiniLM).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Shards written by mtrec-prep (default: the config's data.shards).
+        #[arg(long)]
+        shards: Option<PathBuf>,
+        /// A training checkpoint (default: the model folder's pretrained weights).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Run config that built the checkpoint (user encoder, AMF, heads).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        overrides: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Time training steps on the reference workload (DESIGN.md), with the config's surgery and main-task only.
+    Bench {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+    },
     /// Print what this binary found: libtorch, CUDA devices, MPI, rank/world, NCCL.
     Doctor,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    let result = run(Cli::parse());
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let rank = commands::launcher_rank();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| if rank == 0 { "info".into() } else { "warn".into() }),
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match cli.command {
+        Command::Train { config, resume } => commands::train(&config, resume.as_deref()),
+        Command::Eval { config, checkpoint } => commands::eval(&config, &checkpoint),
+        Command::Predict { config, checkpoint, split, out } => {
+            commands::predict(&config, &checkpoint, &split, &out)
+        }
+        Command::Embed { model, shards, checkpoint, config, overrides, out } => {
+            commands::embed(model, shards, checkpoint.as_deref(), config.as_deref(), &overrides, &out)
+        }
+        Command::Bench { config, steps, warmup } => commands::bench(&config, warmup, steps),
         Command::Doctor => doctor::run(),
     }
 }

@@ -1,0 +1,133 @@
+//! `mtrec-worker bench`: times training steps on the reference workload of `DESIGN.md`
+//! ("Performance design"): 8 samples per step, history 50, 1 + 4 candidates, so 440 distinct
+//! titles of 12-30 real tokens (uniform) with random token ids, full fine-tuning, the configured
+//! losses and surgery, AdamW. Reports samples/s and the time of each phase, for the configured
+//! multi-task step and for the main-task-only step.
+use crate::TrainError;
+use crate::config::Config;
+use crate::device_batch::DeviceBatch;
+use crate::flat::FlatParams;
+use crate::optim::AdamW;
+use crate::setup::{self, LabelCounts};
+use crate::step::{PhaseTimes, train_step};
+use mtrec_data::batch::HostBatch;
+use mtrec_data::read::NewsTable;
+use mtrec_dist::Local;
+use rand::{Rng, SeedableRng};
+use std::time::{Duration, Instant};
+
+/// Reference workload sizes.
+pub const SAMPLES: usize = 8;
+pub const HISTORY: usize = 50;
+pub const NEGATIVES: usize = 4;
+/// MIND-small's label counts.
+const LABELS: LabelCounts = LabelCounts { categories: 17, subcategories: 264, ner_tags: 3, num_users: 1000 };
+
+/// Mean phase times and throughput of one measured configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchResult {
+    pub steps: usize,
+    pub step: Duration,
+    pub phases: PhaseTimes,
+    pub samples_per_second: f64,
+    pub titles: usize,
+    pub tokens: usize,
+}
+
+/// 440 random titles (12-30 tokens, `[CLS]`/`[SEP]` included) and the batch that uses each once.
+pub fn reference_batch(vocab: i64, seed: u64) -> (NewsTable, HostBatch) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let titles = SAMPLES * (HISTORY + 1 + NEGATIVES);
+    let mut table = NewsTable {
+        news_id: vec![String::new()],
+        category: vec![0],
+        subcategory: vec![0],
+        input_ids: vec![Vec::new()],
+        ner_tags: vec![Vec::new()],
+        entities: vec![Vec::new()],
+    };
+    for i in 0..titles {
+        let len = rng.random_range(12..=30usize);
+        let mut ids: Vec<i32> = (0..len).map(|_| rng.random_range(1000..vocab as i32)).collect();
+        ids[0] = 101;
+        ids[len - 1] = 102;
+        let mut tags: Vec<i8> = (0..len).map(|_| rng.random_range(0..3)).collect();
+        tags[0] = -1;
+        tags[len - 1] = -1;
+        table.news_id.push(format!("B{i}"));
+        table.category.push(rng.random_range(0..LABELS.categories));
+        table.subcategory.push(rng.random_range(0..LABELS.subcategories));
+        table.input_ids.push(ids);
+        table.ner_tags.push(tags);
+        table.entities.push(Vec::new());
+    }
+    let per_sample = HISTORY + 1 + NEGATIVES;
+    let news: Vec<i32> = (1..=titles as i32).collect();
+    let mut history = Vec::new();
+    let mut candidates = Vec::new();
+    for s in 0..SAMPLES {
+        let base = (s * per_sample) as i64;
+        history.extend(base..base + HISTORY as i64);
+        candidates.extend(base + HISTORY as i64..base + per_sample as i64);
+    }
+    let batch = HostBatch {
+        news,
+        history,
+        history_mask: vec![true; SAMPLES * HISTORY],
+        history_len: HISTORY,
+        candidates,
+        users: (1..=SAMPLES as i64).collect(),
+        size: SAMPLES,
+    };
+    (table, batch)
+}
+
+/// Times `steps` steps after `warmup` unmeasured ones, with `config`'s multi-task settings.
+pub fn run(config: &Config, warmup: usize, steps: usize) -> Result<BenchResult, TrainError> {
+    let model_dir = setup::model_dir(config)?;
+    let device = setup::device(config.train.device, 0)?;
+    let (vs, model) = setup::build_model(config, LABELS, &model_dir, None, device)?;
+    let mut params = FlatParams::new(&vs);
+    let mut optimizer = AdamW::new(&params, config.optim.clone());
+    let (table, host) = reference_batch(model.bert.config.vocab_size, config.train.seed);
+    let batch = DeviceBatch::new(&host, &table, device);
+    let mut total = PhaseTimes::default();
+    let mut elapsed = Duration::ZERO;
+    for i in 0..warmup + steps {
+        let started = Instant::now();
+        let (_, times) = train_step(
+            &model,
+            &mut params,
+            &mut optimizer,
+            &Local,
+            &batch,
+            &config.mtl,
+            1.0,
+            i as u64,
+            true,
+        )?;
+        if i >= warmup {
+            elapsed += started.elapsed();
+            total.forward += times.forward;
+            total.backward_main += times.backward_main;
+            total.backward_aux += times.backward_aux;
+            total.surgery += times.surgery;
+            total.optimizer += times.optimizer;
+        }
+    }
+    let n = steps.max(1) as u32;
+    Ok(BenchResult {
+        steps,
+        step: elapsed / n,
+        phases: PhaseTimes {
+            forward: total.forward / n,
+            backward_main: total.backward_main / n,
+            backward_aux: total.backward_aux / n,
+            surgery: total.surgery / n,
+            optimizer: total.optimizer / n,
+        },
+        samples_per_second: (SAMPLES * steps) as f64 / elapsed.as_secs_f64().max(1e-9),
+        titles: host.news.len(),
+        tokens: table.input_ids.iter().map(Vec::len).sum(),
+    })
+}

@@ -1,0 +1,190 @@
+//! Checkpoints: `run_dir/step-NNNNNNNN/` with `model.safetensors` (every variable by name),
+//! `optimizer.safetensors` (AdamW moments over the flat layout) and `trainer.json` (step, seeds,
+//! config digest, world size, metrics, and the sha256 of the two tensor files). Written into a
+//! temporary folder, fsync'd, then renamed: a folder named `step-*` is always complete. Only
+//! safetensors is ever loaded.
+use crate::TrainError;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const TRAINER_FILE: &str = "trainer.json";
+
+/// `trainer.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainerState {
+    /// Optimizer steps taken.
+    pub step: u64,
+    pub epoch: u64,
+    /// Global samples consumed (`step * train.batch_size`); ranks derive their slice from it.
+    pub sample_cursor: u64,
+    pub seed: u64,
+    /// sha256 of the resolved config's model-shaping sections.
+    pub config_digest: String,
+    pub world_size: usize,
+    /// Last evaluation, if any.
+    pub metrics: Option<serde_json::Value>,
+    /// sha256 of model.safetensors and optimizer.safetensors.
+    pub model_sha256: String,
+    pub optimizer_sha256: String,
+}
+
+pub fn step_dir(run_dir: &Path, step: u64) -> PathBuf {
+    run_dir.join(format!("step-{step:08}"))
+}
+
+fn sha256_file(path: &Path) -> Result<String, TrainError> {
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    Ok(format!("{:x}", Sha256::digest(&bytes)))
+}
+
+fn fsync(path: &Path) -> Result<(), TrainError> {
+    std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(|e| TrainError::io(path, e))
+}
+
+/// Writes a checkpoint atomically and returns its folder.
+pub fn save(
+    run_dir: &Path,
+    model: &[(String, Tensor)],
+    optimizer: &[(String, Tensor)],
+    mut state: TrainerState,
+) -> Result<PathBuf, TrainError> {
+    let final_dir = step_dir(run_dir, state.step);
+    let tmp = run_dir.join(format!(".tmp-step-{:08}-{}", state.step, std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    let model_path = tmp.join(MODEL_FILE);
+    let optimizer_path = tmp.join(OPTIMIZER_FILE);
+    Tensor::write_safetensors(model, &model_path)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", model_path.display())))?;
+    Tensor::write_safetensors(optimizer, &optimizer_path)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", optimizer_path.display())))?;
+    state.model_sha256 = sha256_file(&model_path)?;
+    state.optimizer_sha256 = sha256_file(&optimizer_path)?;
+    let trainer_path = tmp.join(TRAINER_FILE);
+    let json = serde_json::to_string_pretty(&state).expect("trainer state serialises");
+    std::fs::write(&trainer_path, json).map_err(|e| TrainError::io(&trainer_path, e))?;
+    for file in [&model_path, &optimizer_path, &trainer_path, &tmp] {
+        fsync(file)?;
+    }
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
+    }
+    std::fs::rename(&tmp, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
+    fsync(run_dir)?;
+    Ok(final_dir)
+}
+
+/// A verified checkpoint: every file present and matching the checksums in trainer.json.
+#[derive(Debug)]
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub state: TrainerState,
+}
+
+impl Checkpoint {
+    /// Opens `dir`, refusing it when a file is missing or a checksum does not match.
+    pub fn open(dir: &Path) -> Result<Checkpoint, TrainError> {
+        let refuse = |reason: String| TrainError::Checkpoint(format!("{}: {reason}", dir.display()));
+        let trainer_path = dir.join(TRAINER_FILE);
+        let text =
+            std::fs::read_to_string(&trainer_path).map_err(|e| refuse(format!("{TRAINER_FILE}: {e}")))?;
+        let state: TrainerState =
+            serde_json::from_str(&text).map_err(|e| refuse(format!("{TRAINER_FILE}: {e}")))?;
+        for (file, expected) in [(MODEL_FILE, &state.model_sha256), (OPTIMIZER_FILE, &state.optimizer_sha256)]
+        {
+            let path = dir.join(file);
+            if !path.is_file() {
+                return Err(refuse(format!("{file} is missing")));
+            }
+            let actual = sha256_file(&path)?;
+            if &actual != expected {
+                return Err(refuse(format!("{file} has sha256 {actual}, trainer.json says {expected}")));
+            }
+        }
+        Ok(Checkpoint { dir: dir.to_path_buf(), state })
+    }
+
+    /// The named tensors of `model.safetensors`.
+    pub fn model_tensors(&self) -> Result<Vec<(String, Tensor)>, TrainError> {
+        let path = self.dir.join(MODEL_FILE);
+        Tensor::read_safetensors(&path)
+            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
+    }
+
+    pub fn optimizer_tensors(&self) -> Result<Vec<(String, Tensor)>, TrainError> {
+        let path = self.dir.join(OPTIMIZER_FILE);
+        Tensor::read_safetensors(&path)
+            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
+    }
+}
+
+/// Complete checkpoint folders of a run, oldest first.
+pub fn list(run_dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(run_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let step = name.strip_prefix("step-")?.parse().ok()?;
+            Some((step, e.path()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// The newest checkpoint that verifies (older ones are tried when a newer one is damaged).
+pub fn latest(run_dir: &Path) -> Option<Checkpoint> {
+    list(run_dir).into_iter().rev().find_map(|(_, dir)| match Checkpoint::open(&dir) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!("skipping {e}");
+            None
+        }
+    })
+}
+
+/// Removes all but the newest `keep` checkpoints, never `protect` (the best one).
+pub fn prune(run_dir: &Path, keep: usize, protect: Option<&Path>) {
+    let all = list(run_dir);
+    let excess = all.len().saturating_sub(keep);
+    for (_, dir) in all.into_iter().take(excess) {
+        if Some(dir.as_path()) != protect {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!("could not remove old checkpoint {}: {e}", dir.display());
+            }
+        }
+    }
+}
+
+/// Loads `model.safetensors` into the variables of `vs` by name (all must be present, same shapes).
+pub fn load_model(vs: &tch::nn::VarStore, checkpoint: &Checkpoint) -> Result<(), TrainError> {
+    let tensors: std::collections::HashMap<String, Tensor> =
+        checkpoint.model_tensors()?.into_iter().collect();
+    let mut problems = Vec::new();
+    tch::no_grad(|| {
+        for (name, mut var) in vs.variables() {
+            match tensors.get(&name) {
+                Some(t) if t.size() == var.size() => var.copy_(t),
+                Some(t) => {
+                    problems.push(format!("{name}: checkpoint {:?}, model {:?}", t.size(), var.size()))
+                }
+                None => problems.push(format!("{name}: missing")),
+            }
+        }
+    });
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(TrainError::Checkpoint(format!(
+            "{}: does not fit the configured model (a config change that changes the model?):\n  {}",
+            checkpoint.dir.display(),
+            problems.join("\n  ")
+        )))
+    }
+}

@@ -1,0 +1,60 @@
+//! A host batch turned into tensors on the training device.
+use mtrec_data::batch::{HostBatch, titles};
+use mtrec_data::read::NewsTable;
+use mtrec_model::{NewsInputs, TitleBatch};
+use tch::{Device, Tensor};
+
+/// Everything one step needs, on the device.
+#[derive(Debug)]
+pub struct DeviceBatch {
+    /// The batch's unique news (titles bucketed by length, labels, entities).
+    pub news: NewsInputs,
+    /// `[B, H]` int64 rows of the news vectors (`N` = the zero padding row).
+    pub history: Tensor,
+    /// `[B, H]` bool.
+    pub history_mask: Tensor,
+    /// `[B, 1 + K]` int64 rows of the news vectors, the clicked news first.
+    pub candidates: Tensor,
+    /// `[B]` int64 user ids.
+    pub users: Tensor,
+    /// Samples in the batch.
+    pub size: usize,
+}
+
+/// News-side inputs for the news items `nids`: titles with NER labels, category, subcategory,
+/// entity rows padded with 0 to the longest list.
+pub fn news_inputs(table: &NewsTable, nids: &[i32], device: Device) -> NewsInputs {
+    let (title_ids, ner) = titles(table, nids);
+    let width = nids.iter().map(|&n| table.entities[n as usize].len()).max().unwrap_or(0).max(1);
+    let mut entities = vec![0i64; nids.len() * width];
+    for (row, &nid) in nids.iter().enumerate() {
+        for (col, &e) in table.entities[nid as usize].iter().enumerate() {
+            entities[row * width + col] = e as i64;
+        }
+    }
+    let column = |values: &[i64]| {
+        Tensor::from_slice(&nids.iter().map(|&n| values[n as usize]).collect::<Vec<_>>()).to_device(device)
+    };
+    NewsInputs {
+        titles: TitleBatch::new(&title_ids, Some(&ner), device),
+        category: column(&table.category),
+        subcategory: column(&table.subcategory),
+        entities: Tensor::from_slice(&entities).view([nids.len() as i64, width as i64]).to_device(device),
+    }
+}
+
+impl DeviceBatch {
+    pub fn new(host: &HostBatch, table: &NewsTable, device: Device) -> Self {
+        let b = host.size as i64;
+        DeviceBatch {
+            news: news_inputs(table, &host.news, device),
+            history: Tensor::from_slice(&host.history).view([b, host.history_len as i64]).to_device(device),
+            history_mask: Tensor::from_slice(&host.history_mask)
+                .view([b, host.history_len as i64])
+                .to_device(device),
+            candidates: Tensor::from_slice(&host.candidates).view([b, -1]).to_device(device),
+            users: Tensor::from_slice(&host.users).to_device(device),
+            size: host.size,
+        }
+    }
+}

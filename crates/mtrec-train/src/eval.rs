@@ -1,0 +1,142 @@
+//! Evaluation: encode every news item once, then users, then dot products; MIND metrics per
+//! impression, summed per rank and reduced. Impressions are split across ranks by position.
+use crate::TrainError;
+use crate::device_batch::news_inputs;
+use crate::metrics::RankingMetrics;
+use indicatif::{ProgressBar, ProgressStyle};
+use mtrec_data::read::{EvalImpression, NewsTable};
+use mtrec_dist::Collective;
+use mtrec_model::NewsRecModel;
+use tch::{Device, Kind, Tensor};
+
+/// A progress bar on a terminal (hidden otherwise, and on ranks other than 0).
+pub fn progress(len: u64, what: &str, visible: bool) -> ProgressBar {
+    let bar = if visible { ProgressBar::new(len) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// News vectors of every news item: `[num_news + 1, d]`, row `nid`, row 0 zeros. Titles are
+/// sorted by length and encoded `batch` at a time, so batches carry almost no padding.
+pub fn encode_all_news(
+    model: &NewsRecModel,
+    table: &NewsTable,
+    batch: usize,
+    device: Device,
+    show_progress: bool,
+) -> Tensor {
+    let mut nids: Vec<i32> = (1..table.input_ids.len() as i32).collect();
+    nids.sort_by_key(|&n| table.input_ids[n as usize].len());
+    let d = model.bert.config.hidden_size;
+    let mut vectors = Tensor::zeros([table.input_ids.len() as i64, d], (Kind::Float, device));
+    let bar = progress(nids.len() as u64, "news", show_progress);
+    tch::no_grad(|| {
+        for chunk in nids.chunks(batch.max(1)) {
+            let inputs = news_inputs(table, chunk, device);
+            let out = model.encode_news(&inputs, false);
+            let rows =
+                Tensor::from_slice(&chunk.iter().map(|&n| n as i64).collect::<Vec<_>>()).to_device(device);
+            let _ = vectors.index_copy_(0, &rows, &out.vectors.to_kind(Kind::Float));
+            bar.inc(chunk.len() as u64);
+        }
+    });
+    bar.finish_and_clear();
+    vectors
+}
+
+/// Click scores of every candidate of `impressions`, in their original order.
+pub fn score_impressions(
+    model: &NewsRecModel,
+    news_vectors: &Tensor,
+    impressions: &[EvalImpression],
+    history: usize,
+    batch: usize,
+    show_progress: bool,
+) -> Vec<Vec<f32>> {
+    let device = news_vectors.device();
+    let d = news_vectors.size()[1];
+    let bar = progress(impressions.len() as u64, "impressions", show_progress);
+    let mut all = Vec::with_capacity(impressions.len());
+    tch::no_grad(|| {
+        for chunk in impressions.chunks(batch.max(1)) {
+            let h = chunk.iter().map(|i| i.history.len().min(history)).max().unwrap_or(0).max(1);
+            let mut rows = Vec::with_capacity(chunk.len() * h);
+            let mut mask = Vec::with_capacity(chunk.len() * h);
+            for imp in chunk {
+                let kept = &imp.history[imp.history.len().saturating_sub(history)..];
+                rows.extend(kept.iter().map(|&n| n as i64).chain(std::iter::repeat_n(0, h - kept.len())));
+                mask.extend((0..h).map(|t| t < kept.len()));
+            }
+            let b = chunk.len() as i64;
+            let hist = news_vectors
+                .index_select(0, &Tensor::from_slice(&rows).to_device(device))
+                .view([b, h as i64, d]);
+            let mask = Tensor::from_slice(&mask).view([b, h as i64]).to_device(device);
+            let users = Tensor::from_slice(&chunk.iter().map(|i| i.user as i64).collect::<Vec<_>>())
+                .to_device(device);
+            let user_vectors = model.encode_users(&hist, &mask, &users);
+            // All candidates of the chunk at once: [sum C, d] . repeated user vectors.
+            let counts: Vec<i64> = chunk.iter().map(|i| i.candidates.len() as i64).collect();
+            let cands: Vec<i64> = chunk.iter().flat_map(|i| i.candidates.iter().map(|&n| n as i64)).collect();
+            let cand_vectors = news_vectors.index_select(0, &Tensor::from_slice(&cands).to_device(device));
+            let repeated = user_vectors.repeat_interleave_self_tensor(
+                &Tensor::from_slice(&counts).to_device(device),
+                0,
+                None,
+            );
+            let scores: Vec<f32> = Vec::try_from(
+                (cand_vectors * repeated).sum_dim_intlist(-1, false, Kind::Float).to_device(Device::Cpu),
+            )
+            .expect("float scores");
+            let mut offset = 0;
+            for &c in &counts {
+                all.push(scores[offset..offset + c as usize].to_vec());
+                offset += c as usize;
+            }
+            bar.inc(chunk.len() as u64);
+        }
+    });
+    bar.finish_and_clear();
+    all
+}
+
+/// This rank's share of `len` items: a contiguous range.
+pub fn rank_range(len: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
+    let per = len.div_ceil(world);
+    (rank * per).min(len)..((rank + 1) * per).min(len)
+}
+
+/// MIND metrics of `impressions` (which must have labels), averaged over impressions of all ranks.
+pub fn evaluate(
+    model: &NewsRecModel,
+    table: &NewsTable,
+    impressions: &[EvalImpression],
+    config: &crate::config::Config,
+    device: Device,
+    collective: &dyn Collective,
+) -> Result<RankingMetrics, TrainError> {
+    let placement = collective.placement();
+    let show = placement.is_main();
+    let news_vectors = encode_all_news(model, table, config.eval.news_batch, device, show);
+    let mine = &impressions[rank_range(impressions.len(), placement.rank, placement.world_size)];
+    let scores =
+        score_impressions(model, &news_vectors, mine, config.data.history, config.eval.user_batch, show);
+    let mut sums = RankingMetrics::default();
+    for (imp, s) in mine.iter().zip(&scores) {
+        let labels = imp.labels.as_ref().ok_or_else(|| {
+            TrainError::Config(format!(
+                "impression {} has no labels: evaluate on a labelled split",
+                imp.impression_id
+            ))
+        })?;
+        sums.add(labels, s);
+    }
+    let mut array = sums.as_array();
+    collective.all_reduce_sum_f64(&mut array)?;
+    Ok(RankingMetrics::from_array(array).mean())
+}

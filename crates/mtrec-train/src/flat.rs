@@ -1,0 +1,70 @@
+//! Flat parameter storage: every trainable variable becomes a view into one contiguous buffer,
+//! shared (BERT) parameters first. Gradients are gathered into buffers of the same layout, so an
+//! all-reduce, the surgery and the optimizer step are a few large kernels instead of hundreds of
+//! small ones.
+use mtrec_model::SHARED_PREFIX;
+use tch::{Kind, Tensor, nn};
+
+#[derive(Debug)]
+pub struct FlatParams {
+    /// Trainable variables in buffer order: `(name, variable)`.
+    pub vars: Vec<(String, Tensor)>,
+    /// `[P]` the values; each variable is a view into it.
+    pub values: Tensor,
+    /// Number of leading elements that belong to shared (BERT) parameters.
+    pub shared_len: i64,
+    /// `[P]` 1.0 where weight decay applies (not on biases and LayerNorm), else 0.0.
+    pub decay_mask: Tensor,
+    /// Total number of elements `P`.
+    pub len: i64,
+}
+
+fn decays(name: &str) -> bool {
+    !(name.ends_with(".bias") || name.contains("LayerNorm"))
+}
+
+impl FlatParams {
+    /// Moves every trainable variable of `vs` into one buffer (same values), shared ones first.
+    pub fn new(vs: &nn::VarStore) -> Self {
+        let mut vars: Vec<(String, Tensor)> =
+            vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        // Shared first, then by name: a layout every rank derives identically.
+        vars.sort_by(|(a, _), (b, _)| {
+            (!a.starts_with(SHARED_PREFIX), a).cmp(&(!b.starts_with(SHARED_PREFIX), b))
+        });
+        let device = vs.device();
+        let len: i64 = vars.iter().map(|(_, t)| t.numel() as i64).sum();
+        let shared_len: i64 =
+            vars.iter().filter(|(n, _)| n.starts_with(SHARED_PREFIX)).map(|(_, t)| t.numel() as i64).sum();
+        let values = Tensor::zeros([len], (Kind::Float, device));
+        let mut mask = Vec::with_capacity(len as usize);
+        let mut offset = 0;
+        tch::no_grad(|| {
+            for (name, var) in vars.iter_mut() {
+                let n = var.numel() as i64;
+                let mut view = values.narrow(0, offset, n).view(var.size().as_slice());
+                view.copy_(var);
+                var.set_data(&view);
+                mask.extend(std::iter::repeat_n(if decays(name) { 1.0f32 } else { 0.0 }, n as usize));
+                offset += n;
+            }
+        });
+        FlatParams { vars, values, shared_len, decay_mask: Tensor::from_slice(&mask).to_device(device), len }
+    }
+
+    /// The variables, for `Tensor::run_backward`.
+    pub fn tensors(&self) -> Vec<Tensor> {
+        self.vars.iter().map(|(_, t)| t.shallow_clone()).collect()
+    }
+
+    /// Concatenates per-variable gradients (undefined = not reached by the loss = zeros) into a
+    /// flat `[P]` buffer in this layout.
+    pub fn gather(&self, grads: &[Tensor]) -> Tensor {
+        let parts: Vec<Tensor> = grads
+            .iter()
+            .zip(&self.vars)
+            .map(|(g, (_, var))| if g.defined() { g.reshape([-1]) } else { var.zeros_like().reshape([-1]) })
+            .collect();
+        Tensor::cat(&parts, 0)
+    }
+}

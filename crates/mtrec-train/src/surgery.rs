@@ -1,0 +1,174 @@
+//! Gradient surgery on the shared (BERT) parameters, applied to globally averaged per-task
+//! gradients (flat vectors), identically on every rank.
+//!
+//! - [`SurgeryMode::Mtrec`] (Bi et al. 2022, `paper/MTREC.md` "Gradient surgery"): with
+//!   `g_aux = lambda (g_category + g_ner)`, if `g_main . g_aux < 0` then
+//!   `g_aux <- g_aux - (g_main . g_aux / ||g_main||^2) g_main`; the update is `g_main + g_aux`, and
+//!   `g_main` itself is never changed.
+//! - [`SurgeryMode::Pcgrad`] (Yu et al. 2020, "Gradient Surgery for Multi-Task Learning", Alg. 1):
+//!   every task gradient `g_i` is projected, in random order, onto the normal plane of every
+//!   other *original* task gradient `g_j` it conflicts with; the update is the sum.
+//! - [`SurgeryMode::None`]: plain sum.
+//!
+//! The conflict test and the projection run on the device; only [`SurgeryStats`] are read on the
+//! host, and only at log steps.
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+/// How the auxiliary gradients are combined with the main one on the shared parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SurgeryMode {
+    /// The paper: project `g_aux` off `g_main` when they conflict.
+    Mtrec,
+    /// PCGrad: every task against every other, in random order.
+    Pcgrad,
+    /// Plain sum of the task gradients.
+    None,
+}
+
+/// Device-side statistics of one surgery, read at log steps.
+#[derive(Debug)]
+pub struct SurgeryStats {
+    /// Cosine of `g_main` and `g_aux` before surgery (scalar).
+    pub cosine: Tensor,
+    /// 1.0 when they conflicted (`g_main . g_aux < 0`), else 0.0 (scalar).
+    pub conflict: Tensor,
+}
+
+/// Guards the division by `||g||^2` against an all-zero gradient.
+const EPS: f64 = 1e-20;
+
+fn cosine_and_conflict(a: &Tensor, b: &Tensor) -> SurgeryStats {
+    let dot = a.dot(b);
+    let norms = a.norm() * b.norm();
+    SurgeryStats { cosine: &dot / norms.clamp_min(EPS), conflict: dot.lt(0.0).to_kind(Kind::Float) }
+}
+
+/// `g_aux` projected onto the normal plane of `g_main` if they conflict, else unchanged.
+///
+/// # Shapes
+/// `g_main [S]`, `g_aux [S]` -> `[S]`.
+pub fn project_on_conflict(g_main: &Tensor, g_aux: &Tensor) -> Tensor {
+    let dot = g_main.dot(g_aux);
+    let coefficient = (&dot / g_main.dot(g_main).clamp_min(EPS)) * dot.lt(0.0).to_kind(g_aux.kind());
+    g_aux - g_main * coefficient
+}
+
+/// MTRec surgery: the update direction `g_main + g_aux'` on the shared parameters.
+pub fn mtrec(g_main: &Tensor, g_aux: &Tensor) -> (Tensor, SurgeryStats) {
+    let stats = cosine_and_conflict(g_main, g_aux);
+    (g_main + project_on_conflict(g_main, g_aux), stats)
+}
+
+/// PCGrad over any number of task gradients; `rng` draws the order in which each task visits
+/// the others (seeded identically on every rank).
+pub fn pcgrad(tasks: &[Tensor], rng: &mut impl rand::Rng) -> Tensor {
+    let mut total = tasks[0].zeros_like();
+    for (i, g_i) in tasks.iter().enumerate() {
+        let mut others: Vec<usize> = (0..tasks.len()).filter(|&j| j != i).collect();
+        others.shuffle(rng);
+        let mut projected = g_i.shallow_clone();
+        for j in others {
+            projected = project_on_conflict(&tasks[j], &projected);
+        }
+        total += projected;
+    }
+    total
+}
+
+/// Statistics of `g_main` against the sum of the auxiliary gradients, for any mode.
+pub fn stats(g_main: &Tensor, g_aux: &Tensor) -> SurgeryStats {
+    cosine_and_conflict(g_main, g_aux)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn t(v: &[f64]) -> Tensor {
+        Tensor::from_slice(v)
+    }
+    fn v(t: &Tensor) -> Vec<f64> {
+        Vec::try_from(t).unwrap()
+    }
+
+    #[test]
+    fn no_conflict_means_no_projection() {
+        let (g, stats) = mtrec(&t(&[1.0, 0.0]), &t(&[0.5, 2.0]));
+        assert_eq!(v(&g), vec![1.5, 2.0]);
+        assert_eq!(stats.conflict.double_value(&[]), 0.0);
+    }
+
+    #[test]
+    fn conflict_projects_aux_onto_the_normal_plane_of_main() {
+        let g_main = t(&[2.0, 0.0, 1.0]);
+        let g_aux = t(&[-3.0, 1.0, 0.5]);
+        let projected = project_on_conflict(&g_main, &g_aux);
+        // dot = -6 + 0.5 = -5.5, ||g_main||^2 = 5: g_aux + 1.1 g_main = [-0.8, 1, 1.6].
+        let expected = [-0.8, 1.0, 1.6];
+        for (a, b) in v(&projected).iter().zip(expected) {
+            assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+        }
+        assert!(
+            g_main.dot(&projected).double_value(&[]).abs() < 1e-12,
+            "result must be orthogonal to g_main"
+        );
+        let (g, stats) = mtrec(&g_main, &g_aux);
+        assert_eq!(stats.conflict.double_value(&[]), 1.0);
+        assert!(stats.cosine.double_value(&[]) < 0.0);
+        // g_main itself is unchanged: g - g_main is exactly the projected auxiliary gradient.
+        assert!(((&g - &g_main) - &projected).abs().max().double_value(&[]) < 1e-12);
+    }
+
+    #[test]
+    fn zero_main_gradient_does_not_produce_nan() {
+        let (g, _) = mtrec(&t(&[0.0, 0.0]), &t(&[1.0, -1.0]));
+        assert_eq!(v(&g), vec![1.0, -1.0]);
+    }
+
+    /// PCGrad as published (Yu et al. 2020, Algorithm 1), written independently with plain
+    /// vectors: g_i^PC <- g_i; for each j != i in random order: if g_i^PC . g_j < 0,
+    /// g_i^PC -= (g_i^PC . g_j / ||g_j||^2) g_j.
+    fn pcgrad_reference(tasks: &[Vec<f64>], orders: &[Vec<usize>]) -> Vec<f64> {
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+        let mut total = vec![0.0; tasks[0].len()];
+        for (i, g_i) in tasks.iter().enumerate() {
+            let mut pc = g_i.clone();
+            for &j in &orders[i] {
+                let d = dot(&pc, &tasks[j]);
+                if d < 0.0 {
+                    let c = d / dot(&tasks[j], &tasks[j]);
+                    pc.iter_mut().zip(&tasks[j]).for_each(|(p, g)| *p -= c * g);
+                }
+            }
+            total.iter_mut().zip(&pc).for_each(|(t, p)| *t += p);
+        }
+        total
+    }
+
+    #[test]
+    fn pcgrad_equals_the_published_algorithm() {
+        let tasks = vec![vec![1.0, 2.0, -1.0], vec![-2.0, 0.5, 1.0], vec![0.5, -3.0, 0.2]];
+        let tensors: Vec<Tensor> = tasks.iter().map(|g| t(g)).collect();
+        // Replay the same random orders the implementation draws.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let orders: Vec<Vec<usize>> = (0..3)
+            .map(|i| {
+                let mut o: Vec<usize> = (0..3).filter(|&j| j != i).collect();
+                o.shuffle(&mut rng);
+                o
+            })
+            .collect();
+        let ours = pcgrad(&tensors, &mut rand_chacha::ChaCha8Rng::seed_from_u64(11));
+        let reference = pcgrad_reference(&tasks, &orders);
+        for (a, b) in v(&ours).iter().zip(&reference) {
+            assert!((a - b).abs() < 1e-12, "{:?} vs {:?}", v(&ours), reference);
+        }
+        // And the projections happened: the plain sum differs.
+        let plain: Vec<f64> = (0..3).map(|k| tasks.iter().map(|g| g[k]).sum()).collect();
+        assert!(reference.iter().zip(&plain).any(|(a, b)| (a - b).abs() > 1e-3));
+    }
+}

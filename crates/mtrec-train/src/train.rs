@@ -1,0 +1,410 @@
+//! The training run: components built in a fixed order (dist -> data -> model -> optimizer ->
+//! schedule -> checkpointer -> metrics), then the loop of [`train_step`]s fed by a background
+//! input pipeline.
+use crate::TrainError;
+use crate::checkpoint::{self, Checkpoint, TrainerState};
+use crate::config::Config;
+use crate::device_batch::DeviceBatch;
+use crate::eval::{evaluate, progress};
+use crate::flat::FlatParams;
+use crate::metrics::RankingMetrics;
+use crate::optim::{AdamW, schedule};
+use crate::setup::{self, Loaded};
+use crate::step::{StepStats, scalar, train_step};
+use mtrec_data::batch::{Sampler, mix_seed};
+use mtrec_data::manifest::Split;
+use mtrec_dist::Collective;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::Tensor;
+
+/// Where a run starts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resume {
+    /// From the initial weights.
+    No,
+    /// From the newest complete checkpoint of `train.run_dir`, if there is one.
+    Auto,
+    /// From this checkpoint folder.
+    From(PathBuf),
+}
+
+/// What a finished run reports.
+#[derive(Debug)]
+pub struct TrainSummary {
+    pub steps: u64,
+    pub seconds: f64,
+    pub samples_per_second: f64,
+    pub final_eval: Option<RankingMetrics>,
+    pub best: Option<(u64, f64)>,
+    pub last_checkpoint: Option<PathBuf>,
+}
+
+/// sha256 over the config sections that shape the model: a resumed run must match it.
+pub fn config_digest(config: &Config) -> String {
+    let shape = json!({ "model": &config.model, "mtl_heads": [config.mtl.category, config.mtl.ner] });
+    format!("{:x}", Sha256::digest(shape.to_string().as_bytes()))
+}
+
+/// Appends JSON lines to `metrics.jsonl` (rank 0 only).
+struct MetricsLog {
+    file: Option<std::fs::File>,
+}
+
+impl MetricsLog {
+    fn open(run_dir: &Path, enabled: bool) -> Result<Self, TrainError> {
+        let path = run_dir.join("metrics.jsonl");
+        let file = enabled
+            .then(|| std::fs::OpenOptions::new().create(true).append(true).open(&path))
+            .transpose()
+            .map_err(|e| TrainError::io(&path, e))?;
+        Ok(MetricsLog { file })
+    }
+
+    fn write(&mut self, value: serde_json::Value) -> Result<(), TrainError> {
+        if let Some(file) = &mut self.file {
+            writeln!(file, "{value}").map_err(|e| TrainError::Checkpoint(format!("metrics.jsonl: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Running totals between log steps, and over the run.
+#[derive(Default)]
+struct LogWindow {
+    pending: Vec<StepStats>,
+    samples: u64,
+    tokens: u64,
+    started: Option<Instant>,
+    conflicts: f64,
+    surgery_steps: f64,
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    (n > 0).then(|| sum / n as f64)
+}
+
+/// Names and tensors of the optimizer state, for `optimizer.safetensors`.
+fn optimizer_tensors(optimizer: &AdamW) -> Vec<(String, Tensor)> {
+    vec![
+        ("exp_avg".into(), optimizer.exp_avg.shallow_clone()),
+        ("exp_avg_sq".into(), optimizer.exp_avg_sq.shallow_clone()),
+        ("step".into(), Tensor::from_slice(&[optimizer.step as i64])),
+    ]
+}
+
+fn restore_optimizer(optimizer: &mut AdamW, checkpoint: &Checkpoint) -> Result<(), TrainError> {
+    let tensors: std::collections::HashMap<String, Tensor> =
+        checkpoint.optimizer_tensors()?.into_iter().collect();
+    let get = |name: &str| {
+        tensors.get(name).ok_or_else(|| {
+            TrainError::Checkpoint(format!(
+                "{}: optimizer.safetensors has no {name}",
+                checkpoint.dir.display()
+            ))
+        })
+    };
+    let (m, v) = (get("exp_avg")?, get("exp_avg_sq")?);
+    if m.size() != optimizer.exp_avg.size() || v.size() != optimizer.exp_avg_sq.size() {
+        return Err(TrainError::Checkpoint(format!(
+            "{}: optimizer state has {:?} elements, the model {:?}",
+            checkpoint.dir.display(),
+            m.size(),
+            optimizer.exp_avg.size()
+        )));
+    }
+    tch::no_grad(|| {
+        optimizer.exp_avg.copy_(m);
+        optimizer.exp_avg_sq.copy_(v);
+    });
+    optimizer.step = get("step")?.int64_value(&[0]) as u64;
+    Ok(())
+}
+
+/// Makes the parameters identical on all ranks (rank 0's) and proves it with a checksum.
+fn synchronise_parameters(params: &mut FlatParams, collective: &dyn Collective) -> Result<(), TrainError> {
+    tch::no_grad(|| collective.broadcast(&mut params.values, 0))?;
+    let mine = params.values.to_kind(tch::Kind::Double).sum(tch::Kind::Double);
+    let mut reference = mine.copy();
+    collective.broadcast(&mut reference, 0)?;
+    let mut mismatches = [f64::from(mine.ne_tensor(&reference).int64_value(&[]) as i32)];
+    collective.all_reduce_sum_f64(&mut mismatches)?;
+    if mismatches[0] > 0.0 {
+        return Err(TrainError::Dist(format!(
+            "parameters differ on {} rank(s) after the broadcast",
+            mismatches[0]
+        )));
+    }
+    Ok(())
+}
+
+/// Trains per `config`; returns the summary (rank 0 has written everything to `train.run_dir`).
+pub fn train(
+    config: &Config,
+    resume: Resume,
+    collective: &dyn Collective,
+) -> Result<TrainSummary, TrainError> {
+    // dist
+    let placement = collective.placement();
+    config.validate_for_world(placement.world_size)?;
+    let main_rank = placement.is_main();
+    let device = setup::device(config.train.device, placement.local_rank)?;
+    let run_dir = config.train.run_dir.clone();
+    if main_rank {
+        std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::io(&run_dir, e))?;
+        let path = run_dir.join("config.toml");
+        std::fs::write(&path, config.to_toml()).map_err(|e| TrainError::io(&path, e))?;
+    }
+
+    // data
+    let Loaded { model_dir, manifest, news } = setup::load(config)?;
+    let impressions = mtrec_data::read::read_train(&config.data.shards, &manifest)?;
+    let eval_split = if config.eval.split == "test" { Split::Test } else { Split::Dev };
+    let eval_impressions = match mtrec_data::read::read_eval(&config.data.shards, &manifest, eval_split) {
+        Ok(imps) if imps.iter().all(|i| i.labels.is_some()) && !imps.is_empty() => {
+            let n = if config.eval.max_impressions > 0 {
+                config.eval.max_impressions.min(imps.len())
+            } else {
+                imps.len()
+            };
+            Some(imps[..n].to_vec())
+        }
+        _ => None,
+    };
+    let sampler = Sampler::new(&impressions, config.train.seed, config.data.negatives, config.data.history);
+    let steps_per_epoch = sampler.steps_per_epoch(config.train.batch_size);
+    if steps_per_epoch == 0 {
+        return Err(TrainError::Config(format!(
+            "train.batch_size = {} exceeds the {} training samples in {}",
+            config.train.batch_size,
+            sampler.index().len(),
+            config.data.shards.display()
+        )));
+    }
+
+    // model
+    let entity_table = setup::entity_table(config, &config.data.shards)?;
+    let (vs, model) =
+        setup::build_model(config, setup::LabelCounts::of(&manifest), &model_dir, entity_table, device)?;
+    let mut params = FlatParams::new(&vs);
+
+    // optimizer, schedule (a pure function of the step), checkpointer
+    let mut optimizer = AdamW::new(&params, config.optim.clone());
+    let digest = config_digest(config);
+    let resume_from = match &resume {
+        Resume::No => None,
+        Resume::Auto => checkpoint::latest(&run_dir),
+        Resume::From(dir) => Some(Checkpoint::open(dir)?),
+    };
+    let mut start_step = 0;
+    if let Some(ckpt) = &resume_from {
+        if ckpt.state.config_digest != digest {
+            return Err(TrainError::Checkpoint(format!(
+                "{}: written with a different model configuration (digest {} vs {digest}); refusing to resume",
+                ckpt.dir.display(),
+                ckpt.state.config_digest
+            )));
+        }
+        checkpoint::load_model(&vs, ckpt)?;
+        restore_optimizer(&mut optimizer, ckpt)?;
+        start_step = ckpt.state.step;
+        if main_rank {
+            tracing::info!("resuming from {} (step {start_step})", ckpt.dir.display());
+        }
+    }
+    synchronise_parameters(&mut params, collective)?;
+
+    // metrics
+    let mut log = MetricsLog::open(&run_dir, main_rank)?;
+    if main_rank {
+        tracing::info!(
+            world = placement.world_size,
+            backend = collective.backend(),
+            ?device,
+            samples = sampler.index().len(),
+            steps_per_epoch,
+            parameters = params.len,
+            shared = params.shared_len,
+            "training {} steps from step {start_step}",
+            config.train.max_steps
+        );
+    }
+
+    let max_steps = config.train.max_steps;
+    let bar = progress(max_steps, "train", main_rank);
+    bar.set_position(start_step);
+    let mut window = LogWindow::default();
+    let mut best: Option<(u64, f64, PathBuf)> = None;
+    let mut last_checkpoint = None;
+    let mut final_eval = None;
+    let started = Instant::now();
+    let (rank, world) = (placement.rank, placement.world_size);
+
+    let save = |step: u64, metrics: Option<serde_json::Value>, params: &FlatParams, optimizer: &AdamW| {
+        let state = TrainerState {
+            step,
+            epoch: step / steps_per_epoch,
+            sample_cursor: step * config.train.batch_size as u64,
+            seed: config.train.seed,
+            config_digest: digest.clone(),
+            world_size: world,
+            metrics,
+            model_sha256: String::new(),
+            optimizer_sha256: String::new(),
+        };
+        let named: Vec<(String, Tensor)> =
+            params.vars.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+        checkpoint::save(&run_dir, &named, &optimizer_tensors(optimizer), state)
+    };
+
+    std::thread::scope(|scope| -> Result<(), TrainError> {
+        // Input pipeline: assembles and uploads the next batches while the current step runs.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, DeviceBatch, u64)>(config.data.prefetch.max(1));
+        let sampler = &sampler;
+        let news = &news;
+        scope.spawn(move || {
+            let mut epoch_order: Option<(u64, Vec<u32>)> = None;
+            for step in start_step..max_steps {
+                let epoch = step / steps_per_epoch;
+                if epoch_order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                    epoch_order = Some((epoch, sampler.epoch_order(epoch)));
+                }
+                let order = &epoch_order.as_ref().expect("set above").1;
+                let samples =
+                    sampler.rank_samples(order, step % steps_per_epoch, config.train.batch_size, rank, world);
+                let host = sampler.assemble(epoch, &samples);
+                let batch = DeviceBatch::new(&host, news, device);
+                let tokens = batch.news.titles.tokens as u64;
+                if tx.send((step, batch, tokens)).is_err() {
+                    return;
+                }
+            }
+        });
+
+        for (step, batch, tokens) in rx {
+            let step_number = step + 1;
+            let lr_scale = schedule(step_number, config.optim.warmup_steps, max_steps);
+            let (stats, _) = train_step(
+                &model,
+                &mut params,
+                &mut optimizer,
+                collective,
+                &batch,
+                &config.mtl,
+                lr_scale,
+                mix_seed(&[config.train.seed, step_number, 0x9C]),
+                false,
+            )?;
+            window.started.get_or_insert_with(Instant::now);
+            window.pending.push(stats);
+            window.samples += config.train.batch_size as u64;
+            window.tokens += tokens * world as u64;
+            bar.inc(1);
+
+            let last = step_number == max_steps;
+            if step_number % config.log.every.max(1) == 0 || last {
+                let pending = std::mem::take(&mut window.pending);
+                let elapsed = window.started.take().map_or(1e-9, |t| t.elapsed().as_secs_f64()).max(1e-9);
+                let conflicts: Vec<f64> =
+                    pending.iter().filter_map(|s| s.surgery.as_ref().map(|g| scalar(&g.conflict))).collect();
+                window.conflicts += conflicts.iter().sum::<f64>();
+                window.surgery_steps += conflicts.len() as f64;
+                let record = json!({
+                    "step": step_number,
+                    "epoch": step / steps_per_epoch,
+                    "loss_main": mean(pending.iter().map(|s| scalar(&s.loss_main))),
+                    "loss_category": mean(pending.iter().filter_map(|s| s.loss_category.as_ref().map(scalar))),
+                    "loss_ner": mean(pending.iter().filter_map(|s| s.loss_ner.as_ref().map(scalar))),
+                    "cos_main_aux": mean(pending.iter().filter_map(|s| s.surgery.as_ref().map(|g| scalar(&g.cosine)))),
+                    "conflict": mean(conflicts.iter().copied()),
+                    "conflict_rate": (window.surgery_steps > 0.0).then(|| window.conflicts / window.surgery_steps),
+                    "grad_norm_main": mean(pending.iter().map(|s| scalar(&s.grad_norm_main))),
+                    "grad_norm_aux": mean(pending.iter().filter_map(|s| s.grad_norm_aux.as_ref().map(scalar))),
+                    "grad_norm": mean(pending.iter().map(|s| scalar(&s.grad_norm))),
+                    "lr_bert": config.optim.lr_bert * lr_scale,
+                    "lr_task": config.optim.lr_task * lr_scale,
+                    "samples_per_s": window.samples as f64 / elapsed,
+                    "tokens_per_s": window.tokens as f64 / elapsed,
+                });
+                window.samples = 0;
+                window.tokens = 0;
+                if main_rank {
+                    bar.set_message(format!("loss {:.4}", record["loss_main"].as_f64().unwrap_or(f64::NAN)));
+                    if bar.is_hidden() {
+                        tracing::info!("{record}");
+                    }
+                }
+                log.write(record)?;
+            }
+
+            let eval_now = eval_impressions.is_some()
+                && (last || (config.eval.every > 0 && step_number % config.eval.every == 0));
+            let mut eval_record = None;
+            if eval_now {
+                let metrics = evaluate(
+                    &model,
+                    news,
+                    eval_impressions.as_deref().expect("checked"),
+                    config,
+                    device,
+                    collective,
+                )?;
+                let record = json!({"step": step_number, "eval": config.eval.split, "auc": metrics.auc,
+                    "mrr": metrics.mrr, "ndcg5": metrics.ndcg5, "ndcg10": metrics.ndcg10,
+                    "impressions": metrics.impressions});
+                if main_rank {
+                    bar.println(format!(
+                        "step {step_number}: {} AUC {:.4} MRR {:.4} nDCG@5 {:.4} nDCG@10 {:.4}",
+                        config.eval.split, metrics.auc, metrics.mrr, metrics.ndcg5, metrics.ndcg10
+                    ));
+                }
+                log.write(record.clone())?;
+                eval_record = Some(record);
+                final_eval = Some(metrics);
+            }
+            let checkpoint_now = last
+                || eval_now
+                || (config.checkpoint.every > 0 && step_number % config.checkpoint.every == 0);
+            if checkpoint_now && main_rank {
+                let dir = save(step_number, eval_record.clone(), &params, &optimizer)?;
+                if let Some(auc) = eval_record.as_ref().and_then(|r| r["auc"].as_f64()) {
+                    if best.as_ref().is_none_or(|(_, b, _)| auc > *b) {
+                        best = Some((step_number, auc, dir.clone()));
+                        let path = run_dir.join("best.json");
+                        let text = json!({"step": step_number, "auc": auc, "checkpoint": dir}).to_string();
+                        std::fs::write(&path, text).map_err(|e| TrainError::io(&path, e))?;
+                    }
+                }
+                checkpoint::prune(
+                    &run_dir,
+                    config.checkpoint.keep,
+                    best.as_ref().map(|(_, _, d)| d.as_path()),
+                );
+                last_checkpoint = Some(dir);
+            }
+        }
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+
+    let seconds = started.elapsed().as_secs_f64();
+    let steps = max_steps.saturating_sub(start_step);
+    Ok(TrainSummary {
+        steps,
+        seconds,
+        samples_per_second: (steps * config.train.batch_size as u64) as f64 / seconds.max(1e-9),
+        final_eval,
+        best: best.map(|(s, auc, _)| (s, auc)),
+        last_checkpoint,
+    })
+}
+
+/// Loads `model.safetensors` of a checkpoint into a freshly built model (eval, predict, embed).
+pub fn load_checkpoint_into(vs: &tch::nn::VarStore, dir: &Path) -> Result<(), TrainError> {
+    let ckpt = Checkpoint::open(dir)?;
+    checkpoint::load_model(vs, &ckpt)
+}

@@ -1,0 +1,237 @@
+//! The subcommands: thin wiring of mtrec-train's components.
+use crate::ConfigArgs;
+use anyhow::{Context, bail};
+use mtrec_data::manifest::Split;
+use mtrec_dist::{Backend, Collective};
+use mtrec_train::config::{Config, DeviceChoice};
+use mtrec_train::eval::{encode_all_news, evaluate, score_impressions};
+use mtrec_train::metrics::ranks_in_input_order;
+use mtrec_train::setup::{self, LabelCounts};
+use mtrec_train::train::load_checkpoint_into;
+use mtrec_train::{Resume, bench};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// This process's rank as the launcher set it (before MPI starts), for log filtering.
+pub fn launcher_rank() -> usize {
+    ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {
+    Ok(Config::load(&args.config, &args.overrides)?)
+}
+
+/// The collective for this job: NCCL when training on CUDA, else MPI (or a world of one).
+fn connect(config: &Config) -> anyhow::Result<Box<dyn Collective>> {
+    let cuda = match config.train.device {
+        DeviceChoice::Cpu => false,
+        DeviceChoice::Cuda => true,
+        DeviceChoice::Auto => tch::Cuda::is_available(),
+    };
+    let backend = if cuda { Backend::Cuda } else { Backend::Cpu };
+    mtrec_dist::connect(backend).context("connecting to the other ranks")
+}
+
+pub fn train(args: &ConfigArgs, resume: Option<&str>) -> anyhow::Result<()> {
+    let config = load_config(args)?;
+    let resume = match resume {
+        None => Resume::No,
+        Some("auto") => Resume::Auto,
+        Some(dir) => Resume::From(PathBuf::from(dir)),
+    };
+    let collective = connect(&config)?;
+    let summary = mtrec_train::train(&config, resume, collective.as_ref())?;
+    if collective.placement().is_main() {
+        println!(
+            "trained {} steps in {:.1} s ({:.2} samples/s) on {} rank(s); run dir {}",
+            summary.steps,
+            summary.seconds,
+            summary.samples_per_second,
+            collective.placement().world_size,
+            config.train.run_dir.display()
+        );
+        if let Some(m) = summary.final_eval {
+            println!(
+                "{} ({} impressions): AUC {:.4}  MRR {:.4}  nDCG@5 {:.4}  nDCG@10 {:.4}",
+                config.eval.split, m.impressions, m.auc, m.mrr, m.ndcg5, m.ndcg10
+            );
+        }
+        if let Some((step, auc)) = summary.best {
+            println!(
+                "best checkpoint: step {step} (AUC {auc:.4}), see {}",
+                config.train.run_dir.join("best.json").display()
+            );
+        }
+        if let Some(dir) = summary.last_checkpoint {
+            println!("last checkpoint: {}", dir.display());
+        }
+    }
+    Ok(())
+}
+
+/// A model built per `config` with the checkpoint's weights.
+fn model_from_checkpoint(
+    config: &Config,
+    loaded: &setup::Loaded,
+    checkpoint: Option<&Path>,
+    device: tch::Device,
+) -> anyhow::Result<(tch::nn::VarStore, mtrec_model::NewsRecModel)> {
+    let entity_table = setup::entity_table(config, &config.data.shards)?;
+    let (vs, model) = setup::build_model(
+        config,
+        LabelCounts::of(&loaded.manifest),
+        &loaded.model_dir,
+        entity_table,
+        device,
+    )?;
+    if let Some(dir) = checkpoint {
+        load_checkpoint_into(&vs, dir)?;
+    }
+    Ok((vs, model))
+}
+
+pub fn eval(args: &ConfigArgs, checkpoint: &Path) -> anyhow::Result<()> {
+    let config = load_config(args)?;
+    let collective = connect(&config)?;
+    let placement = collective.placement();
+    let device = setup::device(config.train.device, placement.local_rank)?;
+    let loaded = setup::load(&config)?;
+    let (_vs, model) = model_from_checkpoint(&config, &loaded, Some(checkpoint), device)?;
+    let split = if config.eval.split == "test" { Split::Test } else { Split::Dev };
+    let impressions = mtrec_data::read::read_eval(&config.data.shards, &loaded.manifest, split)?;
+    let metrics = evaluate(&model, &loaded.news, &impressions, &config, device, collective.as_ref())?;
+    if placement.is_main() {
+        println!(
+            "{} ({} impressions): AUC {:.4}  MRR {:.4}  nDCG@5 {:.4}  nDCG@10 {:.4}",
+            config.eval.split, metrics.impressions, metrics.auc, metrics.mrr, metrics.ndcg5, metrics.ndcg10
+        );
+        let path = checkpoint.join("metrics.json");
+        let json = serde_json::json!({"split": config.eval.split, "auc": metrics.auc, "mrr": metrics.mrr,
+            "ndcg5": metrics.ndcg5, "ndcg10": metrics.ndcg10, "impressions": metrics.impressions});
+        std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| path.display().to_string())?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// `ImpressionID [r1,r2,...]` lines in input order, zipped as `prediction.txt`.
+pub fn predict(args: &ConfigArgs, checkpoint: &Path, split: &str, out: &Path) -> anyhow::Result<()> {
+    let config = load_config(args)?;
+    let split = match split {
+        "dev" => Split::Dev,
+        "test" => Split::Test,
+        other => bail!("--split {other:?}: expected dev or test"),
+    };
+    let device = setup::device(config.train.device, 0)?;
+    let loaded = setup::load(&config)?;
+    let (_vs, model) = model_from_checkpoint(&config, &loaded, Some(checkpoint), device)?;
+    let impressions = mtrec_data::read::read_eval(&config.data.shards, &loaded.manifest, split)?;
+    let news_vectors = encode_all_news(&model, &loaded.news, config.eval.news_batch, device, true);
+    let scores = score_impressions(
+        &model,
+        &news_vectors,
+        &impressions,
+        config.data.history,
+        config.eval.user_batch,
+        true,
+    );
+    write_prediction_zip(
+        out,
+        impressions.iter().map(|i| i.impression_id).zip(scores.iter().map(|s| s.as_slice())),
+    )?;
+    println!("wrote {} ({} impressions)", out.display(), impressions.len());
+    Ok(())
+}
+
+/// Writes `prediction.zip` atomically (temporary file, then rename).
+pub fn write_prediction_zip<'a>(
+    out: &Path,
+    rows: impl Iterator<Item = (i64, &'a [f32])>,
+) -> anyhow::Result<()> {
+    let tmp = out.with_extension("zip.tmp");
+    let file = std::fs::File::create(&tmp).with_context(|| tmp.display().to_string())?;
+    let mut zip = zip::ZipWriter::new(file);
+    zip.start_file("prediction.txt", zip::write::SimpleFileOptions::default())?;
+    for (id, scores) in rows {
+        let ranks: Vec<String> = ranks_in_input_order(scores).iter().map(|r| r.to_string()).collect();
+        writeln!(zip, "{id} [{}]", ranks.join(","))?;
+    }
+    zip.finish()?.sync_all()?;
+    std::fs::rename(&tmp, out).with_context(|| out.display().to_string())?;
+    Ok(())
+}
+
+pub fn embed(
+    model: Option<PathBuf>,
+    shards: Option<PathBuf>,
+    checkpoint: Option<&Path>,
+    config_path: Option<&Path>,
+    overrides: &[String],
+    out: &Path,
+) -> anyhow::Result<()> {
+    let mut config = match config_path {
+        Some(path) => Config::load(path, overrides)?,
+        None => Config::parse("", overrides)?,
+    };
+    if let Some(model) = model {
+        config.model.path = model;
+    }
+    if let Some(shards) = shards {
+        config.data.shards = shards;
+    }
+    let device = setup::device(config.train.device, 0)?;
+    let loaded = setup::load(&config)?;
+    let (_vs, model) = model_from_checkpoint(&config, &loaded, checkpoint, device)?;
+    let vectors = encode_all_news(&model, &loaded.news, config.eval.news_batch, device, true);
+    let dim = vectors.size()[1] as usize;
+    let values: Vec<f32> = Vec::try_from(vectors.to_device(tch::Device::Cpu).view([-1]))?;
+    let rows = (1..loaded.news.news_id.len())
+        .map(|nid| (loaded.news.news_id[nid].as_str(), &values[nid * dim..(nid + 1) * dim]));
+    let written = mtrec_data::write::write_embeddings(out, dim, rows)?;
+    println!("wrote {} ({written} news, {dim}-d vectors)", out.display());
+    Ok(())
+}
+
+pub fn bench(args: &ConfigArgs, warmup: usize, steps: usize) -> anyhow::Result<()> {
+    let config = load_config(args)?;
+    let mut main_only = config.clone();
+    main_only.mtl.category = false;
+    main_only.mtl.ner = false;
+    println!(
+        "reference workload: {} samples/step, history {}, 1+{} candidates, model {}, {} threads",
+        bench::SAMPLES,
+        bench::HISTORY,
+        bench::NEGATIVES,
+        setup::model_dir(&config)?.display(),
+        tch::get_num_threads()
+    );
+    let full = bench::run(&config, warmup, steps)?;
+    let base = bench::run(&main_only, warmup, steps)?;
+    println!(
+        "{} titles, {} tokens per step; mean over {steps} steps after {warmup} warm-up",
+        full.titles, full.tokens
+    );
+    println!("| step | samples/s | step s | forward | backward main | backward aux | surgery | optimizer |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, r) in
+        [(format!("{:?} surgery", config.mtl.surgery).to_lowercase(), full), ("main task only".into(), base)]
+    {
+        let p = r.phases;
+        println!(
+            "| {name} | {:.2} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            r.samples_per_second,
+            r.step.as_secs_f64(),
+            p.forward.as_secs_f64(),
+            p.backward_main.as_secs_f64(),
+            p.backward_aux.as_secs_f64(),
+            p.surgery.as_secs_f64(),
+            p.optimizer.as_secs_f64()
+        );
+    }
+    println!("surgery step / main-only step: {:.2}x", full.step.as_secs_f64() / base.step.as_secs_f64());
+    Ok(())
+}
