@@ -520,8 +520,8 @@ impl BehaviorsCtx<'_> {
                     .map(|(i, raw)| self.parse(path, chunk.first_line + i as u64, raw))
                     .collect::<Result<_, DataError>>()?;
                 for p in parsed {
-                    // Line index p.line_no - 1 decides the shard.
-                    while p.line_no - 1 >= boundary(current.0 + 1) {
+                    // The 0-based line index (line_no - 1) decides the shard.
+                    while p.line_no > boundary(current.0 + 1) {
                         let next = current.0 + 1;
                         let done = std::mem::replace(&mut current, (next, open(next)?));
                         let rows = done.1.finish()?;

