@@ -131,6 +131,7 @@ fn check_out(out: &Path, force: bool) -> Result<()> {
 }
 
 fn prep_into(opts: &MindOptions, dir: &Path) -> Result<Manifest> {
+    let started = Instant::now();
     let tokenizer_sha256 = tokenizer_identity(&opts.model)?;
     let tokenizer = TitleTokenizer::load(&opts.model, opts.max_title_len)?;
     let mut report = PrepReport::default();
@@ -165,6 +166,8 @@ fn prep_into(opts: &MindOptions, dir: &Path) -> Result<Manifest> {
             "news ids defined with different content in two places; the first definition is kept"
         );
     }
+
+    tracing::info!(news = news.len(), elapsed_s = started.elapsed().as_secs_f64(), "news read");
 
     // 2. Vocabularies.
     let vocab = |f: fn(&News) -> &str| -> Vec<String> {
@@ -222,16 +225,26 @@ fn prep_into(opts: &MindOptions, dir: &Path) -> Result<Manifest> {
     // 4. Tokenize and tag every title in parallel.
     let bar = progress(news.len() as u64, "tokenizing titles", "{pos}/{len}");
     let encoded: Vec<(Vec<i32>, Vec<i8>, NerStats)> = news
-        .par_iter()
-        .map(|n| {
-            let tokens = tokenizer.encode(&n.title).with_context(|| format!("news {}", n.news_id))?;
-            let mut stats = NerStats::default();
-            let tags = ner_tags(&n.title, &tokens, &n.entities, tag_ids, &mut stats);
-            bar.inc(1);
-            Ok((tokens.ids, tags, stats))
+        .par_chunks(512)
+        .map(|chunk| {
+            let out = chunk
+                .iter()
+                .map(|n| {
+                    let tokens = tokenizer.encode(&n.title).with_context(|| format!("news {}", n.news_id))?;
+                    let mut stats = NerStats::default();
+                    let tags = ner_tags(&n.title, &tokens, &n.entities, tag_ids, &mut stats);
+                    Ok((tokens.ids, tags, stats))
+                })
+                .collect::<Result<Vec<_>>>();
+            bar.inc(chunk.len() as u64);
+            out
         })
-        .collect::<Result<_>>()?;
+        .collect::<Result<Vec<Vec<_>>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
     bar.finish_and_clear();
+    tracing::info!(elapsed_s = started.elapsed().as_secs_f64(), "titles tokenized");
 
     // 5. news.parquet and entity_embedding.parquet.
     let mut files = Vec::new();
@@ -280,6 +293,12 @@ fn prep_into(opts: &MindOptions, dir: &Path) -> Result<Manifest> {
         let ctx = BehaviorsCtx { opts, nid_of: &nid_of, dir };
         let (info, split_report, split_files) = ctx.run(split, &folder.join("behaviors.tsv"), &mut users)?;
         files.extend(split_files);
+        tracing::info!(
+            split = split.name(),
+            impressions = info.impressions,
+            elapsed_s = started.elapsed().as_secs_f64(),
+            "behaviors written"
+        );
         match split {
             Split::Train => (splits.train, report.train) = (Some(info), Some(split_report)),
             Split::Dev => (splits.dev, report.dev) = (Some(info), Some(split_report)),
