@@ -477,3 +477,21 @@ fn existing_output_is_refused_unless_empty_or_forced_and_unlabeled_test_is_null(
     let py: serde_json::Value = serde_json::from_str(&run_python(PYARROW_SCHEMA, &[s(&shards)])).unwrap();
     assert_eq!(py["test/part-00000.parquet"]["null_labels"].as_u64(), Some(test.len() as u64));
 }
+
+#[test]
+fn differing_duplicate_news_and_clickless_train_impressions_are_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("mind");
+    hand_made(&data);
+    replace_in(&data.join("dev/news.tsv"), "Naïve plan by", "Naïve plans by");
+    replace_in(&data.join("train/behaviors.tsv"), "N2-0 N3-1", "N2-0 N3-0");
+    let shards = tmp.path().join("shards");
+    ok(mind(&data, &shards, &[]));
+    let m = Manifest::load(&shards).unwrap();
+    assert_eq!(m.prep_report.duplicate_news_differing, 1);
+    assert_eq!(m.prep_report.duplicate_news_examples, ["N3"]);
+    // The first definition (train's) wins.
+    assert_eq!(read_news(&shards).unwrap().input_ids[3].len(), 8);
+    assert_eq!(m.prep_report.train.as_ref().unwrap().dropped_impressions, 1);
+    assert_eq!(read_train(&shards, &m).unwrap().len(), 1);
+}
