@@ -504,6 +504,52 @@ impl BehaviorsCtx<'_> {
             None => lines.div_ceil(AUTO_SHARD_ROWS).max(1) as usize,
         }
         .min(lines.max(1) as usize);
+        let bar = progress(total_bytes, &format!("{} behaviors", split.name()), "{bytes}/{total_bytes}");
+        // Three stages: a reader thread, parsing on the rayon pool (here), a writer thread; the
+        // bounded channels between them keep memory flat.
+        let output = std::thread::scope(|scope| -> Result<SplitOutput> {
+            let (tx, rx) = mpsc::sync_channel::<Result<Chunk, DataError>>(4);
+            scope.spawn(move || read_chunks(path, &tx));
+            let (ptx, prx) = mpsc::sync_channel::<Vec<Parsed>>(2);
+            let writer = scope.spawn(move || self.write_split(split, path, lines, shards, prx, users));
+            let parsed = (|| -> Result<(), DataError> {
+                // When this returns early, `rx` is dropped and the reader's next send fails.
+                for chunk in rx {
+                    let chunk = chunk?;
+                    bar.inc(chunk.text.len() as u64);
+                    let lines: Vec<&[u8]> = chunk.text.split_inclusive(|&b| b == b'\n').collect();
+                    let parsed: Vec<Parsed> = lines
+                        .par_iter()
+                        .enumerate()
+                        .map(|(i, raw)| self.parse(path, chunk.first_line + i as u64, raw))
+                        .collect::<Result<_, DataError>>()?;
+                    if ptx.send(parsed).is_err() {
+                        // The writer stopped; its error is returned below.
+                        break;
+                    }
+                }
+                Ok(())
+            })();
+            drop(ptx);
+            let written =
+                writer.join().map_err(|_| anyhow::anyhow!("{}: writer thread panicked", path.display()))?;
+            parsed?;
+            written
+        })?;
+        bar.finish_and_clear();
+        Ok(output)
+    }
+
+    /// Writes the parsed chunks of one split into its shards.
+    fn write_split(
+        &self,
+        split: Split,
+        path: &Path,
+        lines: u64,
+        shards: usize,
+        rx: mpsc::Receiver<Vec<Parsed>>,
+        users: &mut HashMap<String, i32>,
+    ) -> Result<SplitOutput> {
         let split_dir = self.dir.join(split.name());
         std::fs::create_dir_all(&split_dir).map_err(|e| DataError::io(&split_dir, e))?;
         // Shard k holds lines [k*lines/shards, (k+1)*lines/shards).
@@ -521,111 +567,90 @@ impl BehaviorsCtx<'_> {
         let mut report = SplitReport { lines, ..Default::default() };
         let mut written = 0u64;
         let mut labeled: Option<(bool, u64)> = None;
-        let bar = progress(total_bytes, &format!("{} behaviors", split.name()), "{bytes}/{total_bytes}");
 
-        let (tx, rx) = mpsc::sync_channel::<Result<Chunk, DataError>>(4);
-        let reader_path = path.to_path_buf();
-        let reader = std::thread::spawn(move || read_chunks(&reader_path, &tx));
-        let result = (|| -> Result<()> {
-            // `rx` moves in here: when this closure returns early, the reader's next send fails.
-            let rx = rx;
-            for chunk in rx {
-                let chunk = chunk?;
-                bar.inc(chunk.text.len() as u64);
-                let lines: Vec<&[u8]> = chunk.text.split_inclusive(|&b| b == b'\n').collect();
-                let parsed: Vec<Parsed> = lines
-                    .par_iter()
-                    .enumerate()
-                    .map(|(i, raw)| self.parse(path, chunk.first_line + i as u64, raw))
-                    .collect::<Result<_, DataError>>()?;
-                for p in parsed {
-                    // The 0-based line index (line_no - 1) decides the shard.
-                    while p.line_no > boundary(current.0 + 1) {
-                        let next = current.0 + 1;
-                        let done = std::mem::replace(&mut current, (next, open(next)?));
-                        let rows = done.1.finish()?;
-                        files.push(file_entry(
-                            self.dir,
-                            &format!("{}/{}", split.name(), part_name(done.0)),
-                            rows,
-                        )?);
-                        shard_rows += rows;
+        for parsed in rx {
+            for p in parsed {
+                // The 0-based line index (line_no - 1) decides the shard.
+                while p.line_no > boundary(current.0 + 1) {
+                    let next = current.0 + 1;
+                    let done = std::mem::replace(&mut current, (next, open(next)?));
+                    let rows = done.1.finish()?;
+                    files.push(file_entry(
+                        self.dir,
+                        &format!("{}/{}", split.name(), part_name(done.0)),
+                        rows,
+                    )?);
+                    shard_rows += rows;
+                }
+                report.dropped_unknown_news += p.dropped_unknown;
+                let is_labeled = p.labels.is_some();
+                match labeled {
+                    None => labeled = Some((is_labeled, p.line_no)),
+                    Some((l, first)) if l != is_labeled => {
+                        return Err(DataError::parse(
+                            path,
+                            p.line_no,
+                            "impressions",
+                            format!(
+                                "{} but line {first} {}; a split is labeled throughout or not at all",
+                                if is_labeled { "labeled" } else { "unlabeled" },
+                                if l { "is labeled" } else { "is not" }
+                            ),
+                        )
+                        .into());
                     }
-                    report.dropped_unknown_news += p.dropped_unknown;
-                    let is_labeled = p.labels.is_some();
-                    match labeled {
-                        None => labeled = Some((is_labeled, p.line_no)),
-                        Some((l, first)) if l != is_labeled => {
+                    Some(_) => {}
+                }
+                match &mut current.1 {
+                    Shard::Train(w) => {
+                        let Some(labels) = p.labels else {
                             return Err(DataError::parse(
                                 path,
                                 p.line_no,
                                 "impressions",
-                                format!(
-                                    "{} but line {first} {}; a split is labeled throughout or not at all",
-                                    if is_labeled { "labeled" } else { "unlabeled" },
-                                    if l { "is labeled" } else { "is not" }
-                                ),
+                                "train impressions need labels (`N123-1`)",
                             )
                             .into());
+                        };
+                        let next = users.len() as i32 + 1;
+                        let user = *users.entry(p.user).or_insert(next);
+                        let mut clicked = Vec::new();
+                        let mut non_clicked = Vec::new();
+                        for (&c, &l) in p.candidates.iter().zip(&labels) {
+                            if l == 1 { clicked.push(c) } else { non_clicked.push(c) }
                         }
-                        Some(_) => {}
+                        if clicked.is_empty() || non_clicked.is_empty() {
+                            report.dropped_impressions += 1;
+                            continue;
+                        }
+                        w.push(&TrainRow {
+                            impression_id: p.impression_id,
+                            user,
+                            time: p.time,
+                            history: p.history,
+                            clicked,
+                            non_clicked,
+                        })?;
                     }
-                    match &mut current.1 {
-                        Shard::Train(w) => {
-                            let Some(labels) = p.labels else {
-                                return Err(DataError::parse(
-                                    path,
-                                    p.line_no,
-                                    "impressions",
-                                    "train impressions need labels (`N123-1`)",
-                                )
-                                .into());
-                            };
-                            let next = users.len() as i32 + 1;
-                            let user = *users.entry(p.user).or_insert(next);
-                            let mut clicked = Vec::new();
-                            let mut non_clicked = Vec::new();
-                            for (&c, &l) in p.candidates.iter().zip(&labels) {
-                                if l == 1 { clicked.push(c) } else { non_clicked.push(c) }
-                            }
-                            if clicked.is_empty() || non_clicked.is_empty() {
-                                report.dropped_impressions += 1;
-                                continue;
-                            }
-                            w.push(&TrainRow {
-                                impression_id: p.impression_id,
-                                user,
-                                time: p.time,
-                                history: p.history,
-                                clicked,
-                                non_clicked,
-                            })?;
+                    Shard::Eval(w) => {
+                        if p.candidates.is_empty() {
+                            report.dropped_impressions += 1;
+                            continue;
                         }
-                        Shard::Eval(w) => {
-                            if p.candidates.is_empty() {
-                                report.dropped_impressions += 1;
-                                continue;
-                            }
-                            let user = users.get(&p.user).copied().unwrap_or(0);
-                            w.push(&EvalRow {
-                                impression_id: p.impression_id,
-                                user,
-                                time: p.time,
-                                history: p.history,
-                                candidates: p.candidates,
-                                labels: p.labels,
-                            })?;
-                        }
+                        let user = users.get(&p.user).copied().unwrap_or(0);
+                        w.push(&EvalRow {
+                            impression_id: p.impression_id,
+                            user,
+                            time: p.time,
+                            history: p.history,
+                            candidates: p.candidates,
+                            labels: p.labels,
+                        })?;
                     }
-                    written += 1;
                 }
+                written += 1;
             }
-            Ok(())
-        })();
-        // On error the receiver is gone, so the reader stops at its next send.
-        reader.join().map_err(|_| anyhow::anyhow!("{}: reader thread panicked", path.display()))?;
-        result?;
-        bar.finish_and_clear();
+        }
         let rows = current.1.finish()?;
         files.push(file_entry(self.dir, &format!("{}/{}", split.name(), part_name(current.0)), rows)?);
         shard_rows += rows;
