@@ -6,7 +6,11 @@
 //! `K` non-clicked news, with replacement otherwise. The global order is a seeded permutation per
 //! epoch; a global batch is `batch_size` consecutive samples of it and rank `r` of `W` takes the
 //! `r`-th of `W` equal slices, so every rank takes the same number of steps. Each batch lists its
-//! unique news once (history + candidates), so the encoder runs once per news item.
+//! unique news once (history + candidates), so the encoder runs once per news item, with the
+//! number of times it occurs: the auxiliary losses weight each news item by its occurrences and
+//! divide by the occurrence counts of the whole *global* batch ([`GlobalCounts`]), so encoding
+//! once changes no loss, and any split of the global batch over ranks gives the same averaged
+//! gradients as one process with the whole batch.
 use crate::read::{NewsTable, TrainImpression};
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
@@ -71,6 +75,17 @@ pub struct HostBatch {
     pub users: Vec<i64>,
     /// Samples in the batch.
     pub size: usize,
+    /// Occurrences of each unique news item in the batch (history slots + candidates).
+    pub occurrences: Vec<u32>,
+}
+
+/// Occurrence counts over a whole global batch: the denominators of the auxiliary losses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GlobalCounts {
+    /// News occurrences (history slots + candidates) of all samples.
+    pub news: u64,
+    /// NER-labelled tokens over those occurrences.
+    pub labelled_tokens: u64,
 }
 
 /// Samples, ordering and batch assembly for one run.
@@ -141,11 +156,15 @@ impl<'a> Sampler<'a> {
     pub fn assemble(&self, epoch: u64, samples: &[u32]) -> HostBatch {
         let mut unique: HashMap<i32, i64> = HashMap::new();
         let mut news = Vec::new();
+        let mut occurrences: Vec<u32> = Vec::new();
         let mut slot = |nid: i32, news: &mut Vec<i32>| -> i64 {
-            *unique.entry(nid).or_insert_with(|| {
+            let index = *unique.entry(nid).or_insert_with(|| {
                 news.push(nid);
+                occurrences.push(0);
                 news.len() as i64 - 1
-            })
+            });
+            occurrences[index as usize] += 1;
+            index
         };
         let mut rows = Vec::with_capacity(samples.len());
         let mut candidates = Vec::with_capacity(samples.len() * (1 + self.negatives));
@@ -158,12 +177,41 @@ impl<'a> Sampler<'a> {
             candidates.extend(cands.iter().map(|&nid| slot(nid, &mut news)));
             users.push(impression.user as i64);
         }
-        pad_history(news, rows, candidates, users)
+        pad_history(news, rows, candidates, users, occurrences)
+    }
+
+    /// Occurrence counts of the global batch at `step` (all ranks' samples), computed on the host
+    /// by every rank alike. `labelled_tokens[nid]`: NER-labelled tokens of news `nid`.
+    pub fn global_counts(
+        &self,
+        epoch: u64,
+        order: &[u32],
+        step: u64,
+        batch_size: usize,
+        labelled_tokens: &[u32],
+    ) -> GlobalCounts {
+        let mut counts = GlobalCounts::default();
+        for sample in self.rank_samples(order, step, batch_size, 0, 1) {
+            let (imp, cands) = self.candidates(epoch, sample);
+            let history = &self.impressions[imp].history;
+            let kept = &history[history.len().saturating_sub(self.history)..];
+            for &nid in kept.iter().chain(&cands) {
+                counts.news += 1;
+                counts.labelled_tokens += labelled_tokens[nid as usize] as u64;
+            }
+        }
+        counts
     }
 }
 
 /// Pads history rows (left-aligned, padding index = `news.len()`) into a [`HostBatch`].
-fn pad_history(news: Vec<i32>, rows: Vec<Vec<i64>>, candidates: Vec<i64>, users: Vec<i64>) -> HostBatch {
+fn pad_history(
+    news: Vec<i32>,
+    rows: Vec<Vec<i64>>,
+    candidates: Vec<i64>,
+    users: Vec<i64>,
+    occurrences: Vec<u32>,
+) -> HostBatch {
     let history_len = rows.iter().map(Vec::len).max().unwrap_or(0).max(1);
     let pad = news.len() as i64;
     let mut history = Vec::with_capacity(rows.len() * history_len);
@@ -172,7 +220,7 @@ fn pad_history(news: Vec<i32>, rows: Vec<Vec<i64>>, candidates: Vec<i64>, users:
         history.extend(row.iter().copied().chain(std::iter::repeat_n(pad, history_len - row.len())));
         history_mask.extend((0..history_len).map(|t| t < row.len()));
     }
-    HostBatch { size: rows.len(), news, history, history_mask, history_len, candidates, users }
+    HostBatch { size: rows.len(), news, history, history_mask, history_len, candidates, users, occurrences }
 }
 
 /// The titles (and NER tags) of a batch's unique news, for the encoder.
@@ -250,6 +298,15 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), batch.news.len(), "unique news");
+        // Occurrences add up to every history slot and candidate.
+        let slots = batch.history_mask.iter().filter(|&&m| m).count() + batch.candidates.len();
+        assert_eq!(batch.occurrences.iter().map(|&c| c as usize).sum::<usize>(), slots);
+        // The global counts of a one-rank batch are those occurrences.
+        let labelled = vec![2u32; 1000];
+        let order: Vec<u32> = (0..40).collect();
+        let counts = sampler.global_counts(0, &order, 0, 6, &labelled);
+        assert_eq!(counts.news as usize, slots);
+        assert_eq!(counts.labelled_tokens as usize, 2 * slots);
         assert_eq!(batch.history_len, 3, "capped at the configured history");
         for (b, &s) in samples.iter().enumerate() {
             let (imp, cands) = sampler.candidates(0, s);

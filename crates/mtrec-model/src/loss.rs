@@ -21,10 +21,12 @@ pub fn main_loss(scores: &Tensor) -> Tensor {
 }
 
 /// Category loss `-(1/I) sum_i sum_k p_ik log p_hat_ik` with one-hot `p`: cross-entropy of the
-/// category head on `[CLS]`, averaged over the batch's unique news.
+/// category head on `[CLS]`, each news item weighted by how often it occurs in the batch (it is
+/// encoded once), divided by `denominator` (the occurrences the mean is over).
 ///
 /// # Shapes
-/// `logits [N, categories]`, `labels [N]` (int64) -> scalar.
-pub fn category_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
-    logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, 0.0)
+/// `logits [N, categories]`, `labels [N]` (int64), `weights [N]` (float) -> scalar.
+pub fn category_loss(logits: &Tensor, labels: &Tensor, weights: &Tensor, denominator: f64) -> Tensor {
+    let per_news = logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::None, -100, 0.0);
+    (per_news * weights).sum(Kind::Float) / denominator
 }

@@ -29,8 +29,6 @@ pub struct TitleBatch {
     pub len: usize,
     /// Real tokens in the batch (for tokens/s).
     pub tokens: usize,
-    /// Tokens with an NER label (>= 0), the NER loss's denominator, counted on the host.
-    pub labelled_tokens: usize,
 }
 
 /// Groups title indices (sorted by length) into buckets whose padding stays within
@@ -101,8 +99,6 @@ impl TitleBatch {
             inverse: Tensor::from_slice(&inverse).to_device(device),
             len: titles.len(),
             tokens: titles.iter().map(|t| t.len()).sum(),
-            labelled_tokens: ner
-                .map_or(0, |ner| ner.iter().map(|tags| tags.iter().filter(|&&t| t >= 0).count()).sum()),
         }
     }
 }
@@ -130,25 +126,32 @@ pub fn encode_titles(bert: &BertModel, titles: &TitleBatch, train: bool) -> Enco
     EncodedTitles { cls: cls_sorted.index_select(0, &titles.inverse), tokens }
 }
 
-/// Mean per-token cross-entropy over the tokens with an NER label (-1 = ignored), over all
-/// buckets. `logits_per_bucket[b]` is `[n_b, L_b, T]`.
-pub fn token_cross_entropy(logits_per_bucket: &[Tensor], titles: &TitleBatch) -> Tensor {
+/// NER loss: per-token cross-entropy over the tokens with a label (-1 = ignored), each title
+/// weighted by how often it occurs in the batch, summed over buckets and divided by
+/// `denominator` (the labelled token occurrences the mean is over).
+///
+/// # Shapes
+/// `logits_per_bucket[b] [n_b, L_b, T]`, `weights [N]` (float, input order) -> scalar.
+pub fn token_cross_entropy(
+    logits_per_bucket: &[Tensor],
+    titles: &TitleBatch,
+    weights: &Tensor,
+    denominator: f64,
+) -> Tensor {
     let sums: Vec<Tensor> = logits_per_bucket
         .iter()
         .zip(&titles.buckets)
         .map(|(logits, bucket)| {
             let labels = bucket.ner_labels.as_ref().expect("token loss needs NER labels in the TitleBatch");
-            let t = logits.size()[2];
-            logits.view([-1, t]).cross_entropy_loss::<Tensor>(
-                &labels.view([-1]),
-                None,
-                tch::Reduction::Sum,
-                -1,
-                0.0,
-            )
+            let (n, l, t) = logits.size3().expect("[n, L, T]");
+            let per_token = logits
+                .view([-1, t])
+                .cross_entropy_loss::<Tensor>(&labels.view([-1]), None, tch::Reduction::None, -1, 0.0)
+                .view([n, l]);
+            (per_token * weights.index_select(0, &bucket.rows).unsqueeze(1)).sum(Kind::Float)
         })
         .collect();
-    Tensor::stack(&sums, 0).sum(Kind::Float) / titles.labelled_tokens.max(1) as f64
+    Tensor::stack(&sums, 0).sum(Kind::Float) / denominator
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use crate::flat::FlatParams;
 use crate::optim::AdamW;
 use crate::setup::{self, LabelCounts};
 use crate::step::{PhaseTimes, train_step};
-use mtrec_data::batch::HostBatch;
+use mtrec_data::batch::{GlobalCounts, HostBatch};
 use mtrec_data::read::NewsTable;
 use mtrec_dist::Local;
 use rand::{Rng, SeedableRng};
@@ -78,6 +78,7 @@ pub fn reference_batch(vocab: i64, seed: u64) -> (NewsTable, HostBatch) {
         candidates,
         users: (1..=SAMPLES as i64).collect(),
         size: SAMPLES,
+        occurrences: vec![1; titles],
     };
     (table, batch)
 }
@@ -90,7 +91,9 @@ pub fn run(config: &Config, warmup: usize, steps: usize) -> Result<BenchResult, 
     let mut params = FlatParams::new(&vs);
     let mut optimizer = AdamW::new(&params, config.optim.clone());
     let (table, host) = reference_batch(model.bert.config.vocab_size, config.train.seed);
-    let batch = DeviceBatch::new(&host, &table, device);
+    let labelled: u64 = table.ner_tags.iter().flatten().filter(|&&t| t >= 0).count() as u64;
+    let counts = GlobalCounts { news: host.news.len() as u64, labelled_tokens: labelled };
+    let batch = DeviceBatch::new(&host, &table, counts, 1, device);
     let mut total = PhaseTimes::default();
     let mut elapsed = Duration::ZERO;
     for i in 0..warmup + steps {

@@ -1,5 +1,5 @@
 //! A host batch turned into tensors on the training device.
-use mtrec_data::batch::{HostBatch, titles};
+use mtrec_data::batch::{GlobalCounts, HostBatch, titles};
 use mtrec_data::read::NewsTable;
 use mtrec_model::{NewsInputs, TitleBatch};
 use tch::{Device, Tensor};
@@ -19,6 +19,12 @@ pub struct DeviceBatch {
     pub users: Tensor,
     /// Samples in the batch.
     pub size: usize,
+    /// `[N]` float occurrences of each unique news item in this rank's batch.
+    pub news_weights: Tensor,
+    /// This rank's share of the global batch's news occurrences (category loss denominator).
+    pub category_denominator: f64,
+    /// This rank's share of the global batch's labelled token occurrences (NER loss denominator).
+    pub ner_denominator: f64,
 }
 
 /// News-side inputs for the news items `nids`: titles with NER labels, category, subcategory,
@@ -44,8 +50,18 @@ pub fn news_inputs(table: &NewsTable, nids: &[i32], device: Device) -> NewsInput
 }
 
 impl DeviceBatch {
-    pub fn new(host: &HostBatch, table: &NewsTable, device: Device) -> Self {
+    /// `global`: occurrence counts of the whole global batch, split over `world` ranks. Each rank
+    /// divides by `global / world`, so the all-reduced mean of the rank losses' gradients is the
+    /// gradient of the global-batch loss.
+    pub fn new(
+        host: &HostBatch,
+        table: &NewsTable,
+        global: GlobalCounts,
+        world: usize,
+        device: Device,
+    ) -> Self {
         let b = host.size as i64;
+        let weights: Vec<f32> = host.occurrences.iter().map(|&c| c as f32).collect();
         DeviceBatch {
             news: news_inputs(table, &host.news, device),
             history: Tensor::from_slice(&host.history).view([b, host.history_len as i64]).to_device(device),
@@ -55,6 +71,9 @@ impl DeviceBatch {
             candidates: Tensor::from_slice(&host.candidates).view([b, -1]).to_device(device),
             users: Tensor::from_slice(&host.users).to_device(device),
             size: host.size,
+            news_weights: Tensor::from_slice(&weights).to_device(device),
+            category_denominator: (global.news.max(1) as f64) / world as f64,
+            ner_denominator: (global.labelled_tokens.max(1) as f64) / world as f64,
         }
     }
 }

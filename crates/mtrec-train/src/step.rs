@@ -80,12 +80,12 @@ fn forward(model: &NewsRecModel, batch: &DeviceBatch, mtl: &MtlConfig) -> Losses
     let user = model.encode_users(&history, &batch.history_mask, &batch.users);
     let candidates = table.index_select(0, &batch.candidates.view([-1])).view([b, -1, d]);
     let main = main_loss(&click_scores(&candidates, &user));
-    let category = news
-        .category_logits
-        .filter(|_| mtl.category)
-        .map(|logits| category_loss(&logits, &batch.news.category));
-    let ner =
-        news.ner_logits.filter(|_| mtl.ner).map(|logits| token_cross_entropy(&logits, &batch.news.titles));
+    let category = news.category_logits.filter(|_| mtl.category).map(|logits| {
+        category_loss(&logits, &batch.news.category, &batch.news_weights, batch.category_denominator)
+    });
+    let ner = news.ner_logits.filter(|_| mtl.ner).map(|logits| {
+        token_cross_entropy(&logits, &batch.news.titles, &batch.news_weights, batch.ner_denominator)
+    });
     Losses { main, category, ner }
 }
 

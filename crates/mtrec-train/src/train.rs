@@ -266,6 +266,8 @@ pub fn train(
         let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, DeviceBatch, u64)>(config.data.prefetch.max(1));
         let sampler = &sampler;
         let news = &news;
+        let labelled_tokens: Vec<u32> =
+            news.ner_tags.iter().map(|tags| tags.iter().filter(|&&t| t >= 0).count() as u32).collect();
         scope.spawn(move || {
             let mut epoch_order: Option<(u64, Vec<u32>)> = None;
             for step in start_step..max_steps {
@@ -274,10 +276,12 @@ pub fn train(
                     epoch_order = Some((epoch, sampler.epoch_order(epoch)));
                 }
                 let order = &epoch_order.as_ref().expect("set above").1;
-                let samples =
-                    sampler.rank_samples(order, step % steps_per_epoch, config.train.batch_size, rank, world);
+                let in_epoch = step % steps_per_epoch;
+                let samples = sampler.rank_samples(order, in_epoch, config.train.batch_size, rank, world);
                 let host = sampler.assemble(epoch, &samples);
-                let batch = DeviceBatch::new(&host, news, device);
+                let global =
+                    sampler.global_counts(epoch, order, in_epoch, config.train.batch_size, &labelled_tokens);
+                let batch = DeviceBatch::new(&host, news, global, world, device);
                 let tokens = batch.news.titles.tokens as u64;
                 if tx.send((step, batch, tokens)).is_err() {
                     return;
