@@ -318,3 +318,77 @@ fn killed_and_resumed_run_equals_an_uninterrupted_one() {
     println!("resume on 2 ranks: max diff {diff:.3e}");
     assert!(diff <= 1e-4, "2-rank resume differs by {diff:.3e}");
 }
+
+/// Waits until `path` exists (or panics after `seconds`).
+fn wait_for(path: &Path, seconds: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while !path.exists() {
+        assert!(std::time::Instant::now() < deadline, "{} did not appear within {seconds} s", path.display());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// SIGTERM: the worker checkpoints at the next step boundary, exits with 75, and the checkpoint
+/// resumes.
+#[test]
+fn sigterm_leaves_a_loadable_checkpoint() {
+    let run_dir = fixture().root.join("sigterm");
+    let sets = ["train.max_steps=100000", "eval.max_impressions=50"];
+    let mut child = worker("train", &run_dir, &sets)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&run_dir.join("metrics.jsonl"), 120);
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("interrupted by a signal"), "{stderr}");
+    let checkpoints: Vec<_> = std::fs::read_dir(&run_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("step-"))
+        .collect();
+    assert_eq!(checkpoints.len(), 1, "one checkpoint at the interruption");
+    let step: u64 = checkpoints[0].file_name().to_string_lossy()["step-".len()..].parse().unwrap();
+    let out = run(
+        &mut worker(
+            "train",
+            &run_dir,
+            &[&format!("train.max_steps={}", step + 2), "eval.max_impressions=50"],
+        )
+        .args(["--resume", "auto"]),
+        true,
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("step {step})")));
+    assert!(run_dir.join(format!("step-{:08}", step + 2)).is_dir());
+}
+
+/// A rank killed with SIGKILL ends the whole 2-rank job with a non-zero status within 60 s.
+#[test]
+fn a_killed_rank_ends_the_job() {
+    let run_dir = fixture().root.join("killed-rank");
+    let sets = ["train.max_steps=100000", "train.batch_size=8"];
+    let mut job = mpirun(2, worker("train", &run_dir, &sets))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&run_dir.join("metrics.jsonl"), 120);
+    // The ranks are mpirun's children; kill one of them.
+    let out = run(Command::new("pgrep").args(["-P", &job.id().to_string()]), true);
+    let rank_pid = stdout(&out).lines().last().expect("a rank process").trim().to_string();
+    run(Command::new("kill").args(["-KILL", &rank_pid]), true);
+    let killed_at = std::time::Instant::now();
+    loop {
+        if let Some(status) = job.try_wait().unwrap() {
+            assert!(!status.success(), "the job must fail");
+            break;
+        }
+        assert!(killed_at.elapsed().as_secs() < 60, "the job still runs 60 s after a rank died");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    println!("job ended {:.1} s after the rank was killed", killed_at.elapsed().as_secs_f64());
+}

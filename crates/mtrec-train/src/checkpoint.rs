@@ -188,3 +188,59 @@ pub fn load_model(vs: &tch::nn::VarStore, checkpoint: &Checkpoint) -> Result<(),
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(step: u64) -> TrainerState {
+        TrainerState {
+            step,
+            epoch: 0,
+            sample_cursor: step * 4,
+            seed: 1,
+            config_digest: "d".into(),
+            world_size: 1,
+            metrics: None,
+            model_sha256: String::new(),
+            optimizer_sha256: String::new(),
+        }
+    }
+
+    #[test]
+    fn damaged_or_partial_checkpoints_are_never_resumed() {
+        let run = tempfile::tempdir().unwrap();
+        let model = vec![("w".to_string(), Tensor::from_slice(&[1.0f32, 2.0]))];
+        let optim = vec![("exp_avg".to_string(), Tensor::from_slice(&[0.0f32, 0.0]))];
+        save(run.path(), &model, &optim, state(10)).unwrap();
+        let newer = save(run.path(), &model, &optim, state(20)).unwrap();
+        assert_eq!(latest(run.path()).unwrap().state.step, 20);
+
+        // A write interrupted before the rename leaves only a temporary folder: ignored.
+        std::fs::create_dir_all(run.path().join(".tmp-step-00000030-1")).unwrap();
+        assert_eq!(latest(run.path()).unwrap().state.step, 20);
+
+        // A corrupted file fails its checksum: the older checkpoint is used, and opening it directly is refused.
+        std::fs::write(newer.join(MODEL_FILE), b"garbage").unwrap();
+        assert_eq!(latest(run.path()).unwrap().state.step, 10);
+        let err = Checkpoint::open(&newer).unwrap_err().to_string();
+        assert!(err.contains("model.safetensors has sha256"), "{err}");
+
+        // A missing file is refused by name.
+        let newest = save(run.path(), &model, &optim, state(30)).unwrap();
+        std::fs::remove_file(newest.join(OPTIMIZER_FILE)).unwrap();
+        let err = Checkpoint::open(&newest).unwrap_err().to_string();
+        assert!(err.contains("optimizer.safetensors is missing"), "{err}");
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_and_the_best() {
+        let run = tempfile::tempdir().unwrap();
+        let model = vec![("w".to_string(), Tensor::from_slice(&[1.0f32]))];
+        let dirs: Vec<PathBuf> =
+            (1..=4).map(|s| save(run.path(), &model, &model, state(s)).unwrap()).collect();
+        prune(run.path(), 2, Some(&dirs[0]));
+        let left: Vec<u64> = list(run.path()).into_iter().map(|(s, _)| s).collect();
+        assert_eq!(left, vec![1, 3, 4]);
+    }
+}

@@ -19,6 +19,7 @@ pub struct Config {
     pub eval: EvalConfig,
     pub checkpoint: CheckpointConfig,
     pub log: LogConfig,
+    pub dist: DistConfig,
 }
 
 /// How the model's weights start.
@@ -205,6 +206,20 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig { every: 10 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistConfig {
+    /// A rank that finishes no step (or evaluation) for this many seconds ends the whole job,
+    /// naming itself: a stalled collective or a dead peer must never hang the job.
+    pub timeout_s: u64,
+}
+
+impl Default for DistConfig {
+    fn default() -> Self {
+        DistConfig { timeout_s: 900 }
     }
 }
 

@@ -42,7 +42,16 @@ pub enum TrainError {
     Collective(#[from] mtrec_dist::DistError),
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
+    /// SIGTERM/SIGUSR1 arrived: every rank stopped at a step boundary after the checkpoint.
+    #[error("interrupted by a signal at step {step}; checkpoint {checkpoint}; continue with --resume auto")]
+    Interrupted { step: u64, checkpoint: String },
 }
+
+/// Exit code of a worker stopped by SIGTERM/SIGUSR1 after writing its checkpoint (EX_TEMPFAIL:
+/// "try again"; the SLURM script requeues on it).
+pub const EXIT_INTERRUPTED: i32 = 75;
+/// Exit code of a rank whose watchdog saw no progress for `dist.timeout_s`.
+pub const EXIT_STALLED: i32 = 70;
 
 impl TrainError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {

@@ -18,6 +18,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 use tch::Tensor;
 
@@ -86,6 +88,50 @@ struct LogWindow {
 fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
     let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
     (n > 0).then(|| sum / n as f64)
+}
+
+/// Ends the process when no step finishes within the timeout: a collective that waits on a dead
+/// or stuck peer would otherwise hang the job. Under mpirun/srun a rank exiting non-zero makes
+/// the launcher end the other ranks.
+struct Watchdog {
+    last_beat: Arc<AtomicU64>,
+    finished: Arc<AtomicBool>,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Watchdog {
+    fn start(rank: usize, timeout_s: u64) -> Watchdog {
+        let last_beat = Arc::new(AtomicU64::new(now_secs()));
+        let finished = Arc::new(AtomicBool::new(false));
+        let (seen, done) = (Arc::clone(&last_beat), Arc::clone(&finished));
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                let idle = now_secs().saturating_sub(seen.load(Ordering::Relaxed));
+                if idle > timeout_s {
+                    eprintln!(
+                        "error: rank {rank}: no training progress for {idle} s (dist.timeout_s = {timeout_s}): \
+                         a collective is stalled or another rank died; ending the job"
+                    );
+                    std::process::exit(crate::EXIT_STALLED);
+                }
+            }
+        });
+        Watchdog { last_beat, finished }
+    }
+
+    fn beat(&self) {
+        self.last_beat.store(now_secs(), Ordering::Relaxed);
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.finished.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Names and tensors of the optimizer state, for `optimizer.safetensors`.
@@ -234,6 +280,13 @@ pub fn train(
         );
     }
 
+    let stop_requested = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGUSR1] {
+        signal_hook::flag::register(signal, Arc::clone(&stop_requested))
+            .map_err(|e| TrainError::Dist(format!("signal handler: {e}")))?;
+    }
+    let heartbeat = Watchdog::start(placement.rank, config.dist.timeout_s);
+
     let max_steps = config.train.max_steps;
     let bar = progress(max_steps, "train", main_rank);
     bar.set_position(start_step);
@@ -303,6 +356,7 @@ pub fn train(
                 mix_seed(&[config.train.seed, step_number, 0x9C]),
                 false,
             )?;
+            heartbeat.beat();
             window.started.get_or_insert_with(Instant::now);
             window.pending.push(stats);
             window.samples += config.train.batch_size as u64;
@@ -345,7 +399,13 @@ pub fn train(
                 log.write(record)?;
             }
 
-            let eval_now = eval_impressions.is_some()
+            // Stop on a signal that reached any rank: all ranks agree at this step boundary.
+            let mut stop = [f64::from(u8::from(stop_requested.load(Ordering::Relaxed)))];
+            collective.all_reduce_sum_f64(&mut stop)?;
+            let interrupted = stop[0] > 0.0;
+
+            let eval_now = !interrupted
+                && eval_impressions.is_some()
                 && (last || (config.eval.every > 0 && step_number % config.eval.every == 0));
             let mut eval_record = None;
             if eval_now {
@@ -369,9 +429,11 @@ pub fn train(
                 log.write(record.clone())?;
                 eval_record = Some(record);
                 final_eval = Some(metrics);
+                heartbeat.beat();
             }
             let checkpoint_now = last
                 || eval_now
+                || interrupted
                 || (config.checkpoint.every > 0 && step_number % config.checkpoint.every == 0);
             if checkpoint_now && main_rank {
                 let dir = save(step_number, eval_record.clone(), &params, &optimizer)?;
@@ -389,6 +451,14 @@ pub fn train(
                     best.as_ref().map(|(_, _, d)| d.as_path()),
                 );
                 last_checkpoint = Some(dir);
+            }
+            if interrupted {
+                // Every rank waits until rank 0's checkpoint is on disk, then all stop.
+                collective.all_reduce_sum_f64(&mut [0.0])?;
+                return Err(TrainError::Interrupted {
+                    step: step_number,
+                    checkpoint: checkpoint::step_dir(&run_dir, step_number).display().to_string(),
+                });
             }
         }
         Ok(())

@@ -91,7 +91,8 @@ fn main() {
     let result = run(Cli::parse());
     if let Err(e) = result {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        let interrupted = matches!(e.downcast_ref(), Some(mtrec_train::TrainError::Interrupted { .. }));
+        std::process::exit(if interrupted { mtrec_train::EXIT_INTERRUPTED } else { 1 });
     }
 }
 
