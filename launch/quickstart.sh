@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The main job on the bundled defaults, from nothing to a trained and evaluated model:
-#   setup -> release build -> synthetic MIND data -> shards -> train MTRec on the pretrained
-#   all-MiniLM-L6-v2 (CPU, a few minutes) -> evaluate on dev -> print the metrics and the run dir.
-# Re-running reuses the data and starts a fresh run. Extra arguments go to `mtrec-worker train`
-# (for example `--set train.max_steps=50`).
+# The main job on the bundled defaults, from nothing to a trained, evaluated model:
+#   setup -> release build -> synthetic MIND data -> shards -> data-parallel MTRec training of
+#   the pretrained all-MiniLM-L6-v2 on 2 ranks (mpirun, CPU) -> interrupted with SIGUSR1 after
+#   its first checkpoint and resumed with --resume auto -> dev metrics -> test predictions.
+# Re-running reuses the data and starts a fresh run. Extra arguments go to every `train` call
+# (for example `--set train.max_steps=40`).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -24,14 +25,27 @@ if [ ! -f data/shards/manifest.json ]; then
   "$prep" mind --train data/mind/train --dev data/mind/dev --test data/mind/test --model "$model" --out data/shards
 fi
 
-echo "== train MTRec on all-MiniLM-L6-v2 (configs/minilm.toml)"
-rm -rf runs/minilm
-"$worker" train --config configs/minilm.toml "$@"
+run=runs/minilm
+rm -rf "$run"
+echo "== train MTRec on all-MiniLM-L6-v2, 2 ranks (configs/minilm.toml)"
+# Two processes on two cores: one libtorch thread each.
+export OMP_NUM_THREADS=1
+launch/mpirun.sh 2 train --config configs/minilm.toml "$@" &
+job=$!
+while [ ! -d "$run/step-00000050" ] && kill -0 "$job" 2>/dev/null; do sleep 1; done
+echo "== first checkpoint written: SIGUSR1 -> the ranks checkpoint at the next step and exit (75)"
+kill -USR1 "$job" 2>/dev/null || true
+rc=0
+wait "$job" || rc=$?
+[ "$rc" -eq 75 ] || [ "$rc" -eq 0 ] || { echo "training failed ($rc)" >&2; exit "$rc"; }
 
-last=$(ls -d runs/minilm/step-* | sort | tail -n 1)
+echo "== resume from the newest checkpoint and finish"
+launch/mpirun.sh 2 train --config configs/minilm.toml --resume auto "$@"
+
+last=$(find "$run" -maxdepth 1 -name 'step-*' | sort | tail -n 1)
 echo "== evaluate $last on dev"
 "$worker" eval --config configs/minilm.toml --checkpoint "$last"
 echo "== predict the test split (MIND leaderboard format)"
-"$worker" predict --config configs/minilm.toml --checkpoint "$last" --split test --out runs/minilm/prediction.zip
+"$worker" predict --config configs/minilm.toml --checkpoint "$last" --split test --out "$run/prediction.zip"
 echo
-echo "run directory: runs/minilm (config.toml, metrics.jsonl, checkpoints, prediction.zip)"
+echo "run directory: $run (config.toml, metrics.jsonl, checkpoints, best.json, prediction.zip)"

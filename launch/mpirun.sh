@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Starts N ranks of mtrec-worker on this machine with mpirun, one GPU per rank (device = local
+# rank), with the environment NCCL needs.
+#
+#   launch/mpirun.sh 8 train --config configs/mtrec.toml [--resume auto] [--set key=value ...]
+#
+# MTREC_WORKER overrides the binary (default: target/release/mtrec-worker). Extra mpirun flags can
+# be given in MPIRUN_FLAGS (for example "--hostfile hosts").
+set -euo pipefail
+if [ $# -lt 2 ]; then
+  echo "usage: $0 RANKS WORKER-ARGS..." >&2
+  exit 2
+fi
+ranks=$1
+shift
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+worker=${MTREC_WORKER:-$root/target/release/mtrec-worker}
+[ -x "$worker" ] || { echo "$worker is not built: run cargo build --release --bins" >&2; exit 2; }
+
+# NCCL: cudarc opens libnccl.so by name, PyTorch's nvidia-nccl wheel ships only libnccl.so.2:
+# give it a directory with a libnccl.so link.
+python=${PYTHON:-$root/.venv/bin/python}
+if [ -x "$python" ] && nccl=$("$python" -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null) \
+   && [ -f "$nccl/libnccl.so.2" ]; then
+  link_dir="$root/target/nccl"
+  mkdir -p "$link_dir"
+  ln -sfn "$nccl/libnccl.so.2" "$link_dir/libnccl.so"
+  export LD_LIBRARY_PATH="$link_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+
+flags=(--bind-to none -x LD_LIBRARY_PATH -x RUST_LOG -x NCCL_DEBUG -x NCCL_SOCKET_IFNAME)
+[ "$(id -u)" = 0 ] && flags+=(--allow-run-as-root)
+[ "$ranks" -gt "$(nproc)" ] && flags+=(--oversubscribe)
+# shellcheck disable=SC2086 # MPIRUN_FLAGS is a list of flags
+exec mpirun -n "$ranks" "${flags[@]}" ${MPIRUN_FLAGS:-} "$worker" "$@"
