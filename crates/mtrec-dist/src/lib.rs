@@ -90,16 +90,15 @@ pub enum Backend {
     Cuda,
 }
 
-/// Discovers the world and returns its collective: [`Local`] for a plain run, otherwise MPI
-/// (CPU tensors) or NCCL bootstrapped over MPI (CUDA tensors, device = local rank).
+/// Discovers the world and returns its collective: for CPU tensors [`Local`] in a plain run and
+/// MPI under a launcher; for CUDA tensors NCCL (bootstrapped over MPI under a launcher, a world
+/// of one otherwise; device = local rank).
 pub fn connect(backend: Backend) -> Result<Box<dyn Collective>, DistError> {
-    if !launched_by_mpi() {
-        return Ok(Box::new(Local));
-    }
-    let mpi = MpiCollective::init()?;
-    Ok(match backend {
-        Backend::Cpu => Box::new(mpi),
-        Backend::Cuda => Box::new(NcclCollective::new(mpi)?),
+    let mpi = if launched_by_mpi() { Some(MpiCollective::init()?) } else { None };
+    Ok(match (backend, mpi) {
+        (Backend::Cpu, None) => Box::new(Local),
+        (Backend::Cpu, Some(mpi)) => Box::new(mpi),
+        (Backend::Cuda, mpi) => Box::new(NcclCollective::new(mpi)?),
     })
 }
 

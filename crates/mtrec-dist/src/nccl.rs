@@ -9,17 +9,20 @@ use cudarc::driver::result as cuda;
 use cudarc::nccl::{result as nccl, sys};
 use tch::{Kind, Tensor};
 
-/// NCCL communicator over all ranks, one GPU per rank (device = local rank).
+/// NCCL communicator over all ranks, one GPU per rank (device = local rank). A world of one
+/// (no MPI launcher) runs on NCCL too, so a single-GPU run takes the same path as a job.
 pub struct NcclCollective {
     comm: sys::ncclComm_t,
     device: usize,
-    mpi: MpiCollective,
+    placement: Placement,
+    /// Bootstraps the communicator and reduces host values; `None` in a world of one.
+    mpi: Option<MpiCollective>,
 }
 
 impl std::fmt::Debug for NcclCollective {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NcclCollective")
-            .field("placement", &self.mpi.placement())
+            .field("placement", &self.placement)
             .field("device", &self.device)
             .finish()
     }
@@ -45,8 +48,8 @@ pub fn nccl_library_status() -> Result<String, String> {
 impl NcclCollective {
     /// Makes GPU `local_rank` current, has rank 0 create the communicator id, broadcasts it over
     /// MPI and joins the communicator.
-    pub fn new(mpi: MpiCollective) -> Result<Self, DistError> {
-        let placement = mpi.placement();
+    pub fn new(mpi: Option<MpiCollective>) -> Result<Self, DistError> {
+        let placement = mpi.as_ref().map_or(Placement::SINGLE, MpiCollective::placement);
         nccl_library_status().map_err(DistError::Nccl)?;
         let device = placement.local_rank;
         // SAFETY: plain driver calls; the primary context stays retained for the process.
@@ -63,7 +66,9 @@ impl NcclCollective {
         };
         // SAFETY: the id is 128 plain bytes.
         let id_bytes = unsafe { std::slice::from_raw_parts_mut(id.internal.as_mut_ptr() as *mut u8, 128) };
-        mpi.broadcast_bytes(id_bytes, 0);
+        if let Some(mpi) = &mpi {
+            mpi.broadcast_bytes(id_bytes, 0);
+        }
         let mut comm: sys::ncclComm_t = std::ptr::null_mut();
         // SAFETY: `comm` is a valid out-pointer; every rank passes the same id and world size.
         unsafe {
@@ -71,7 +76,7 @@ impl NcclCollective {
                 .map_err(|e| nccl_err("ncclCommInitRank", e))?;
         }
         tracing::info!(rank = placement.rank, device, "NCCL communicator ready");
-        Ok(NcclCollective { comm, device, mpi })
+        Ok(NcclCollective { comm, device, placement, mpi })
     }
 
     /// The CUDA device this rank drives.
@@ -95,7 +100,7 @@ fn nccl_type(kind: Kind) -> Result<sys::ncclDataType_t, DistError> {
 
 impl Collective for NcclCollective {
     fn placement(&self) -> Placement {
-        self.mpi.placement()
+        self.placement
     }
 
     fn all_reduce_mean(&self, tensor: &mut Tensor) -> Result<(), DistError> {
@@ -135,7 +140,10 @@ impl Collective for NcclCollective {
     }
 
     fn all_reduce_sum_f64(&self, values: &mut [f64]) -> Result<(), DistError> {
-        self.mpi.all_reduce_sum_f64(values)
+        match &self.mpi {
+            Some(mpi) => mpi.all_reduce_sum_f64(values),
+            None => Ok(()),
+        }
     }
 
     fn backend(&self) -> &'static str {

@@ -333,6 +333,11 @@ impl BertModel {
         }
     }
 
+    /// The element type the encoder computes in (its weights' kind).
+    pub fn kind(&self) -> Kind {
+        self.embeddings.word_embeddings.ws.kind()
+    }
+
     /// Final hidden states of every token.
     ///
     /// # Shapes

@@ -88,7 +88,7 @@ pub fn run(config: &Config, warmup: usize, steps: usize) -> Result<BenchResult, 
     let model_dir = setup::model_dir(config)?;
     let device = setup::device(config.train.device, 0)?;
     let (vs, model) = setup::build_model(config, LABELS, &model_dir, None, device)?;
-    let mut params = FlatParams::new(&vs);
+    let mut params = FlatParams::new(&vs, setup::compute_kind(config, device));
     let mut optimizer = AdamW::new(&params, config.optim.clone());
     let (table, host) = reference_batch(model.bert.config.vocab_size, config.train.seed);
     let labelled: u64 = table.ner_tags.iter().flatten().filter(|&&t| t >= 0).count() as u64;

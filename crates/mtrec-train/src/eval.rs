@@ -21,7 +21,8 @@ pub fn progress(len: u64, what: &str, visible: bool) -> ProgressBar {
     bar
 }
 
-/// News vectors of every news item: `[num_news + 1, d]`, row `nid`, row 0 zeros. Titles are
+/// News vectors of every news item: `[num_news + 1, d]` in the model's compute kind, row `nid`,
+/// row 0 zeros. Titles are
 /// sorted by length and encoded `batch` at a time, so batches carry almost no padding.
 pub fn encode_all_news(
     model: &NewsRecModel,
@@ -33,7 +34,7 @@ pub fn encode_all_news(
     let mut nids: Vec<i32> = (1..table.input_ids.len() as i32).collect();
     nids.sort_by_key(|&n| table.input_ids[n as usize].len());
     let d = model.bert.config.hidden_size;
-    let mut vectors = Tensor::zeros([table.input_ids.len() as i64, d], (Kind::Float, device));
+    let mut vectors = Tensor::zeros([table.input_ids.len() as i64, d], (model.bert.kind(), device));
     let bar = progress(nids.len() as u64, "news", show_progress);
     tch::no_grad(|| {
         for chunk in nids.chunks(batch.max(1)) {
@@ -41,7 +42,7 @@ pub fn encode_all_news(
             let out = model.encode_news(&inputs, false);
             let rows =
                 Tensor::from_slice(&chunk.iter().map(|&n| n as i64).collect::<Vec<_>>()).to_device(device);
-            let _ = vectors.index_copy_(0, &rows, &out.vectors.to_kind(Kind::Float));
+            let _ = vectors.index_copy_(0, &rows, &out.vectors);
             bar.inc(chunk.len() as u64);
         }
     });

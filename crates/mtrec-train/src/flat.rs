@@ -2,6 +2,10 @@
 //! shared (BERT) parameters first. Gradients are gathered into buffers of the same layout, so an
 //! all-reduce, the surgery and the optimizer step are a few large kernels instead of hundreds of
 //! small ones.
+//!
+//! Mixed precision (bf16 on CUDA): the flat buffer stays f32 (the master weights AdamW updates),
+//! and the model's variables are views into a bf16 copy of it, refreshed after each step; the
+//! forward and backward passes run in bf16 and the gathered gradients are f32 again.
 use mtrec_model::SHARED_PREFIX;
 use tch::{Kind, Tensor, nn};
 
@@ -9,8 +13,10 @@ use tch::{Kind, Tensor, nn};
 pub struct FlatParams {
     /// Trainable variables in buffer order: `(name, variable)`.
     pub vars: Vec<(String, Tensor)>,
-    /// `[P]` the values; each variable is a view into it.
+    /// `[P]` f32 master values; with f32 compute each variable is a view into it.
     pub values: Tensor,
+    /// `[P]` reduced-precision copy the variables view when computing in bf16.
+    compute: Option<Tensor>,
     /// Number of leading elements that belong to shared (BERT) parameters.
     pub shared_len: i64,
     /// `[P]` 1.0 where weight decay applies (not on biases and LayerNorm), else 0.0.
@@ -24,8 +30,9 @@ fn decays(name: &str) -> bool {
 }
 
 impl FlatParams {
-    /// Moves every trainable variable of `vs` into one buffer (same values), shared ones first.
-    pub fn new(vs: &nn::VarStore) -> Self {
+    /// Moves every trainable variable of `vs` into one buffer (same values), shared ones first;
+    /// with `compute_kind` other than f32 the variables view a copy of that kind.
+    pub fn new(vs: &nn::VarStore, compute_kind: Kind) -> Self {
         let mut vars: Vec<(String, Tensor)> =
             vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         // Shared first, then by name: a layout every rank derives identically.
@@ -49,7 +56,24 @@ impl FlatParams {
                 offset += n;
             }
         });
-        FlatParams { vars, values, shared_len, decay_mask: Tensor::from_slice(&mask).to_device(device), len }
+        let compute = (compute_kind != Kind::Float).then(|| {
+            let compute = values.to_kind(compute_kind);
+            let mut offset = 0;
+            for (_, var) in vars.iter_mut() {
+                let n = var.numel() as i64;
+                var.set_data(&compute.narrow(0, offset, n).view(var.size().as_slice()));
+                offset += n;
+            }
+            compute
+        });
+        FlatParams {
+            vars,
+            values,
+            compute,
+            shared_len,
+            decay_mask: Tensor::from_slice(&mask).to_device(device),
+            len,
+        }
     }
 
     /// The variables, for `Tensor::run_backward`.
@@ -65,6 +89,27 @@ impl FlatParams {
             .zip(&self.vars)
             .map(|(g, (_, var))| if g.defined() { g.reshape([-1]) } else { var.zeros_like().reshape([-1]) })
             .collect();
-        Tensor::cat(&parts, 0)
+        Tensor::cat(&parts, 0).to_kind(Kind::Float)
+    }
+
+    /// The f32 master value of every variable, by name (what checkpoints store).
+    pub fn master_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut offset = 0;
+        self.vars
+            .iter()
+            .map(|(name, var)| {
+                let n = var.numel() as i64;
+                let view = self.values.narrow(0, offset, n).view(var.size().as_slice());
+                offset += n;
+                (name.clone(), view)
+            })
+            .collect()
+    }
+
+    /// After the optimizer changed `values`: refreshes the reduced-precision copy the model reads.
+    pub fn refresh_compute_copy(&mut self) {
+        if let Some(compute) = &mut self.compute {
+            tch::no_grad(|| compute.copy_(&self.values));
+        }
     }
 }

@@ -104,6 +104,7 @@ impl AdamW {
             let denom = self.exp_avg_sq.sqrt() / bias2.sqrt() + c.eps;
             params.values -= &self.exp_avg / denom * (lr / bias1);
         });
+        params.refresh_compute_copy();
     }
 }
 
@@ -130,7 +131,7 @@ mod tests {
 
         let ours_vs = tch::nn::VarStore::new(tch::Device::Cpu);
         let _ = ours_vs.root().var_copy("w", &init);
-        let mut flat = FlatParams::new(&ours_vs);
+        let mut flat = FlatParams::new(&ours_vs, tch::Kind::Float);
         let mut ours = AdamW::new(&flat, config.clone());
 
         let theirs_vs = tch::nn::VarStore::new(tch::Device::Cpu);

@@ -52,6 +52,11 @@ pub fn device(choice: DeviceChoice, local_rank: usize) -> Result<Device, TrainEr
     }
 }
 
+/// The kind forward and backward passes compute in: bf16 on CUDA when `train.bf16`, else f32.
+pub fn compute_kind(config: &Config, device: Device) -> tch::Kind {
+    if config.train.bf16 && device.is_cuda() { tch::Kind::BFloat16 } else { tch::Kind::Float }
+}
+
 /// Loads the manifest and refuses shards tokenized with another tokenizer than the model's.
 pub fn load_shards(shards: &Path, model_dir: &Path) -> Result<Manifest, TrainError> {
     let manifest = Manifest::load(shards)?;
@@ -141,8 +146,9 @@ pub fn build_model(
         trainable_layers: (config.model.trainable_layers > 0).then_some(config.model.trainable_layers),
     };
     tch::manual_seed(config.train.seed as i64);
+    let kind = compute_kind(config, device);
     let vs = nn::VarStore::new(device);
-    let model = NewsRecModel::new(&vs, &bert, &spec, entity_table);
+    let model = NewsRecModel::new(&vs, &bert, &spec, entity_table.map(|t| t.to_kind(kind)));
     if config.model.init == ModelInit::Pretrained {
         NewsRecModel::load_pretrained_bert(&vs, model_dir)?;
     }

@@ -236,17 +236,13 @@ pub fn train(
     let entity_table = setup::entity_table(config, &config.data.shards)?;
     let (vs, model) =
         setup::build_model(config, setup::LabelCounts::of(&manifest), &model_dir, entity_table, device)?;
-    let mut params = FlatParams::new(&vs);
-
-    // optimizer, schedule (a pure function of the step), checkpointer
-    let mut optimizer = AdamW::new(&params, config.optim.clone());
+    // checkpointer: a resumed run loads its weights before they move into the flat buffer
     let digest = config_digest(config);
     let resume_from = match &resume {
         Resume::No => None,
         Resume::Auto => checkpoint::latest(&run_dir),
         Resume::From(dir) => Some(Checkpoint::open(dir)?),
     };
-    let mut start_step = 0;
     if let Some(ckpt) = &resume_from {
         if ckpt.state.config_digest != digest {
             return Err(TrainError::Checkpoint(format!(
@@ -256,6 +252,13 @@ pub fn train(
             )));
         }
         checkpoint::load_model(&vs, ckpt)?;
+    }
+    let mut params = FlatParams::new(&vs, setup::compute_kind(config, device));
+
+    // optimizer, schedule (a pure function of the step)
+    let mut optimizer = AdamW::new(&params, config.optim.clone());
+    let mut start_step = 0;
+    if let Some(ckpt) = &resume_from {
         restore_optimizer(&mut optimizer, ckpt)?;
         start_step = ckpt.state.step;
         if main_rank {
@@ -263,6 +266,7 @@ pub fn train(
         }
     }
     synchronise_parameters(&mut params, collective)?;
+    params.refresh_compute_copy();
 
     // metrics
     let mut log = MetricsLog::open(&run_dir, main_rank)?;

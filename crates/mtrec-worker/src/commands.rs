@@ -188,7 +188,8 @@ pub fn embed(
     let (_vs, model) = model_from_checkpoint(&config, &loaded, checkpoint, device)?;
     let vectors = encode_all_news(&model, &loaded.news, config.eval.news_batch, device, true);
     let dim = vectors.size()[1] as usize;
-    let values: Vec<f32> = Vec::try_from(vectors.to_device(tch::Device::Cpu).view([-1]))?;
+    let values: Vec<f32> =
+        Vec::try_from(vectors.to_device(tch::Device::Cpu).to_kind(tch::Kind::Float).view([-1]))?;
     let rows = (1..loaded.news.news_id.len())
         .map(|nid| (loaded.news.news_id[nid].as_str(), &values[nid * dim..(nid + 1) * dim]));
     let written = mtrec_data::write::write_embeddings(out, dim, rows)?;
