@@ -197,6 +197,9 @@ pub fn embed(
     Ok(())
 }
 
+/// Dense bf16 peak of an H100/H200 SXM GPU (NVIDIA data sheet), the denominator of MFU.
+const PEAK_BF16_TFLOPS: f64 = 989.4;
+
 pub fn bench(args: &ConfigArgs, warmup: usize, steps: usize) -> anyhow::Result<()> {
     let config = load_config(args)?;
     let mut main_only = config.clone();
@@ -234,5 +237,25 @@ pub fn bench(args: &ConfigArgs, warmup: usize, steps: usize) -> anyhow::Result<(
         );
     }
     println!("surgery step / main-only step: {:.2}x", full.step.as_secs_f64() / base.step.as_secs_f64());
+    // Model FLOPs: a forward pass costs 2 FLOPs per encoder weight per token plus attention
+    // (4 L d FLOPs per token and layer for scores and values over a title of L tokens); a
+    // backward pass twice a forward. The multi-task step runs one forward and two backward
+    // passes (5 forward-equivalents), the main-task-only step one and one (3).
+    let bert = setup::bert_config(&config, &setup::model_dir(&config)?)?;
+    let (layers, d, ff) =
+        (bert.num_hidden_layers as f64, bert.hidden_size as f64, bert.intermediate_size as f64);
+    let mean_len = full.tokens as f64 / full.titles as f64;
+    let forward = full.tokens as f64 * layers * (2.0 * (4.0 * d * d + 2.0 * d * ff) + 4.0 * mean_len * d);
+    for (name, r, passes) in [("multi-task step", full, 5.0), ("main-only step", base, 3.0)] {
+        let flops = passes * forward / r.step.as_secs_f64();
+        let mfu = match setup::device(config.train.device, 0)? {
+            tch::Device::Cuda(_) => format!(
+                ", MFU {:.1}% of {PEAK_BF16_TFLOPS} TFLOP/s bf16 dense",
+                100.0 * flops / (PEAK_BF16_TFLOPS * 1e12)
+            ),
+            _ => String::new(),
+        };
+        println!("{name}: {:.1} GFLOP per step, {:.1} GFLOP/s{mfu}", passes * forward / 1e9, flops / 1e9);
+    }
     Ok(())
 }
