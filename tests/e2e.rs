@@ -301,7 +301,7 @@ fn killed_and_resumed_run_equals_an_uninterrupted_one() {
         !killed.join("step-00000040").exists(),
         "the run finished before it was killed: nothing was tested"
     );
-    let out = run(&mut worker("train", &killed, &sets).args(["--resume", "auto"]), true);
+    let out = run(worker("train", &killed, &sets).args(["--resume", "auto"]), true);
     let log = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(log.contains("resuming from"), "{log}");
     let diff = max_param_diff(
@@ -346,7 +346,7 @@ fn wait_for(path: &Path, seconds: u64) {
 fn sigterm_leaves_a_loadable_checkpoint() {
     let run_dir = fixture().root.join("sigterm");
     let sets = ["train.max_steps=100000", "eval.max_impressions=50"];
-    let mut child = worker("train", &run_dir, &sets)
+    let child = worker("train", &run_dir, &sets)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -366,12 +366,8 @@ fn sigterm_leaves_a_loadable_checkpoint() {
     assert_eq!(checkpoints.len(), 1, "one checkpoint at the interruption");
     let step: u64 = checkpoints[0].file_name().to_string_lossy()["step-".len()..].parse().unwrap();
     let out = run(
-        &mut worker(
-            "train",
-            &run_dir,
-            &[&format!("train.max_steps={}", step + 2), "eval.max_impressions=50"],
-        )
-        .args(["--resume", "auto"]),
+        worker("train", &run_dir, &[&format!("train.max_steps={}", step + 2), "eval.max_impressions=50"])
+            .args(["--resume", "auto"]),
         true,
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("step {step})")));

@@ -154,10 +154,10 @@ pub fn prune(run_dir: &Path, keep: usize, protect: Option<&Path>) {
     let all = list(run_dir);
     let excess = all.len().saturating_sub(keep);
     for (_, dir) in all.into_iter().take(excess) {
-        if Some(dir.as_path()) != protect {
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::warn!("could not remove old checkpoint {}: {e}", dir.display());
-            }
+        if Some(dir.as_path()) != protect
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+        {
+            tracing::warn!("could not remove old checkpoint {}: {e}", dir.display());
         }
     }
 }

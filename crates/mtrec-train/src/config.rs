@@ -291,7 +291,7 @@ impl Config {
 
     /// Checks the settings that depend on the world size.
     pub fn validate_for_world(&self, world_size: usize) -> Result<(), TrainError> {
-        if self.train.batch_size % world_size != 0 {
+        if !self.train.batch_size.is_multiple_of(world_size) {
             return Err(TrainError::Config(format!(
                 "train.batch_size = {} is not divisible by the world size {world_size}",
                 self.train.batch_size

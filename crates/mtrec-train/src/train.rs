@@ -441,13 +441,13 @@ pub fn train(
                 || (config.checkpoint.every > 0 && step_number % config.checkpoint.every == 0);
             if checkpoint_now && main_rank {
                 let dir = save(step_number, eval_record.clone(), &params, &optimizer)?;
-                if let Some(auc) = eval_record.as_ref().and_then(|r| r["auc"].as_f64()) {
-                    if best.as_ref().is_none_or(|(_, b, _)| auc > *b) {
-                        best = Some((step_number, auc, dir.clone()));
-                        let path = run_dir.join("best.json");
-                        let text = json!({"step": step_number, "auc": auc, "checkpoint": dir}).to_string();
-                        std::fs::write(&path, text).map_err(|e| TrainError::io(&path, e))?;
-                    }
+                if let Some(auc) = eval_record.as_ref().and_then(|r| r["auc"].as_f64())
+                    && best.as_ref().is_none_or(|(_, b, _)| auc > *b)
+                {
+                    best = Some((step_number, auc, dir.clone()));
+                    let path = run_dir.join("best.json");
+                    let text = json!({"step": step_number, "auc": auc, "checkpoint": dir}).to_string();
+                    std::fs::write(&path, text).map_err(|e| TrainError::io(&path, e))?;
                 }
                 checkpoint::prune(
                     &run_dir,
