@@ -1,7 +1,9 @@
 //! The mtrec data contract: the files `mtrec-prep` writes and `mtrec-worker` reads.
 //!
 //! This crate parses the MIND text formats ([`mind`]), fixes the layout of the shard files
-//! ([`write`]), and reads them back into plain vectors ([`read`]). It must not depend on torch:
+//! ([`write`]), reads them back into plain vectors ([`read`]), and assembles training batches
+//! from them ([`batch`]: seeded negatives, rank slices of one global order, each news item once
+//! with its occurrence count). It must not depend on torch:
 //! turning these vectors into tensors is the worker's job, tokenizing titles is prep's.
 //!
 //! # The shards folder

@@ -30,6 +30,18 @@ pub struct NewsTable {
 }
 
 impl NewsTable {
+    /// A table holding only the padding entry (nid 0: empty title, category 0, no entities).
+    pub fn with_padding() -> Self {
+        NewsTable {
+            news_id: vec![String::new()],
+            category: vec![0],
+            subcategory: vec![0],
+            input_ids: vec![Vec::new()],
+            ner_tags: vec![Vec::new()],
+            entities: vec![Vec::new()],
+        }
+    }
+
     /// Number of entries, padding included (`num_news + 1`).
     pub fn len(&self) -> usize {
         self.news_id.len()
@@ -136,14 +148,7 @@ fn list_values<T: ArrowPrimitiveType>(l: &ListArray, row: usize) -> Vec<T::Nativ
 /// Reads `news.parquet` into a [`NewsTable`], checking that nids are `1, 2, ...` in order.
 pub fn read_news(shards_dir: &Path) -> Result<NewsTable, DataError> {
     let path = shards_dir.join("news.parquet");
-    let mut t = NewsTable {
-        news_id: vec![String::new()],
-        category: vec![0],
-        subcategory: vec![0],
-        input_ids: vec![Vec::new()],
-        ner_tags: vec![Vec::new()],
-        entities: vec![Vec::new()],
-    };
+    let mut t = NewsTable::with_padding();
     for batch in batches(&path, &news_schema())? {
         let b = batch?;
         let nid = prim::<Int32Type>(&path, &b, "nid")?;

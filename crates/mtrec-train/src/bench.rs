@@ -38,14 +38,7 @@ pub struct BenchResult {
 pub fn reference_batch(vocab: i64, seed: u64) -> (NewsTable, HostBatch) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let titles = SAMPLES * (HISTORY + 1 + NEGATIVES);
-    let mut table = NewsTable {
-        news_id: vec![String::new()],
-        category: vec![0],
-        subcategory: vec![0],
-        input_ids: vec![Vec::new()],
-        ner_tags: vec![Vec::new()],
-        entities: vec![Vec::new()],
-    };
+    let mut table = NewsTable::with_padding();
     for i in 0..titles {
         let len = rng.random_range(12..=30usize);
         let mut ids: Vec<i32> = (0..len).map(|_| rng.random_range(1000..vocab as i32)).collect();
