@@ -31,7 +31,10 @@ if [ -x "$python" ] && nccl=$("$python" -c 'import nvidia.nccl, os; print(os.pat
   export LD_LIBRARY_PATH="$link_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 
-flags=(--bind-to none -x LD_LIBRARY_PATH -x RUST_LOG -x NCCL_DEBUG -x NCCL_SOCKET_IFNAME)
+flags=(--bind-to none)
+for var in LD_LIBRARY_PATH RUST_LOG OMP_NUM_THREADS NCCL_DEBUG NCCL_SOCKET_IFNAME; do
+  [ -n "${!var:-}" ] && flags+=(-x "$var")
+done
 [ "$(id -u)" = 0 ] && flags+=(--allow-run-as-root)
 [ "$ranks" -gt "$(nproc)" ] && flags+=(--oversubscribe)
 # shellcheck disable=SC2086 # MPIRUN_FLAGS is a list of flags
