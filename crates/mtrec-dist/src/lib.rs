@@ -72,6 +72,10 @@ pub trait Collective {
     /// Element-wise sum over ranks of host values (metric sums, counts, checksums).
     fn all_reduce_sum_f64(&self, values: &mut [f64]) -> Result<(), DistError>;
 
+    /// Concatenates every rank's `tensor` (same shape on every rank) along a new leading
+    /// dimension, in rank order: `[d0, ...]` -> `[world_size, d0, ...]`.
+    fn all_gather(&self, tensor: &Tensor) -> Result<Tensor, DistError>;
+
     /// Short name for logs: `local`, `mpi`, `nccl`.
     fn backend(&self) -> &'static str;
 }

@@ -101,6 +101,25 @@ impl Collective for MpiCollective {
         Ok(())
     }
 
+    fn all_gather(&self, tensor: &Tensor) -> Result<Tensor, DistError> {
+        let tensor = tensor.contiguous();
+        let numel = check_reducible("all_gather", &tensor, false)?;
+        let bytes = numel * tensor.kind().elt_size_in_bytes();
+        let mut shape = vec![self.placement.world_size as i64];
+        shape.extend(tensor.size());
+        let mut gathered = Tensor::zeros(shape.as_slice(), (tensor.kind(), tensor.device()));
+        let mut send = tensor.shallow_clone();
+        // SAFETY: both contiguous CPU tensors, viewed as bytes; `gathered` holds world_size copies.
+        let (send, receive) = unsafe {
+            (
+                host_slice::<u8>(&mut send, bytes),
+                host_slice::<u8>(&mut gathered, bytes * self.placement.world_size),
+            )
+        };
+        self.world.all_gather_into(&send[..], receive);
+        Ok(gathered)
+    }
+
     fn backend(&self) -> &'static str {
         "mpi"
     }

@@ -139,6 +139,28 @@ impl Collective for NcclCollective {
         Ok(())
     }
 
+    fn all_gather(&self, tensor: &Tensor) -> Result<Tensor, DistError> {
+        let tensor = tensor.contiguous();
+        let count = check_reducible("all_gather", &tensor, true)?;
+        let datatype = nccl_type(tensor.kind())?;
+        let mut shape = vec![self.placement.world_size as i64];
+        shape.extend(tensor.size());
+        let gathered = Tensor::zeros(shape.as_slice(), (tensor.kind(), tensor.device()));
+        // SAFETY: contiguous CUDA tensors; `gathered` holds world_size * count elements.
+        unsafe {
+            nccl::all_gather(
+                tensor.data_ptr(),
+                gathered.data_ptr(),
+                count,
+                datatype,
+                self.comm,
+                std::ptr::null_mut(),
+            )
+            .map_err(|e| nccl_err("ncclAllGather", e))?;
+        }
+        Ok(gathered)
+    }
+
     fn all_reduce_sum_f64(&self, values: &mut [f64]) -> Result<(), DistError> {
         match &self.mpi {
             Some(mpi) => mpi.all_reduce_sum_f64(values),

@@ -28,6 +28,12 @@ fn rank_body() {
     collective.all_reduce_sum_f64(&mut sums).expect("sum");
     assert_eq!(sums, [1.0, 2.0]);
 
+    // all_gather stacks the ranks' tensors in rank order.
+    let mine = Tensor::from_slice(&[r, r + 0.5]);
+    let gathered = collective.all_gather(&mine).expect("all_gather");
+    assert_eq!(gathered.size(), vec![2, 2]);
+    assert_eq!(Vec::<f32>::try_from(gathered.view([-1])).unwrap(), vec![0.0, 0.5, 1.0, 1.5]);
+
     // A non-contiguous tensor is refused, not silently reduced wrong.
     let mut strided = Tensor::zeros([3, 2], (tch::Kind::Float, tch::Device::Cpu)).transpose(0, 1);
     assert!(collective.all_reduce_mean(&mut strided).is_err());

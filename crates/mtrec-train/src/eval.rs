@@ -22,32 +22,51 @@ pub fn progress(len: u64, what: &str, visible: bool) -> ProgressBar {
 }
 
 /// News vectors of every news item: `[num_news + 1, d]` in the model's compute kind, row `nid`,
-/// row 0 zeros. Titles are
-/// sorted by length and encoded `batch` at a time, so batches carry almost no padding.
+/// row 0 zeros. Titles are sorted by length and dealt round-robin to the ranks (equal work); each
+/// rank encodes its share `batch` titles at a time (almost no padding), and the shares are
+/// gathered so every rank ends with the whole table.
 pub fn encode_all_news(
     model: &NewsRecModel,
     table: &NewsTable,
     batch: usize,
     device: Device,
-    show_progress: bool,
-) -> Tensor {
-    let mut nids: Vec<i32> = (1..table.input_ids.len() as i32).collect();
-    nids.sort_by_key(|&n| table.input_ids[n as usize].len());
+    collective: &dyn Collective,
+) -> Result<Tensor, TrainError> {
+    let placement = collective.placement();
+    let (rank, world) = (placement.rank, placement.world_size);
+    let mut sorted: Vec<i32> = (1..table.input_ids.len() as i32).collect();
+    sorted.sort_by_key(|&n| table.input_ids[n as usize].len());
+    let share = |r: usize| sorted.iter().skip(r).step_by(world).copied().collect::<Vec<i32>>();
+    let mine = share(rank);
+    let rows_per_rank = sorted.len().div_ceil(world);
     let d = model.bert.config.hidden_size;
-    let mut vectors = Tensor::zeros([table.input_ids.len() as i64, d], (model.bert.kind(), device));
-    let bar = progress(nids.len() as u64, "news", show_progress);
+    let kind = model.bert.kind();
+    let local = Tensor::zeros([rows_per_rank as i64, d], (kind, device));
+    let bar = progress(mine.len() as u64, "news", placement.is_main());
     tch::no_grad(|| {
-        for chunk in nids.chunks(batch.max(1)) {
-            let inputs = news_inputs(table, chunk, device);
-            let out = model.encode_news(&inputs, false);
-            let rows =
-                Tensor::from_slice(&chunk.iter().map(|&n| n as i64).collect::<Vec<_>>()).to_device(device);
-            let _ = vectors.index_copy_(0, &rows, &out.vectors);
+        let mut offset = 0;
+        for chunk in mine.chunks(batch.max(1)) {
+            let out = model.encode_news(&news_inputs(table, chunk, device), false);
+            local.narrow(0, offset, chunk.len() as i64).copy_(&out.vectors);
+            offset += chunk.len() as i64;
             bar.inc(chunk.len() as u64);
         }
     });
     bar.finish_and_clear();
-    vectors
+    let gathered = collective.all_gather(&local)?.view([-1, d]);
+    // Row q * rows_per_rank + j of `gathered` is the j-th news of rank q's share (0 = padding).
+    let mut rows = vec![0i64; world * rows_per_rank];
+    for q in 0..world {
+        for (j, nid) in share(q).into_iter().enumerate() {
+            rows[q * rows_per_rank + j] = nid as i64;
+        }
+    }
+    let mut vectors = Tensor::zeros([table.input_ids.len() as i64, d], (kind, device));
+    tch::no_grad(|| {
+        let _ = vectors.index_copy_(0, &Tensor::from_slice(&rows).to_device(device), &gathered);
+        let _ = vectors.get(0).zero_();
+    });
+    Ok(vectors)
 }
 
 /// Click scores of every candidate of `impressions`, in their original order.
@@ -123,7 +142,7 @@ pub fn evaluate(
 ) -> Result<RankingMetrics, TrainError> {
     let placement = collective.placement();
     let show = placement.is_main();
-    let news_vectors = encode_all_news(model, table, config.eval.news_batch, device, show);
+    let news_vectors = encode_all_news(model, table, config.eval.news_batch, device, collective)?;
     let mine = &impressions[rank_range(impressions.len(), placement.rank, placement.world_size)];
     let scores =
         score_impressions(model, &news_vectors, mine, config.data.history, config.eval.user_batch, show);

@@ -2,7 +2,7 @@
 use crate::ConfigArgs;
 use anyhow::{Context, bail};
 use mtrec_data::manifest::Split;
-use mtrec_dist::{Backend, Collective};
+use mtrec_dist::{Backend, Collective, Local};
 use mtrec_train::config::{Config, DeviceChoice};
 use mtrec_train::eval::{encode_all_news, evaluate, score_impressions};
 use mtrec_train::metrics::ranks_in_input_order;
@@ -130,7 +130,7 @@ pub fn predict(args: &ConfigArgs, checkpoint: &Path, split: &str, out: &Path) ->
     let loaded = setup::load(&config)?;
     let (_vs, model) = model_from_checkpoint(&config, &loaded, Some(checkpoint), device)?;
     let impressions = mtrec_data::read::read_eval(&config.data.shards, &loaded.manifest, split)?;
-    let news_vectors = encode_all_news(&model, &loaded.news, config.eval.news_batch, device, true);
+    let news_vectors = encode_all_news(&model, &loaded.news, config.eval.news_batch, device, &Local)?;
     let scores = score_impressions(
         &model,
         &news_vectors,
@@ -186,7 +186,7 @@ pub fn embed(
     let device = setup::device(config.train.device, 0)?;
     let loaded = setup::load(&config)?;
     let (_vs, model) = model_from_checkpoint(&config, &loaded, checkpoint, device)?;
-    let vectors = encode_all_news(&model, &loaded.news, config.eval.news_batch, device, true);
+    let vectors = encode_all_news(&model, &loaded.news, config.eval.news_batch, device, &Local)?;
     let dim = vectors.size()[1] as usize;
     let values: Vec<f32> =
         Vec::try_from(vectors.to_device(tch::Device::Cpu).to_kind(tch::Kind::Float).view([-1]))?;
