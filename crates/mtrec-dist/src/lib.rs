@@ -66,6 +66,17 @@ pub trait Collective {
     /// Replaces `tensor` on every rank by the element-wise mean over ranks.
     fn all_reduce_mean(&self, tensor: &mut Tensor) -> Result<(), DistError>;
 
+    /// [`Collective::all_reduce_mean`] started before `work` runs and completed after it: the
+    /// trainer reduces `g_main` while the auxiliary backward pass computes. How much really
+    /// overlaps is the transport's: NCCL enqueues without blocking the host; MPI starts a
+    /// non-blocking all-reduce that progresses as the library allows. `work` must not touch
+    /// `tensor`.
+    fn all_reduce_mean_during(&self, tensor: &mut Tensor, work: &mut dyn FnMut()) -> Result<(), DistError> {
+        self.all_reduce_mean(tensor)?;
+        work();
+        Ok(())
+    }
+
     /// Replaces `tensor` on every rank by its value on `root`.
     fn broadcast(&self, tensor: &mut Tensor, root: usize) -> Result<(), DistError>;
 

@@ -86,6 +86,26 @@ impl Collective for MpiCollective {
         Ok(())
     }
 
+    fn all_reduce_mean_during(&self, tensor: &mut Tensor, work: &mut dyn FnMut()) -> Result<(), DistError> {
+        let numel = check_reducible("all_reduce_mean", tensor, false)?;
+        if tensor.kind() != Kind::Float {
+            self.all_reduce_mean(tensor)?;
+            work();
+            return Ok(());
+        }
+        // SAFETY: checked contiguous f32 on the CPU; `work` does not touch this tensor.
+        let values = unsafe { host_slice::<f32>(tensor, numel) };
+        let send = values.to_vec();
+        mpi::request::scope(|scope| {
+            let request =
+                self.world.immediate_all_reduce_into(scope, &send[..], values, SystemOperation::sum());
+            work();
+            request.wait();
+        });
+        let _ = tensor.f_div_scalar_(self.placement.world_size as f64)?;
+        Ok(())
+    }
+
     fn broadcast(&self, tensor: &mut Tensor, root: usize) -> Result<(), DistError> {
         self.check_root("broadcast", root)?;
         let numel = check_reducible("broadcast", tensor, false)?;

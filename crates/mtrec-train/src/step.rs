@@ -122,56 +122,65 @@ pub fn train_step(
     let losses = forward(model, batch, mtl);
     times.forward = clock.lap();
 
-    // 2. g_main, averaged over ranks
-    let has_aux = losses.category.is_some() || losses.ner.is_some();
-    let mut g_main = flat_grad(params, &vars, &losses.main, has_aux)?;
-    collective.all_reduce_mean(&mut g_main)?;
-    times.backward_main = clock.lap();
-
-    // 3. auxiliary gradients (lambda-scaled), each averaged over ranks; then surgery on the shared slice
-    let s = params.shared_len;
-    let lambda = mtl.lambda;
+    // 2. g_main; its all-reduce (average over ranks) runs while the auxiliary backward passes do
     let aux_losses: Vec<&Tensor> =
         [losses.category.as_ref(), losses.ner.as_ref()].into_iter().flatten().collect();
-    let (mut g, surgery_stats, grad_norm_aux) = if aux_losses.is_empty() {
-        (g_main.shallow_clone(), None, None)
-    } else if mtl.surgery == SurgeryMode::Pcgrad {
-        // PCGrad needs each task's gradient on its own.
-        let mut tasks = vec![g_main.shallow_clone()];
-        for (i, loss) in aux_losses.iter().enumerate() {
-            let mut g_task = flat_grad(params, &vars, &(*loss * lambda), i + 1 < aux_losses.len())?;
-            collective.all_reduce_mean(&mut g_task)?;
-            tasks.push(g_task);
-        }
-        times.backward_aux = clock.lap();
-        let g_aux: Tensor = tasks[1..].iter().fold(tasks[0].zeros_like(), |acc, t| acc + t);
-        let stats = surgery::stats(&g_main.narrow(0, 0, s), &g_aux.narrow(0, 0, s));
-        let shared: Vec<Tensor> = tasks.iter().map(|t| t.narrow(0, 0, s)).collect();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(rng_seed);
-        let combined_shared = surgery::pcgrad(&shared, &mut rng);
-        let g = &g_main + &g_aux;
-        g.narrow(0, 0, s).copy_(&combined_shared);
-        let norm = g_aux.norm();
-        (g, Some(stats), Some(norm))
+    let mut g_main = flat_grad(params, &vars, &losses.main, !aux_losses.is_empty())?;
+    times.backward_main = clock.lap();
+
+    // 3. auxiliary gradients of lambda-scaled losses: one per task for PCGrad, which needs them
+    //    apart, else one for lambda (L_category + L_ner); each all-reduced as its own buffer
+    let lambda = mtl.lambda;
+    let objectives: Vec<Tensor> = if mtl.surgery == SurgeryMode::Pcgrad {
+        aux_losses.iter().map(|l| *l * lambda).collect()
     } else {
-        let aux_total =
-            aux_losses.iter().skip(1).fold(aux_losses[0].shallow_clone(), |acc, l| acc + *l) * lambda;
-        let mut g_aux = flat_grad(params, &vars, &aux_total, false)?;
-        collective.all_reduce_mean(&mut g_aux)?;
-        times.backward_aux = clock.lap();
-        let (g_main_shared, g_aux_shared) = (g_main.narrow(0, 0, s), g_aux.narrow(0, 0, s));
-        let g = &g_main + &g_aux;
-        let stats = match mtl.surgery {
-            SurgeryMode::Mtrec => {
-                let (combined, stats) = surgery::mtrec(&g_main_shared, &g_aux_shared);
-                g.narrow(0, 0, s).copy_(&combined);
-                stats
-            }
-            _ => surgery::stats(&g_main_shared, &g_aux_shared),
-        };
-        let norm = g_aux.norm();
-        (g, Some(stats), Some(norm))
+        aux_losses
+            .iter()
+            .map(|l| l.shallow_clone())
+            .reduce(|a, b| a + b)
+            .map(|sum| sum * lambda)
+            .into_iter()
+            .collect()
     };
+    let mut aux_grads: Result<Vec<Tensor>, TrainError> = Ok(Vec::new());
+    collective.all_reduce_mean_during(&mut g_main, &mut || {
+        aux_grads = objectives
+            .iter()
+            .enumerate()
+            .map(|(i, objective)| flat_grad(params, &vars, objective, i + 1 < objectives.len()))
+            .collect();
+    })?;
+    let mut aux_grads = aux_grads?;
+    for g_task in aux_grads.iter_mut() {
+        collective.all_reduce_mean(g_task)?;
+    }
+    times.backward_aux = clock.lap();
+
+    // surgery on the shared (BERT) slice; task-specific parameters keep their own gradient
+    let s = params.shared_len;
+    let (mut g, surgery_stats, grad_norm_aux) =
+        match aux_grads.iter().map(|g| g.shallow_clone()).reduce(|a, b| a + b) {
+            None => (g_main.shallow_clone(), None, None),
+            Some(g_aux) => {
+                let stats = surgery::stats(&g_main.narrow(0, 0, s), &g_aux.narrow(0, 0, s));
+                let g = &g_main + &g_aux;
+                match mtl.surgery {
+                    SurgeryMode::Mtrec => {
+                        g.narrow(0, 0, s)
+                            .copy_(&surgery::mtrec(&g_main.narrow(0, 0, s), &g_aux.narrow(0, 0, s)));
+                    }
+                    SurgeryMode::Pcgrad => {
+                        let mut shared = vec![g_main.narrow(0, 0, s)];
+                        shared.extend(aux_grads.iter().map(|t| t.narrow(0, 0, s)));
+                        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(rng_seed);
+                        g.narrow(0, 0, s).copy_(&surgery::pcgrad(&shared, &mut rng));
+                    }
+                    SurgeryMode::None => {}
+                }
+                let norm = g_aux.norm();
+                (g, Some(stats), Some(norm))
+            }
+        };
     times.surgery = clock.lap();
 
     // 4. clip, AdamW
