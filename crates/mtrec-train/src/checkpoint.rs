@@ -78,6 +78,70 @@ pub fn save(
     Ok(final_dir)
 }
 
+/// Writes checkpoints in the background (a tokio blocking task) so training does not wait on the
+/// disk: [`CheckpointWriter::submit`] takes a host snapshot of the tensors and returns; the next
+/// submit, and [`CheckpointWriter::finish`], wait for the write before. Old checkpoints are
+/// pruned after each write.
+pub struct CheckpointWriter {
+    runtime: tokio::runtime::Runtime,
+    pending: Option<tokio::task::JoinHandle<Result<PathBuf, TrainError>>>,
+    run_dir: PathBuf,
+    keep: usize,
+}
+
+impl std::fmt::Debug for CheckpointWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointWriter")
+            .field("run_dir", &self.run_dir)
+            .field("pending", &self.pending.is_some())
+            .finish()
+    }
+}
+
+/// Host copies of named tensors: a snapshot that training can no longer change.
+fn snapshot(tensors: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+    tensors.iter().map(|(n, t)| (n.clone(), t.to_device(tch::Device::Cpu).copy())).collect()
+}
+
+impl CheckpointWriter {
+    pub fn new(run_dir: &Path, keep: usize) -> Result<Self, TrainError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(|e| TrainError::Checkpoint(format!("cannot start the checkpoint writer: {e}")))?;
+        Ok(CheckpointWriter { runtime, pending: None, run_dir: run_dir.to_path_buf(), keep })
+    }
+
+    /// Starts writing a checkpoint; `protect` (the best one) survives pruning. Returns its folder.
+    pub fn submit(
+        &mut self,
+        model: &[(String, Tensor)],
+        optimizer: &[(String, Tensor)],
+        state: TrainerState,
+        protect: Option<PathBuf>,
+    ) -> Result<PathBuf, TrainError> {
+        self.finish()?;
+        let (model, optimizer) = (snapshot(model), snapshot(optimizer));
+        let (run_dir, keep) = (self.run_dir.clone(), self.keep);
+        let dir = step_dir(&run_dir, state.step);
+        self.pending = Some(self.runtime.spawn_blocking(move || {
+            let dir = save(&run_dir, &model, &optimizer, state)?;
+            prune(&run_dir, keep, protect.as_deref());
+            Ok(dir)
+        }));
+        Ok(dir)
+    }
+
+    /// Waits for the write in flight, if any.
+    pub fn finish(&mut self) -> Result<(), TrainError> {
+        if let Some(handle) = self.pending.take() {
+            self.runtime
+                .block_on(handle)
+                .map_err(|e| TrainError::Checkpoint(format!("checkpoint writer failed: {e}")))??;
+        }
+        Ok(())
+    }
+}
+
 /// A verified checkpoint: every file present and matching the checksums in trainer.json.
 #[derive(Debug)]
 pub struct Checkpoint {

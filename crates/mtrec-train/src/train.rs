@@ -301,21 +301,17 @@ pub fn train(
     let started = Instant::now();
     let (rank, world) = (placement.rank, placement.world_size);
 
-    let save = |step: u64, metrics: Option<serde_json::Value>, params: &FlatParams, optimizer: &AdamW| {
-        let state = TrainerState {
-            step,
-            epoch: step / steps_per_epoch,
-            sample_cursor: step * config.train.batch_size as u64,
-            seed: config.train.seed,
-            config_digest: digest.clone(),
-            world_size: world,
-            metrics,
-            model_sha256: String::new(),
-            optimizer_sha256: String::new(),
-        };
-        let named: Vec<(String, Tensor)> =
-            params.vars.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
-        checkpoint::save(&run_dir, &named, &optimizer_tensors(optimizer), state)
+    let mut writer = checkpoint::CheckpointWriter::new(&run_dir, config.checkpoint.keep)?;
+    let state_at = |step: u64, metrics: Option<serde_json::Value>| TrainerState {
+        step,
+        epoch: step / steps_per_epoch,
+        sample_cursor: step * config.train.batch_size as u64,
+        seed: config.train.seed,
+        config_digest: digest.clone(),
+        world_size: world,
+        metrics,
+        model_sha256: String::new(),
+        optimizer_sha256: String::new(),
     };
 
     std::thread::scope(|scope| -> Result<(), TrainError> {
@@ -440,23 +436,30 @@ pub fn train(
                 || interrupted
                 || (config.checkpoint.every > 0 && step_number % config.checkpoint.every == 0);
             if checkpoint_now && main_rank {
-                let dir = save(step_number, eval_record.clone(), &params, &optimizer)?;
+                let dir = checkpoint::step_dir(&run_dir, step_number);
                 if let Some(auc) = eval_record.as_ref().and_then(|r| r["auc"].as_f64())
                     && best.as_ref().is_none_or(|(_, b, _)| auc > *b)
                 {
                     best = Some((step_number, auc, dir.clone()));
+                }
+                writer.submit(
+                    &params.master_tensors(),
+                    &optimizer_tensors(&optimizer),
+                    state_at(step_number, eval_record.clone()),
+                    best.as_ref().map(|(_, _, d)| d.clone()),
+                )?;
+                if best.as_ref().is_some_and(|(s, _, _)| *s == step_number) {
+                    writer.finish()?; // best.json only ever names a complete checkpoint
                     let path = run_dir.join("best.json");
-                    let text = json!({"step": step_number, "auc": auc, "checkpoint": dir}).to_string();
+                    let text =
+                        json!({"step": step_number, "auc": best.as_ref().map(|b| b.1), "checkpoint": dir})
+                            .to_string();
                     std::fs::write(&path, text).map_err(|e| TrainError::io(&path, e))?;
                 }
-                checkpoint::prune(
-                    &run_dir,
-                    config.checkpoint.keep,
-                    best.as_ref().map(|(_, _, d)| d.as_path()),
-                );
                 last_checkpoint = Some(dir);
             }
             if interrupted {
+                writer.finish()?;
                 // Every rank waits until rank 0's checkpoint is on disk, then all stop.
                 collective.all_reduce_sum_f64(&mut [0.0])?;
                 return Err(TrainError::Interrupted {
@@ -467,6 +470,7 @@ pub fn train(
         }
         Ok(())
     })?;
+    writer.finish()?;
     bar.finish_and_clear();
 
     let seconds = started.elapsed().as_secs_f64();
