@@ -68,8 +68,8 @@ pub trait Collective {
 
     /// [`Collective::all_reduce_mean`] started before `work` runs and completed after it: the
     /// trainer reduces `g_main` while the auxiliary backward pass computes. How much really
-    /// overlaps is the transport's: NCCL enqueues without blocking the host; MPI starts a
-    /// non-blocking all-reduce that progresses as the library allows. `work` must not touch
+    /// overlaps is the transport's: NCCL enqueues without blocking the host; MPI starts one
+    /// non-blocking all-reduce per 4 MiB bucket, which progress as the library allows. `work` must not touch
     /// `tensor`.
     fn all_reduce_mean_during(&self, tensor: &mut Tensor, work: &mut dyn FnMut()) -> Result<(), DistError> {
         self.all_reduce_mean(tensor)?;

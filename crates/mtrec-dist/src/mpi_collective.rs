@@ -5,6 +5,9 @@ use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
 use tch::{Kind, Tensor};
 
+/// Elements per non-blocking all-reduce bucket (4 MiB of f32).
+const BUCKET_ELEMENTS: usize = 1 << 20;
+
 /// CPU collectives over MPI. Owns the MPI environment: dropping it finalises MPI, so it lives as
 /// long as the job.
 pub struct MpiCollective {
@@ -97,10 +100,18 @@ impl Collective for MpiCollective {
         let values = unsafe { host_slice::<f32>(tensor, numel) };
         let send = values.to_vec();
         mpi::request::scope(|scope| {
-            let request =
-                self.world.immediate_all_reduce_into(scope, &send[..], values, SystemOperation::sum());
+            // One non-blocking all-reduce per bucket, all in flight while `work` runs.
+            let requests: Vec<_> = send
+                .chunks(BUCKET_ELEMENTS)
+                .zip(values.chunks_mut(BUCKET_ELEMENTS))
+                .map(|(send, receive)| {
+                    self.world.immediate_all_reduce_into(scope, send, receive, SystemOperation::sum())
+                })
+                .collect();
             work();
-            request.wait();
+            for request in requests {
+                request.wait();
+            }
         });
         let _ = tensor.f_div_scalar_(self.placement.world_size as f64)?;
         Ok(())
