@@ -13,5 +13,8 @@ step() { printf '\n== %s\n' "$*"; }
 step "shellcheck";         shellcheck ci/*.sh .ci/run launch/*.sh launch/slurm/*.sbatch data-prep/*.sh
 step "cargo fmt --check";  cargo fmt --all -- --check
 step "cargo clippy";       cargo clippy --workspace --all-targets -- -D warnings
+# The end-to-end tests run the real binaries; cargo builds a binary for the tests of its own
+# package only, so build them all first.
+step "cargo build --bins"; cargo build --workspace --bins
 step "cargo test";         cargo test --workspace
 step "ok"
