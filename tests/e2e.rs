@@ -392,6 +392,11 @@ fn sigterm_leaves_a_loadable_checkpoint() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("step {step})")));
     assert!(run_dir.join(format!("step-{:08}", step + 2)).is_dir());
+
+    // A config that changes the model is refused, naming the checkpoint.
+    let out = run(worker("train", &run_dir, &["mtl.ner=false"]).args(["--resume", "auto"]), false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("different model configuration"), "{stderr}");
 }
 
 /// A rank killed with SIGKILL ends the whole 2-rank job with a non-zero status within 60 s.

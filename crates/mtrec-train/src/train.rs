@@ -45,9 +45,15 @@ pub struct TrainSummary {
     pub last_checkpoint: Option<PathBuf>,
 }
 
-/// sha256 over the config sections that shape the model: a resumed run must match it.
+/// sha256 over the settings that shape the model's parameters (architecture, heads, encoders):
+/// a resumed run must match it. Paths, dropout, data and optimizer settings may change.
 pub fn config_digest(config: &Config) -> String {
-    let shape = json!({ "model": &config.model, "mtl_heads": [config.mtl.category, config.mtl.ner] });
+    let m = &config.model;
+    let shape = json!({
+        "init": m.init, "layers": m.layers, "hidden_size": m.hidden_size, "heads": m.heads,
+        "intermediate_size": m.intermediate_size, "user_encoder": m.user_encoder, "amf": m.amf,
+        "heads_on": [config.mtl.category, config.mtl.ner],
+    });
     format!("{:x}", Sha256::digest(shape.to_string().as_bytes()))
 }
 
