@@ -17,12 +17,10 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mtrec_data::mind::{MindEntity, parse_behavior_line, parse_news_line, parse_vec_line};
-use mtrec_data::write::{
-    EntityWriter, EvalRow, EvalWriter, NewsRow, NewsWriter, TrainRow, TrainWriter, part_name,
-};
+use mtrec_data::write::{EntityWriter, EvalWriter, NewsRow, NewsWriter, TrainWriter, part_name};
 use mtrec_data::{
-    DataError, FORMAT_VERSION, FileEntry, MANIFEST_FILE, Manifest, NerScheme, PrepReport, Split, SplitInfo,
-    SplitReport, Splits, sha256_file, tokenizer_identity,
+    DataError, EvalImpression, FORMAT_VERSION, FileEntry, MANIFEST_FILE, Manifest, NerScheme, PrepReport,
+    Split, SplitInfo, SplitReport, Splits, TrainImpression, sha256_file, tokenizer_identity,
 };
 use rayon::prelude::*;
 
@@ -623,7 +621,7 @@ impl BehaviorsCtx<'_> {
                             report.dropped_impressions += 1;
                             continue;
                         }
-                        w.push(&TrainRow {
+                        w.push(&TrainImpression {
                             impression_id: p.impression_id,
                             user,
                             time: p.time,
@@ -638,7 +636,7 @@ impl BehaviorsCtx<'_> {
                             continue;
                         }
                         let user = users.get(&p.user).copied().unwrap_or(0);
-                        w.push(&EvalRow {
+                        w.push(&EvalImpression {
                             impression_id: p.impression_id,
                             user,
                             time: p.time,

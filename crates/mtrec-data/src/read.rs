@@ -77,6 +77,8 @@ pub struct EvalImpression {
     pub impression_id: i64,
     /// Dense user id, 0 for users not seen in train.
     pub user: i32,
+    /// Unix seconds, UTC.
+    pub time: i64,
     /// nids, oldest first (at most `max_history`).
     pub history: Vec<i32>,
     /// Candidate nids in their original order.
@@ -287,8 +289,11 @@ pub fn read_eval(
         let mut file_row = 0usize;
         for batch in batches(&path, &eval_schema())? {
             let b = batch?;
-            let (id, user) =
-                (prim::<Int64Type>(&path, &b, "impression_id")?, prim::<Int32Type>(&path, &b, "user")?);
+            let (id, user, time) = (
+                prim::<Int64Type>(&path, &b, "impression_id")?,
+                prim::<Int32Type>(&path, &b, "user")?,
+                prim::<Int64Type>(&path, &b, "time")?,
+            );
             let (history, candidates, labels) =
                 (list(&path, &b, "history")?, list(&path, &b, "candidates")?, list(&path, &b, "labels")?);
             for r in 0..b.num_rows() {
@@ -308,6 +313,7 @@ pub fn read_eval(
                 out.push(EvalImpression {
                     impression_id: id.value(r),
                     user: user.value(r),
+                    time: time.value(r),
                     history: list_values::<Int32Type>(history, r),
                     candidates: cands,
                     labels: labs,
@@ -322,7 +328,7 @@ pub fn read_eval(
 mod tests {
     use super::*;
     use crate::manifest::{FORMAT_VERSION, FileEntry, NerScheme, PrepReport, SplitInfo, Splits, sha256_file};
-    use crate::write::{EntityWriter, EvalRow, EvalWriter, NewsRow, NewsWriter, TrainRow, TrainWriter};
+    use crate::write::{EntityWriter, EvalWriter, NewsRow, NewsWriter, TrainWriter};
 
     #[test]
     fn write_then_read_round_trip() {
@@ -351,7 +357,7 @@ mod tests {
         assert_eq!(e.finish().unwrap(), 2);
         std::fs::create_dir_all(d.join("train")).unwrap();
         std::fs::create_dir_all(d.join("test")).unwrap();
-        let train = TrainRow {
+        let train = TrainImpression {
             impression_id: 9,
             user: 1,
             time: 5,
@@ -363,7 +369,7 @@ mod tests {
         t.push(&train).unwrap();
         assert_eq!(t.finish().unwrap(), 1);
         let mut v = EvalWriter::create(&d.join("test/part-00000.parquet")).unwrap();
-        let labeled = EvalRow {
+        let labeled = EvalImpression {
             impression_id: 1,
             user: 0,
             time: 6,
@@ -371,7 +377,7 @@ mod tests {
             candidates: vec![2, 3],
             labels: Some(vec![0, 1]),
         };
-        let unlabeled = EvalRow { labels: None, impression_id: 2, ..labeled.clone() };
+        let unlabeled = EvalImpression { labels: None, impression_id: 2, ..labeled.clone() };
         v.push(&labeled).unwrap();
         v.push(&unlabeled).unwrap();
         assert_eq!(v.finish().unwrap(), 2);
@@ -438,6 +444,9 @@ mod tests {
         assert_eq!(te[0].labels, Some(vec![0, 1]));
         assert_eq!(te[1].labels, None);
         assert_eq!(te[1].candidates, [2, 3]);
+        // What is read is exactly what was written: one row type serves both directions.
+        assert_eq!(te, vec![labeled, unlabeled]);
+        assert_eq!(tr, vec![train]);
         assert!(read_eval(d, &m, Split::Dev).unwrap_err().to_string().contains("splits.dev"));
         assert!(read_eval(d, &m, Split::Train).is_err());
     }
@@ -462,7 +471,7 @@ mod tests {
         assert!(err.contains("row 0: `nid`: expected 1, found 2"), "{err}");
         // A train shard is not a news file.
         let mut t = TrainWriter::create(&dir.path().join("news.parquet")).unwrap();
-        t.push(&TrainRow {
+        t.push(&TrainImpression {
             impression_id: 1,
             user: 1,
             time: 0,

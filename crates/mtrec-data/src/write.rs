@@ -15,6 +15,7 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
 use crate::DataError;
+use crate::read::{EvalImpression, TrainImpression};
 
 /// Rows buffered before a record batch goes to the Parquet writer.
 const BATCH_ROWS: usize = 8192;
@@ -252,40 +253,6 @@ impl EntityWriter {
     }
 }
 
-/// One training impression as written (ids already dense).
-#[derive(Debug, Clone, PartialEq)]
-pub struct TrainRow {
-    /// MIND impression id.
-    pub impression_id: i64,
-    /// Dense user id (1-based).
-    pub user: i32,
-    /// Unix seconds, UTC.
-    pub time: i64,
-    /// nids, oldest first.
-    pub history: Vec<i32>,
-    /// Clicked nids.
-    pub clicked: Vec<i32>,
-    /// Shown but not clicked nids.
-    pub non_clicked: Vec<i32>,
-}
-
-/// One dev/test impression as written.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EvalRow {
-    /// MIND impression id.
-    pub impression_id: i64,
-    /// Dense user id, 0 for users not in train.
-    pub user: i32,
-    /// Unix seconds, UTC.
-    pub time: i64,
-    /// nids, oldest first.
-    pub history: Vec<i32>,
-    /// Candidate nids in their original order.
-    pub candidates: Vec<i32>,
-    /// Click labels aligned to `candidates`, `None` when the split is unlabeled.
-    pub labels: Option<Vec<i8>>,
-}
-
 /// Writes one `train/part-NNNNN.parquet`.
 pub struct TrainWriter {
     sink: Sink,
@@ -314,7 +281,7 @@ impl TrainWriter {
     }
 
     /// Appends one row.
-    pub fn push(&mut self, row: &TrainRow) -> Result<(), DataError> {
+    pub fn push(&mut self, row: &TrainImpression) -> Result<(), DataError> {
         self.impression_id.append_value(row.impression_id);
         self.user.append_value(row.user);
         self.time.append_value(row.time);
@@ -373,7 +340,7 @@ impl EvalWriter {
     }
 
     /// Appends one row.
-    pub fn push(&mut self, row: &EvalRow) -> Result<(), DataError> {
+    pub fn push(&mut self, row: &EvalImpression) -> Result<(), DataError> {
         self.impression_id.append_value(row.impression_id);
         self.user.append_value(row.user);
         self.time.append_value(row.time);
