@@ -55,6 +55,17 @@ impl RankingMetrics {
     }
 }
 
+impl std::fmt::Display for RankingMetrics {
+    /// `AUC 0.6943  MRR 0.3379  nDCG@5 0.3764  nDCG@10 0.4374  (73152 impressions)`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "AUC {:.4}  MRR {:.4}  nDCG@5 {:.4}  nDCG@10 {:.4}  ({} impressions)",
+            self.auc, self.mrr, self.ndcg5, self.ndcg10, self.impressions
+        )
+    }
+}
+
 /// Candidate indices from best to worst, ties as `np.argsort(scores)[::-1]`.
 pub fn ranking(scores: &[f32]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..scores.len()).collect();

@@ -427,10 +427,7 @@ pub fn train(
                     "mrr": metrics.mrr, "ndcg5": metrics.ndcg5, "ndcg10": metrics.ndcg10,
                     "impressions": metrics.impressions});
                 if main_rank {
-                    bar.println(format!(
-                        "step {step_number}: {} AUC {:.4} MRR {:.4} nDCG@5 {:.4} nDCG@10 {:.4}",
-                        config.eval.split, metrics.auc, metrics.mrr, metrics.ndcg5, metrics.ndcg10
-                    ));
+                    bar.println(format!("step {step_number}: {}: {metrics}", config.eval.split));
                 }
                 log.write(record.clone())?;
                 eval_record = Some(record);

@@ -54,10 +54,7 @@ pub fn train(args: &ConfigArgs, resume: Option<&str>) -> anyhow::Result<()> {
             config.train.run_dir.display()
         );
         if let Some(m) = summary.final_eval {
-            println!(
-                "{} ({} impressions): AUC {:.4}  MRR {:.4}  nDCG@5 {:.4}  nDCG@10 {:.4}",
-                config.eval.split, m.impressions, m.auc, m.mrr, m.ndcg5, m.ndcg10
-            );
+            println!("{}: {m}", config.eval.split);
         }
         if let Some((step, auc)) = summary.best {
             println!(
@@ -104,10 +101,7 @@ pub fn eval(args: &ConfigArgs, checkpoint: &Path) -> anyhow::Result<()> {
     let impressions = mtrec_data::read::read_eval(&config.data.shards, &loaded.manifest, split)?;
     let metrics = evaluate(&model, &loaded.news, &impressions, &config, device, collective.as_ref())?;
     if placement.is_main() {
-        println!(
-            "{} ({} impressions): AUC {:.4}  MRR {:.4}  nDCG@5 {:.4}  nDCG@10 {:.4}",
-            config.eval.split, metrics.impressions, metrics.auc, metrics.mrr, metrics.ndcg5, metrics.ndcg10
-        );
+        println!("{}: {metrics}", config.eval.split);
         let path = checkpoint.join("metrics.json");
         let json = serde_json::json!({"split": config.eval.split, "auc": metrics.auc, "mrr": metrics.mrr,
             "ndcg5": metrics.ndcg5, "ndcg10": metrics.ndcg10, "impressions": metrics.impressions});
