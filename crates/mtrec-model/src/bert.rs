@@ -3,6 +3,7 @@
 //! `model.safetensors` of `transformers.BertModel` (with or without the `bert.` prefix) loads by name.
 //! Reference: `transformers/models/bert/modeling_bert.py` (Devlin et al. 2019).
 use crate::ModelError;
+use crate::dropout::Dropout;
 use serde::Deserialize;
 use std::path::Path;
 use tch::{Kind, Tensor, nn, nn::Module};
@@ -121,19 +122,18 @@ impl BertEmbeddings {
     }
 
     /// # Shapes
-    /// `input_ids [B, L]` (int64) -> `[B, L, d]`; token types are all 0 (single-segment titles).
-    pub fn forward_t(&self, input_ids: &Tensor, train: bool) -> Tensor {
-        let len = input_ids.size()[1];
-        let positions = Tensor::arange(len, (Kind::Int64, input_ids.device()));
+    /// `input_ids [T]`, `positions [T]` (int64, each token's position in its title) -> `[T, d]`;
+    /// token types are all 0 (single-segment titles).
+    pub fn forward(&self, input_ids: &Tensor, positions: &Tensor, dropout: &Dropout) -> Tensor {
         let words = self.word_embeddings.forward(input_ids);
         // Token type 0 everywhere: row 0 of the token-type table, broadcast.
         let token_type = self.token_type_embeddings.ws.get(0);
-        let x = words + self.position_embeddings.forward(&positions) + token_type;
-        self.layer_norm.forward(&x).dropout(self.dropout, train)
+        let x = words + self.position_embeddings.forward(positions) + token_type;
+        dropout.apply(&self.layer_norm.forward(&x), self.dropout)
     }
 }
 
-/// Multi-head scaled dot-product self-attention (`query`, `key`, `value`).
+/// Multi-head scaled dot-product self-attention (`query`, `key`, `value`) over packed titles.
 #[derive(Debug)]
 pub struct BertSelfAttention {
     query: nn::Linear,
@@ -155,18 +155,33 @@ impl BertSelfAttention {
         }
     }
 
+    /// Query, key and value come from one matmul over every token (the three weights stacked);
+    /// attention then runs per group of equal-length titles, on views of that result.
+    ///
     /// # Shapes
-    /// `x [B, L, d]`, `mask [B, 1, 1, L]` (bool, true = attend; `None` = no padding) -> `[B, L, d]`.
-    pub fn forward_t(&self, x: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
-        let (b, l, d) = x.size3().expect("attention input is [B, L, d]");
-        let split = |t: Tensor| t.view([b, l, self.heads, d / self.heads]).transpose(1, 2);
-        let q = split(self.query.forward(x));
-        let k = split(self.key.forward(x));
-        let v = split(self.value.forward(x));
-        let dropout = if train { self.dropout } else { 0.0 };
-        Tensor::scaled_dot_product_attention(&q, &k, &v, mask, dropout, false, None, false)
-            .transpose(1, 2)
-            .reshape([b, l, d])
+    /// `x [T, d]` with the tokens of `groups` (`(titles, length)` each, in order) -> `[T, d]`.
+    pub fn forward(&self, x: &Tensor, groups: &[(i64, i64)], dropout: &Dropout) -> Tensor {
+        let d = x.size()[1];
+        let (heads, d_k) = (self.heads, d / self.heads);
+        let weight = Tensor::cat(&[&self.query.ws, &self.key.ws, &self.value.ws], 0);
+        let bias = [&self.query.bs, &self.key.bs, &self.value.bs]
+            .map(|b| b.as_ref().expect("BERT linears have a bias"));
+        let qkv = x.linear(&weight, Some(Tensor::cat(&bias, 0)));
+        let sizes: Vec<i64> = groups.iter().map(|&(n, len)| n * len).collect();
+        let contexts: Vec<Tensor> = qkv
+            .split_with_sizes(&sizes, 0)
+            .iter()
+            .zip(groups)
+            .map(|(chunk, &(n, len))| {
+                // [n*L, 3d] -> [3, n, heads, L, d_k]
+                let qkv = chunk.view([n, len, 3, heads, d_k]).permute([2, 0, 3, 1, 4]);
+                dropout
+                    .attention(&qkv.get(0), &qkv.get(1), &qkv.get(2), self.dropout)
+                    .transpose(1, 2)
+                    .reshape([n * len, d])
+            })
+            .collect();
+        Tensor::cat(&contexts, 0)
     }
 }
 
@@ -188,9 +203,9 @@ impl BertSelfOutput {
     }
 
     /// # Shapes
-    /// `hidden [B, L, d]`, `residual [B, L, d]` -> `[B, L, d]`.
-    pub fn forward_t(&self, hidden: &Tensor, residual: &Tensor, train: bool) -> Tensor {
-        let h = self.dense.forward(hidden).dropout(self.dropout, train);
+    /// `hidden [T, d]`, `residual [T, d]` -> `[T, d]`.
+    pub fn forward(&self, hidden: &Tensor, residual: &Tensor, dropout: &Dropout) -> Tensor {
+        let h = dropout.apply(&self.dense.forward(hidden), self.dropout);
         self.layer_norm.forward(&(h + residual))
     }
 }
@@ -208,13 +223,6 @@ impl BertAttention {
             self_attention: BertSelfAttention::new(&(p / "self"), cfg),
             output: BertSelfOutput::new(&(p / "output"), cfg),
         }
-    }
-
-    /// # Shapes
-    /// `x [B, L, d]`, `mask [B, 1, 1, L]` -> `[B, L, d]`.
-    pub fn forward_t(&self, x: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
-        let h = self.self_attention.forward_t(x, mask, train);
-        self.output.forward_t(&h, x, train)
     }
 }
 
@@ -234,7 +242,7 @@ impl BertIntermediate {
     }
 
     /// # Shapes
-    /// `[B, L, d]` -> `[B, L, d_ff]`.
+    /// `[T, d]` -> `[T, d_ff]`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let h = self.dense.forward(x);
         match self.act.as_str() {
@@ -263,14 +271,15 @@ impl BertOutput {
     }
 
     /// # Shapes
-    /// `hidden [B, L, d_ff]`, `residual [B, L, d]` -> `[B, L, d]`.
-    pub fn forward_t(&self, hidden: &Tensor, residual: &Tensor, train: bool) -> Tensor {
-        let h = self.dense.forward(hidden).dropout(self.dropout, train);
+    /// `hidden [T, d_ff]`, `residual [T, d]` -> `[T, d]`.
+    pub fn forward(&self, hidden: &Tensor, residual: &Tensor, dropout: &Dropout) -> Tensor {
+        let h = dropout.apply(&self.dense.forward(hidden), self.dropout);
         self.layer_norm.forward(&(h + residual))
     }
 }
 
-/// One transformer block.
+/// One transformer block: attention mixes the tokens of each title; everything after it acts on
+/// each token alone.
 #[derive(Debug)]
 pub struct BertLayer {
     attention: BertAttention,
@@ -287,48 +296,42 @@ impl BertLayer {
         }
     }
 
+    /// Self-attention context of every token.
+    ///
     /// # Shapes
-    /// `x [B, L, d]`, `mask [B, 1, 1, L]` -> `[B, L, d]`.
-    pub fn forward_t(&self, x: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
-        let a = self.attention.forward_t(x, mask, train);
-        let h = self.intermediate.forward(&a);
-        self.output.forward_t(&h, &a, train)
-    }
-}
-
-/// The stack of `num_hidden_layers` blocks (`encoder.layer.{i}`).
-#[derive(Debug)]
-pub struct BertEncoder {
-    layers: Vec<BertLayer>,
-}
-
-impl BertEncoder {
-    pub fn new(p: &nn::Path, cfg: &BertConfig) -> Self {
-        let p = p / "layer";
-        BertEncoder { layers: (0..cfg.num_hidden_layers).map(|i| BertLayer::new(&(&p / i), cfg)).collect() }
+    /// `x [T, d]` -> `[T, d]`.
+    fn context(&self, x: &Tensor, groups: &[(i64, i64)], dropout: &Dropout) -> Tensor {
+        self.attention.self_attention.forward(x, groups, dropout)
     }
 
+    /// The per-token rest of the block, for any subset of the tokens.
+    ///
     /// # Shapes
-    /// `x [B, L, d]`, `mask [B, 1, 1, L]` -> `[B, L, d]`.
-    pub fn forward_t(&self, x: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
-        self.layers.iter().fold(x.shallow_clone(), |h, layer| layer.forward_t(&h, mask, train))
+    /// `context [R, d]`, `x [R, d]` (the block's input, the residual) -> `[R, d]`.
+    fn per_token(&self, context: &Tensor, x: &Tensor, dropout: &Dropout) -> Tensor {
+        let a = self.attention.output.forward(context, x, dropout);
+        self.output.forward(&self.intermediate.forward(&a), &a, dropout)
     }
 }
 
-/// `BertModel` without the pooler (MTRec uses the final `[CLS]` state, not the pooled one).
+/// `BertModel` without the pooler (MTRec uses the final `[CLS]` state, not the pooled one), on
+/// packed titles: the tokens of all titles in one `[T, d]` matrix, titles grouped by length, so
+/// the linear layers run once over every real token (no padding) and attention runs per group.
 #[derive(Debug)]
 pub struct BertModel {
     embeddings: BertEmbeddings,
-    encoder: BertEncoder,
+    /// `encoder.layer.{i}`.
+    layers: Vec<BertLayer>,
     pub config: BertConfig,
 }
 
 impl BertModel {
     /// Builds the variables under `p` with HF names (`p/embeddings/...`, `p/encoder/layer/...`).
     pub fn new(p: &nn::Path, cfg: &BertConfig) -> Self {
+        let layer = p / "encoder" / "layer";
         BertModel {
             embeddings: BertEmbeddings::new(&(p / "embeddings"), cfg),
-            encoder: BertEncoder::new(&(p / "encoder"), cfg),
+            layers: (0..cfg.num_hidden_layers).map(|i| BertLayer::new(&(&layer / i), cfg)).collect(),
             config: cfg.clone(),
         }
     }
@@ -338,16 +341,34 @@ impl BertModel {
         self.embeddings.word_embeddings.ws.kind()
     }
 
-    /// Final hidden states of every token.
+    /// Final hidden states of the token rows in each of `read` (one result per index set).
+    ///
+    /// Only the rows read pass through the per-token part of the last layer: the `[CLS]` rows of a
+    /// news vector skip the feed-forward of every other token, and a loss on `[CLS]` alone has no
+    /// backward through it either.
     ///
     /// # Shapes
-    /// `input_ids [B, L]` (int64), `attention_mask [B, L]` (bool, true = real token; `None` when
-    /// no row is padded) -> `[B, L, d]`.
-    pub fn forward_t(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, train: bool) -> Tensor {
-        let (b, l) = input_ids.size2().expect("input_ids is [B, L]");
-        let mask = attention_mask.map(|m| m.view([b, 1, 1, l]));
-        let x = self.embeddings.forward_t(input_ids, train);
-        self.encoder.forward_t(&x, mask.as_ref(), train)
+    /// `input_ids [T]`, `positions [T]` (int64) holding `groups` (`(titles, length)`, each title's
+    /// tokens contiguous), `read[i] [R_i]` (int64 rows) -> `[R_i, d]` each.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        groups: &[(i64, i64)],
+        read: &[&Tensor],
+        dropout: &Dropout,
+    ) -> Vec<Tensor> {
+        let x = self.embeddings.forward(input_ids, positions, dropout);
+        let Some((last, lower)) = self.layers.split_last() else {
+            return read.iter().map(|rows| x.index_select(0, rows)).collect();
+        };
+        let x = lower
+            .iter()
+            .fold(x, |x, layer| layer.per_token(&layer.context(&x, groups, dropout), &x, dropout));
+        let context = last.context(&x, groups, dropout);
+        read.iter()
+            .map(|rows| last.per_token(&context.index_select(0, rows), &x.index_select(0, rows), dropout))
+            .collect()
     }
 }
 

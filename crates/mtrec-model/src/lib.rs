@@ -6,12 +6,14 @@
 
 pub mod amf;
 pub mod bert;
+pub mod dropout;
 pub mod loss;
 pub mod model;
 pub mod news;
 pub mod user;
 
 pub use bert::{BertConfig, BertModel};
+pub use dropout::Dropout;
 pub use model::{ModelSpec, NewsInputs, NewsOutputs, NewsRecModel, SHARED_PREFIX};
 pub use news::TitleBatch;
 pub use user::{LsturMode, UserEncoderKind};

@@ -4,6 +4,7 @@
 use crate::ModelError;
 use crate::amf::Amf;
 use crate::bert::{BertConfig, BertModel, load_bert_weights, weights_file};
+use crate::dropout::Dropout;
 use crate::news::{EncodedTitles, TitleBatch, encode_titles};
 use crate::user::{UserEncoder, UserEncoderKind};
 use std::path::Path;
@@ -49,8 +50,8 @@ pub struct NewsOutputs {
     pub vectors: Tensor,
     /// `[N, categories]` when the category head exists.
     pub category_logits: Option<Tensor>,
-    /// Per title bucket, `[n_b, L_b, ner_tags]`, when the NER head exists.
-    pub ner_logits: Option<Vec<Tensor>>,
+    /// `[T - N, ner_tags]` for the non-`[CLS]` tokens (`TitleBatch::token_rows`), when asked for.
+    pub ner_logits: Option<Tensor>,
 }
 
 #[derive(Debug)]
@@ -113,12 +114,16 @@ impl NewsRecModel {
         }
     }
 
+    /// News vectors, and with `heads` the logits of the category and NER heads that exist.
+    ///
     /// # Shapes
-    /// `N` unique news -> `vectors [N, d]`, `category_logits [N, C]`, `ner_logits[b] [n_b, L_b, T]`.
-    pub fn encode_news(&self, inputs: &NewsInputs, train: bool) -> NewsOutputs {
-        let EncodedTitles { cls, tokens } = encode_titles(&self.bert, &inputs.titles, train);
-        let category_logits = self.category_head.as_ref().map(|head| head.forward(&cls));
-        let ner_logits = self.ner_head.as_ref().map(|head| tokens.iter().map(|t| head.forward(t)).collect());
+    /// `N` unique news -> `vectors [N, d]`, `category_logits [N, C]`, `ner_logits [T - N, tags]`.
+    pub fn encode_news(&self, inputs: &NewsInputs, heads: bool, dropout: &Dropout) -> NewsOutputs {
+        let ner_head = self.ner_head.as_ref().filter(|_| heads);
+        let EncodedTitles { cls, tokens } =
+            encode_titles(&self.bert, &inputs.titles, ner_head.is_some(), dropout);
+        let category_logits = self.category_head.as_ref().filter(|_| heads).map(|head| head.forward(&cls));
+        let ner_logits = ner_head.zip(tokens).map(|(head, tokens)| head.forward(&tokens));
         let vectors = match (&self.amf, &self.entity_table) {
             (Some(amf), Some(table)) => {
                 let (n, e) = inputs.entities.size2().expect("entities is [N, E]");

@@ -1,102 +1,73 @@
-//! Encoding a batch of titles with BERT without paying for padding: titles are grouped into
-//! length buckets (sorted by length, a bucket closes when padding would exceed a small share of
-//! its tokens), BERT runs once per bucket, and the `[CLS]` vectors are put back in input order.
+//! Encoding a batch of titles with BERT without paying for padding: the tokens of all titles are
+//! packed into one sequence, titles grouped by length, so BERT's linear layers run once over
+//! every real token and attention runs per group of equal-length titles (`DESIGN.md`,
+//! "Performance design").
 use crate::bert::BertModel;
+use crate::dropout::Dropout;
 use tch::{Device, Kind, Tensor};
 
-/// Padding allowed inside one bucket, as a share of the bucket's real tokens.
-const MAX_PADDING_SHARE: f64 = 0.10;
-
-/// Titles of similar length, padded to the longest of them.
-#[derive(Debug)]
-pub struct Bucket {
-    /// `[n, L]` int64 token ids, padded with 0.
-    pub input_ids: Tensor,
-    /// `[n, L]` bool, true on real tokens; `None` when every title in the bucket has length `L`.
-    pub attention_mask: Option<Tensor>,
-    /// `[n, L]` int64 NER labels, -1 on special and padding tokens (when labels were given).
-    pub ner_labels: Option<Tensor>,
-    /// `[n]` int64 position of each title in the caller's order.
-    pub rows: Tensor,
-}
-
-/// A set of titles grouped into length buckets.
+/// A set of titles, packed.
 #[derive(Debug)]
 pub struct TitleBatch {
-    pub buckets: Vec<Bucket>,
-    /// `[N]` int64: where the title at input position i sits in the bucket-concatenated order.
-    inverse: Tensor,
+    /// `[T]` int64 token ids: titles sorted by length (stable), each title's tokens contiguous.
+    pub input_ids: Tensor,
+    /// `[T]` int64 position of each token in its title.
+    pub positions: Tensor,
+    /// `(titles, length)` of each run of equal-length titles, in packed order.
+    pub groups: Vec<(i64, i64)>,
+    /// `[N]` int64 packed row of each title's first token (`[CLS]`), in input order.
+    pub cls_rows: Tensor,
+    /// `[T - N]` int64 packed rows of every other token.
+    pub token_rows: Tensor,
+    /// `[T - N]` int64 input position of the title of each token in `token_rows`.
+    pub token_titles: Tensor,
+    /// `[T - N]` int64 NER label of each token in `token_rows` (-1 = ignored), when given.
+    pub ner_labels: Option<Tensor>,
+    /// Number of titles `N`.
     pub len: usize,
-    /// Real tokens in the batch (for tokens/s).
+    /// Real tokens in the batch `T` (for tokens/s).
     pub tokens: usize,
-}
-
-/// Groups title indices (sorted by length) into buckets whose padding stays within
-/// `MAX_PADDING_SHARE` of their tokens.
-fn bucket_ranges(lengths_sorted: &[usize]) -> Vec<std::ops::Range<usize>> {
-    let mut ranges = Vec::new();
-    let mut start = 0;
-    let mut tokens = 0usize;
-    for (i, &len) in lengths_sorted.iter().enumerate() {
-        // Sorted ascending, so `len` is the longest so far: padding = count * len - tokens.
-        let count = i + 1 - start;
-        let padded = count * len;
-        if count > 1 && (padded - (tokens + len)) as f64 > MAX_PADDING_SHARE * (tokens + len) as f64 {
-            ranges.push(start..i);
-            start = i;
-            tokens = 0;
-        }
-        tokens += len;
-    }
-    if start < lengths_sorted.len() {
-        ranges.push(start..lengths_sorted.len());
-    }
-    ranges
 }
 
 impl TitleBatch {
     /// # Shapes
-    /// `titles[i]`: token ids of title i (`[CLS] ... [SEP]`); `ner[i]` aligned with it.
+    /// `titles[i]`: token ids of title i (`[CLS] ... [SEP]`); `ner[i]` aligned with it. An empty
+    /// title is encoded as the single token 0.
     pub fn new(titles: &[&[i32]], ner: Option<&[&[i8]]>, device: Device) -> Self {
+        const EMPTY: &[i32] = &[0];
+        let title = |i: usize| if titles[i].is_empty() { EMPTY } else { titles[i] };
         let mut order: Vec<usize> = (0..titles.len()).collect();
-        order.sort_by_key(|&i| (titles[i].len(), i));
-        let lengths: Vec<usize> = order.iter().map(|&i| titles[i].len().max(1)).collect();
-        let mut buckets = Vec::new();
-        for range in bucket_ranges(&lengths) {
-            let members = &order[range.clone()];
-            let width = lengths[range.end - 1];
-            let n = members.len();
-            let mut ids = vec![0i64; n * width];
-            let mut mask = vec![false; n * width];
-            let mut labels = vec![-1i64; n * width];
-            for (row, &i) in members.iter().enumerate() {
-                for (col, &id) in titles[i].iter().enumerate() {
-                    ids[row * width + col] = id as i64;
-                    mask[row * width + col] = true;
-                }
-                if let Some(ner) = ner {
-                    for (col, &tag) in ner[i].iter().enumerate() {
-                        labels[row * width + col] = tag as i64;
-                    }
-                }
+        order.sort_by_key(|&i| title(i).len());
+        let mut groups: Vec<(i64, i64)> = Vec::new();
+        let (mut ids, mut positions) = (Vec::new(), Vec::new());
+        let mut cls_rows = vec![0i64; titles.len()];
+        let (mut token_rows, mut token_titles, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+        for &i in &order {
+            let tokens = title(i);
+            let len = tokens.len() as i64;
+            match groups.last_mut() {
+                Some((n, l)) if *l == len => *n += 1,
+                _ => groups.push((1, len)),
             }
-            let shape = [n as i64, width as i64];
-            let padded = members.iter().any(|&i| titles[i].len() < width);
-            buckets.push(Bucket {
-                input_ids: Tensor::from_slice(&ids).view(shape).to_device(device),
-                attention_mask: padded.then(|| Tensor::from_slice(&mask).view(shape).to_device(device)),
-                ner_labels: ner.map(|_| Tensor::from_slice(&labels).view(shape).to_device(device)),
-                rows: Tensor::from_slice(&members.iter().map(|&i| i as i64).collect::<Vec<_>>())
-                    .to_device(device),
-            });
+            let start = ids.len() as i64;
+            cls_rows[i] = start;
+            ids.extend(tokens.iter().map(|&id| id as i64));
+            positions.extend(0..len);
+            token_rows.extend(start + 1..start + len);
+            token_titles.extend(std::iter::repeat_n(i as i64, tokens.len() - 1));
+            if let Some(ner) = ner {
+                labels.extend((1..tokens.len()).map(|col| ner[i].get(col).map_or(-1, |&tag| tag as i64)));
+            }
         }
-        let mut inverse = vec![0i64; titles.len()];
-        for (position, &i) in order.iter().enumerate() {
-            inverse[i] = position as i64;
-        }
+        let tensor = |values: &[i64]| Tensor::from_slice(values).to_device(device);
         TitleBatch {
-            buckets,
-            inverse: Tensor::from_slice(&inverse).to_device(device),
+            input_ids: tensor(&ids),
+            positions: tensor(&positions),
+            groups,
+            cls_rows: tensor(&cls_rows),
+            token_rows: tensor(&token_rows),
+            token_titles: tensor(&token_titles),
+            ner_labels: ner.map(|_| tensor(&labels)),
             len: titles.len(),
             tokens: titles.iter().map(|t| t.len()).sum(),
         }
@@ -108,50 +79,40 @@ impl TitleBatch {
 pub struct EncodedTitles {
     /// `[N, d]` final `[CLS]` state of each title, in input order.
     pub cls: Tensor,
-    /// Per bucket, `[n, L, d]` final states of every token (for token-level heads).
-    pub tokens: Vec<Tensor>,
+    /// `[T - N, d]` final states of the other tokens (rows of `token_rows`), when asked for.
+    pub tokens: Option<Tensor>,
 }
 
-/// Runs BERT bucket by bucket.
-///
-/// # Shapes
-/// `N` titles -> `cls [N, d]`, `tokens[b] [n_b, L_b, d]`.
-pub fn encode_titles(bert: &BertModel, titles: &TitleBatch, train: bool) -> EncodedTitles {
-    let tokens: Vec<Tensor> = titles
-        .buckets
-        .iter()
-        .map(|b| bert.forward_t(&b.input_ids, b.attention_mask.as_ref(), train))
-        .collect();
-    let cls_sorted = Tensor::cat(&tokens.iter().map(|t| t.select(1, 0)).collect::<Vec<_>>(), 0);
-    EncodedTitles { cls: cls_sorted.index_select(0, &titles.inverse), tokens }
+/// Runs BERT over the packed titles; the other tokens' final states only `with_tokens` (for
+/// token-level heads).
+pub fn encode_titles(
+    bert: &BertModel,
+    titles: &TitleBatch,
+    with_tokens: bool,
+    dropout: &Dropout,
+) -> EncodedTitles {
+    let read: Vec<&Tensor> =
+        if with_tokens { vec![&titles.cls_rows, &titles.token_rows] } else { vec![&titles.cls_rows] };
+    let mut states =
+        bert.forward(&titles.input_ids, &titles.positions, &titles.groups, &read, dropout).into_iter();
+    EncodedTitles { cls: states.next().expect("one result per index set"), tokens: states.next() }
 }
 
 /// NER loss: per-token cross-entropy over the tokens with a label (-1 = ignored), each title
-/// weighted by how often it occurs in the batch, summed over buckets and divided by
-/// `denominator` (the labelled token occurrences the mean is over).
+/// weighted by how often it occurs in the batch, summed and divided by `denominator` (the
+/// labelled token occurrences the mean is over).
 ///
 /// # Shapes
-/// `logits_per_bucket[b] [n_b, L_b, T]`, `weights [N]` (float, input order) -> scalar.
+/// `logits [T - N, tags]` (rows of `titles.token_rows`), `weights [N]` (float, input order) -> scalar.
 pub fn token_cross_entropy(
-    logits_per_bucket: &[Tensor],
+    logits: &Tensor,
     titles: &TitleBatch,
     weights: &Tensor,
     denominator: f64,
 ) -> Tensor {
-    let sums: Vec<Tensor> = logits_per_bucket
-        .iter()
-        .zip(&titles.buckets)
-        .map(|(logits, bucket)| {
-            let labels = bucket.ner_labels.as_ref().expect("token loss needs NER labels in the TitleBatch");
-            let (n, l, t) = logits.size3().expect("[n, L, T]");
-            let per_token = logits
-                .view([-1, t])
-                .cross_entropy_loss::<Tensor>(&labels.view([-1]), None, tch::Reduction::None, -1, 0.0)
-                .view([n, l]);
-            (per_token * weights.index_select(0, &bucket.rows).unsqueeze(1)).sum(Kind::Float)
-        })
-        .collect();
-    Tensor::stack(&sums, 0).sum(Kind::Float) / denominator
+    let labels = titles.ner_labels.as_ref().expect("token loss needs NER labels in the TitleBatch");
+    let per_token = logits.cross_entropy_loss::<Tensor>(labels, None, tch::Reduction::None, -1, 0.0);
+    (per_token * weights.index_select(0, &titles.token_titles)).sum(Kind::Float) / denominator
 }
 
 #[cfg(test)]
@@ -159,32 +120,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buckets_cover_every_title_once_with_little_padding() {
-        let lengths: Vec<usize> = (0..440).map(|i| 12 + (i * 7919) % 19).collect();
-        let mut sorted = lengths.clone();
-        sorted.sort();
-        let ranges = bucket_ranges(&sorted);
-        assert_eq!(ranges.iter().map(|r| r.len()).sum::<usize>(), 440);
-        for r in &ranges {
-            let real: usize = sorted[r.clone()].iter().sum();
-            let padded = r.len() * sorted[r.end - 1];
-            assert!((padded - real) as f64 <= MAX_PADDING_SHARE * real as f64 + 1e-9, "{r:?}");
-        }
-        // Far fewer buckets than titles: BERT runs a handful of times, not 440.
-        assert!(ranges.len() <= 20, "{} buckets", ranges.len());
-    }
-
-    #[test]
-    fn title_batch_restores_input_order() {
+    fn packing_groups_titles_by_length_and_keeps_input_order() {
         let titles: Vec<Vec<i32>> =
-            vec![vec![101, 5, 6, 102], vec![101, 102], vec![101, 7, 8, 9, 10, 11, 102]];
+            vec![vec![101, 5, 6, 102], vec![101, 102], vec![101, 7, 8, 9, 10, 11, 102], vec![101, 3, 4, 102]];
+        let ner: Vec<Vec<i8>> =
+            vec![vec![-1, 1, 2, -1], vec![-1, -1], vec![-1, 0, 0, 1, 2, 0, -1], vec![-1, 0, 1, -1]];
         let refs: Vec<&[i32]> = titles.iter().map(|t| t.as_slice()).collect();
-        let batch = TitleBatch::new(&refs, None, Device::Cpu);
-        // Concatenating each bucket's first tokens then applying `inverse` gives input order.
-        let firsts =
-            Tensor::cat(&batch.buckets.iter().map(|b| b.input_ids.select(1, 1)).collect::<Vec<_>>(), 0);
-        let restored: Vec<i64> = Vec::try_from(firsts.index_select(0, &batch.inverse)).unwrap();
-        assert_eq!(restored, vec![5, 102, 7]);
-        assert_eq!(batch.tokens, 13);
+        let tags: Vec<&[i8]> = ner.iter().map(|t| t.as_slice()).collect();
+        let batch = TitleBatch::new(&refs, Some(&tags), Device::Cpu);
+        assert_eq!(batch.groups, vec![(1, 2), (2, 4), (1, 7)]);
+        let ids: Vec<i64> = Vec::try_from(&batch.input_ids).unwrap();
+        assert_eq!(ids, vec![101, 102, 101, 5, 6, 102, 101, 3, 4, 102, 101, 7, 8, 9, 10, 11, 102]);
+        let positions: Vec<i64> = Vec::try_from(&batch.positions).unwrap();
+        assert_eq!(&positions[..6], &[0, 1, 0, 1, 2, 3]);
+        // Each title's [CLS] row, in input order; every other token once, with its title and label.
+        let cls: Vec<i64> = Vec::try_from(&batch.cls_rows).unwrap();
+        assert_eq!(cls, vec![2, 0, 10, 6]);
+        let rows: Vec<i64> = Vec::try_from(&batch.token_rows).unwrap();
+        assert_eq!(rows.len() + cls.len(), ids.len());
+        let owners: Vec<i64> = Vec::try_from(&batch.token_titles).unwrap();
+        let labels: Vec<i64> = Vec::try_from(batch.ner_labels.as_ref().unwrap()).unwrap();
+        for ((&row, &title), &label) in rows.iter().zip(&owners).zip(&labels) {
+            let col = (row - cls[title as usize]) as usize;
+            assert_eq!(ids[row as usize], titles[title as usize][col] as i64);
+            assert_eq!(label, ner[title as usize][col] as i64);
+        }
+        assert_eq!(batch.tokens, 17);
     }
 }

@@ -6,6 +6,7 @@ use crate::metrics::RankingMetrics;
 use indicatif::{ProgressBar, ProgressStyle};
 use mtrec_data::read::{EvalImpression, NewsTable};
 use mtrec_dist::Collective;
+use mtrec_model::Dropout;
 use mtrec_model::NewsRecModel;
 use tch::{Device, Kind, Tensor};
 
@@ -46,7 +47,7 @@ pub fn encode_all_news(
     tch::no_grad(|| {
         let mut offset = 0;
         for chunk in mine.chunks(batch.max(1)) {
-            let out = model.encode_news(&news_inputs(table, chunk, device), false);
+            let out = model.encode_news(&news_inputs(table, chunk, device), false, &Dropout::Off);
             local.narrow(0, offset, chunk.len() as i64).copy_(&out.vectors);
             offset += chunk.len() as i64;
             bar.inc(chunk.len() as u64);

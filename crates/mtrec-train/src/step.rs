@@ -10,9 +10,9 @@ use crate::flat::FlatParams;
 use crate::optim::AdamW;
 use crate::surgery::{self, SurgeryMode};
 use mtrec_dist::Collective;
-use mtrec_model::NewsRecModel;
 use mtrec_model::loss::{category_loss, click_scores, main_loss};
 use mtrec_model::news::token_cross_entropy;
+use mtrec_model::{Dropout, NewsRecModel};
 use rand::SeedableRng;
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
@@ -70,8 +70,8 @@ struct Losses {
     ner: Option<Tensor>,
 }
 
-fn forward(model: &NewsRecModel, batch: &DeviceBatch, mtl: &MtlConfig) -> Losses {
-    let news = model.encode_news(&batch.news, true);
+fn forward(model: &NewsRecModel, batch: &DeviceBatch, mtl: &MtlConfig, dropout: &Dropout) -> Losses {
+    let news = model.encode_news(&batch.news, true, dropout);
     let d = news.vectors.size()[1];
     // Row N is the zero vector that padded history slots point at.
     let table = Tensor::cat(&[news.vectors.shallow_clone(), news.vectors.zeros_like().narrow(0, 0, 1)], 0);
@@ -101,7 +101,7 @@ fn flat_grad(
 }
 
 /// Runs one step and updates the parameters. `rng_seed` seeds PCGrad's task order (identical on
-/// every rank). With `time_phases`, the device is synchronised between phases to time them.
+/// every rank) and, mixed with the rank, the dropout masks. With `time_phases`, the device is synchronised between phases to time them.
 #[allow(clippy::too_many_arguments)]
 pub fn train_step(
     model: &NewsRecModel,
@@ -119,7 +119,9 @@ pub fn train_step(
     let vars = params.tensors();
 
     // 1. forward
-    let losses = forward(model, batch, mtl);
+    let rank = collective.placement().rank as u64;
+    let dropout = Dropout::training(params.values.device(), mtrec_data::batch::mix_seed(&[rng_seed, rank]));
+    let losses = forward(model, batch, mtl, &dropout);
     times.forward = clock.lap();
 
     // 2. g_main; its all-reduce (average over ranks) runs while the auxiliary backward passes do

