@@ -252,11 +252,12 @@ print(max(float(abs(a[k].astype("float64") - b[k].astype("float64")).max()) for 
 /// ~1e-3 whatever the reduction does. With eps = 1e-3 such components stay negligible, and the
 /// comparison measures the gradients the ranks agree on.
 ///
-/// Adam's `eps` is raised to 1e-3 here: with the default 1e-8, Adam turns gradient components that
-/// are zero up to float rounding (their value depends on summation order, which differs between
-/// one and two processes) into full `lr`-sized steps of random sign, and 20 such steps reach
-/// ~1e-3 whatever the reduction does. With eps = 1e-3 such components stay negligible, and the
-/// comparison measures the gradients the ranks agree on.
+/// What remains is rounding: gradients summed over many tokens with heavy cancellation (the
+/// `[CLS]` word embedding, position and token-type rows) differ in their last bits between one
+/// and two processes, and Adam's normalisation turns that into steps of ~1e-6 (measured after 20
+/// steps: mode `none` 1.2e-7, `mtrec`/`pcgrad` 1.0e-5, main-only 5.8e-6, each under 1% of what
+/// steps 10-20 moved the parameters). A reduction or normalisation error moves them by a share of
+/// the update itself, so the bound is 2% of that movement.
 #[test]
 fn two_ranks_equal_one_rank_with_the_whole_batch() {
     let modes: [(&str, &[&str]); 4] = [
@@ -283,24 +284,26 @@ fn two_ranks_equal_one_rank_with_the_whole_batch() {
             &one.join("step-00000020/model.safetensors"),
             &two.join("step-00000020/model.safetensors"),
         );
-        println!("{name}: max |1 rank - 2 ranks| = {diff:.3e}");
-        assert!(diff <= 1e-5, "{name}: parameters differ by {diff:.3e} after 20 steps");
-        // And training moved them: the comparison is not between two copies of the initial weights.
-        assert!(
-            max_param_diff(
-                &one.join("step-00000020/model.safetensors"),
-                &one.join("step-00000010/model.safetensors")
-            ) > 1e-4
+        // How far the last 10 steps moved the parameters: the scale the difference is measured against.
+        let moved = max_param_diff(
+            &one.join("step-00000020/model.safetensors"),
+            &one.join("step-00000010/model.safetensors"),
         );
+        println!("{name}: max |1 rank - 2 ranks| = {diff:.3e}; steps 10-20 moved them up to {moved:.3e}");
+        assert!(moved > 1e-4, "{name}: training did not move the parameters ({moved:.3e})");
+        assert!(diff <= 2e-2 * moved, "{name}: parameters differ by {diff:.3e} after 20 steps");
     }
 }
 
-/// Train 40 steps; separately train, SIGKILL after the step-10 checkpoint, resume with
-/// `--resume auto` and finish: the same parameters. Then resume that run's step-20 checkpoint on
-/// 2 ranks: equal up to float tolerance.
+/// Train 40 steps with dropout; separately train, SIGKILL after the step-10 checkpoint, resume
+/// with `--resume auto` and finish: the same parameters (the dropout masks are seeded per step).
+/// Then, without dropout (whose masks depend on the rank layout), resume a run's step-20
+/// checkpoint on 2 ranks: equal up to float tolerance.
 #[test]
 fn killed_and_resumed_run_equals_an_uninterrupted_one() {
-    let sets = ["train.max_steps=40", "checkpoint.every=10", "checkpoint.keep=5", "eval.max_impressions=50"];
+    let common =
+        ["train.max_steps=40", "checkpoint.every=10", "checkpoint.keep=5", "eval.max_impressions=50"];
+    let sets = [&common[..], &["model.dropout=0.1"]].concat();
     let straight = fixture().root.join("resume-straight");
     run(&mut worker("train", &straight, &sets), true);
 
@@ -332,9 +335,12 @@ fn killed_and_resumed_run_equals_an_uninterrupted_one() {
     assert!(diff <= 1e-6, "resumed run differs by {diff:.3e}");
 
     // A different rank count resumes from the same global cursor.
+    let sets = [&common[..], &["model.dropout=0.0"]].concat();
+    let one = fixture().root.join("resume-one-rank");
+    run(&mut worker("train", &one, &sets), true);
     let two = fixture().root.join("resume-two-ranks");
     std::fs::create_dir_all(&two).unwrap();
-    let resume_from = straight.join("step-00000020");
+    let resume_from = one.join("step-00000020");
     run(
         &mut mpirun(2, {
             let mut w = worker("train", &two, &sets);
@@ -344,7 +350,7 @@ fn killed_and_resumed_run_equals_an_uninterrupted_one() {
         true,
     );
     let diff = max_param_diff(
-        &straight.join("step-00000040/model.safetensors"),
+        &one.join("step-00000040/model.safetensors"),
         &two.join("step-00000040/model.safetensors"),
     );
     println!("resume on 2 ranks: max diff {diff:.3e}");

@@ -1,5 +1,6 @@
 //! Flat parameter storage: every trainable variable becomes a view into one contiguous buffer,
-//! shared (BERT) parameters first. Gradients are gathered into buffers of the same layout, so an
+//! shared (BERT) parameters first, and within each part those with weight decay first, so the
+//! optimizer sees four contiguous segments with one learning rate and decay each. Gradients are gathered into buffers of the same layout, so an
 //! all-reduce, the surgery and the optimizer step are a few large kernels instead of hundreds of
 //! small ones.
 //!
@@ -19,10 +20,21 @@ pub struct FlatParams {
     compute: Option<Tensor>,
     /// Number of leading elements that belong to shared (BERT) parameters.
     pub shared_len: i64,
-    /// `[P]` 1.0 where weight decay applies (not on biases and LayerNorm), else 0.0.
-    pub decay_mask: Tensor,
+    /// Contiguous runs of variables with the same learning-rate group and weight decay.
+    pub segments: Vec<Segment>,
     /// Total number of elements `P`.
     pub len: i64,
+}
+
+/// A contiguous range of the flat buffer whose variables share their optimizer settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Segment {
+    pub start: i64,
+    pub len: i64,
+    /// Shared (BERT) parameters: the BERT learning rate.
+    pub shared: bool,
+    /// Weight decay applies (not on biases and LayerNorm).
+    pub decay: bool,
 }
 
 fn decays(name: &str) -> bool {
@@ -35,16 +47,15 @@ impl FlatParams {
     pub fn new(vs: &nn::VarStore, compute_kind: Kind) -> Self {
         let mut vars: Vec<(String, Tensor)> =
             vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-        // Shared first, then by name: a layout every rank derives identically.
-        vars.sort_by(|(a, _), (b, _)| {
-            (!a.starts_with(SHARED_PREFIX), a).cmp(&(!b.starts_with(SHARED_PREFIX), b))
-        });
+        // Shared first, decayed first, then by name: a layout every rank derives identically.
+        let key = |name: &String| (!name.starts_with(SHARED_PREFIX), !decays(name), name.clone());
+        vars.sort_by_key(|(name, _)| key(name));
         let device = vs.device();
         let len: i64 = vars.iter().map(|(_, t)| t.numel() as i64).sum();
         let shared_len: i64 =
             vars.iter().filter(|(n, _)| n.starts_with(SHARED_PREFIX)).map(|(_, t)| t.numel() as i64).sum();
         let values = Tensor::zeros([len], (Kind::Float, device));
-        let mut mask = Vec::with_capacity(len as usize);
+        let mut segments: Vec<Segment> = Vec::new();
         let mut offset = 0;
         tch::no_grad(|| {
             for (name, var) in vars.iter_mut() {
@@ -52,7 +63,11 @@ impl FlatParams {
                 let mut view = values.narrow(0, offset, n).view(var.size().as_slice());
                 view.copy_(var);
                 var.set_data(&view);
-                mask.extend(std::iter::repeat_n(if decays(name) { 1.0f32 } else { 0.0 }, n as usize));
+                let (shared, decay) = (name.starts_with(SHARED_PREFIX), decays(name));
+                match segments.last_mut() {
+                    Some(last) if (last.shared, last.decay) == (shared, decay) => last.len += n,
+                    _ => segments.push(Segment { start: offset, len: n, shared, decay }),
+                }
                 offset += n;
             }
         });
@@ -66,14 +81,7 @@ impl FlatParams {
             }
             compute
         });
-        FlatParams {
-            vars,
-            values,
-            compute,
-            shared_len,
-            decay_mask: Tensor::from_slice(&mask).to_device(device),
-            len,
-        }
+        FlatParams { vars, values, compute, shared_len, segments, len }
     }
 
     /// The variables, for `Tensor::run_backward`.

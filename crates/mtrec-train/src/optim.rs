@@ -59,21 +59,11 @@ pub struct AdamW {
     pub exp_avg_sq: Tensor,
     /// Steps taken so far.
     pub step: u64,
-    /// `[P]` per-element peak learning rate (BERT vs. the rest).
-    peak_lr: Tensor,
 }
 
 impl AdamW {
     pub fn new(params: &FlatParams, config: OptimConfig) -> Self {
-        let peak_lr = params.values.full_like(config.lr_task);
-        let _ = peak_lr.narrow(0, 0, params.shared_len).fill_(config.lr_bert);
-        AdamW {
-            exp_avg: params.values.zeros_like(),
-            exp_avg_sq: params.values.zeros_like(),
-            step: 0,
-            peak_lr,
-            config,
-        }
+        AdamW { exp_avg: params.values.zeros_like(), exp_avg_sq: params.values.zeros_like(), step: 0, config }
     }
 
     /// Clips `grad` in place to the global norm limit and returns its norm before clipping
@@ -87,22 +77,33 @@ impl AdamW {
         norm
     }
 
-    /// One AdamW step on `params.values` with the schedule multiplier `lr_scale`.
+    /// One AdamW step on `params.values` with the schedule multiplier `lr_scale`: per segment of
+    /// the flat layout (one learning rate and decay each), a handful of in-place passes.
     pub fn step(&mut self, params: &mut FlatParams, grad: &Tensor, lr_scale: f64) {
         self.step += 1;
         let c = &self.config;
         let t = self.step as i32;
         let bias1 = 1.0 - c.beta1.powi(t);
-        let bias2 = 1.0 - c.beta2.powi(t);
+        let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
         tch::no_grad(|| {
-            let lr = &self.peak_lr * lr_scale;
-            // Decoupled weight decay.
-            params.values -= &params.values * &params.decay_mask * &lr * c.weight_decay;
-            let _ = self.exp_avg.lerp_(grad, 1.0 - c.beta1);
-            self.exp_avg_sq *= c.beta2;
-            self.exp_avg_sq += grad * grad * (1.0 - c.beta2);
-            let denom = self.exp_avg_sq.sqrt() / bias2.sqrt() + c.eps;
-            params.values -= &self.exp_avg / denom * (lr / bias1);
+            for segment in &params.segments {
+                let part = |t: &Tensor| t.narrow(0, segment.start, segment.len);
+                let (mut p, g) = (part(&params.values), part(grad));
+                let (mut m, mut v) = (part(&self.exp_avg), part(&self.exp_avg_sq));
+                let lr = lr_scale * if segment.shared { c.lr_bert } else { c.lr_task };
+                if segment.decay {
+                    // Decoupled weight decay.
+                    let _ = p.g_mul_scalar_(1.0 - lr * c.weight_decay);
+                }
+                let _ = m.lerp_(&g, 1.0 - c.beta1);
+                let _ = v.lerp_(&g.square(), 1.0 - c.beta2);
+                if lr > 0.0 {
+                    // p += m / denom with denom = -(bias1 / lr) (sqrt(v) / sqrt(1 - b2^t) + eps).
+                    let mut denom = v.sqrt();
+                    let _ = denom.g_div_scalar_(bias2_sqrt).g_add_scalar_(c.eps).g_mul_scalar_(-bias1 / lr);
+                    let _ = p.addcdiv_(&m, &denom);
+                }
+            }
         });
         params.refresh_compute_copy();
     }
@@ -121,34 +122,63 @@ mod tests {
         assert_eq!(schedule(1, 0, 4), 0.75);
     }
 
-    /// Against libtorch's own `torch::optim::AdamW` (through tch's `nn::adamw`).
+    /// Against libtorch's own `torch::optim::AdamW` (through tch's `nn::adamw`), one reference
+    /// optimizer per segment of the flat layout: BERT / task learning rate, with / without decay,
+    /// under a schedule multiplier.
     #[test]
-    fn matches_libtorch_adamw() {
+    fn matches_libtorch_adamw_in_every_segment() {
         use tch::nn::OptimizerConfig;
-        let config = OptimConfig { lr_bert: 0.01, lr_task: 0.01, weight_decay: 0.1, ..Default::default() };
-        let init = Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.25]);
+        let config = OptimConfig { lr_bert: 0.01, lr_task: 0.05, weight_decay: 0.1, ..Default::default() };
+        // (name, learning rate, decays)
+        let vars = [
+            ("bert.layer.weight", config.lr_bert, true),
+            ("bert.layer.LayerNorm.weight", config.lr_bert, false),
+            ("head.weight", config.lr_task, true),
+            ("head.bias", config.lr_task, false),
+        ];
+        let init = |i: usize| Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.25]) * (i as f64 + 1.0);
         let grads = [[0.1f32, -0.2, 0.3, 0.0], [1.0, 0.5, -0.5, 2.0], [-0.3, 0.0, 0.2, 0.1]];
+        let lr_scale = 0.5;
 
         let ours_vs = tch::nn::VarStore::new(tch::Device::Cpu);
-        let _ = ours_vs.root().var_copy("w", &init);
+        for (i, (name, ..)) in vars.iter().enumerate() {
+            let (path, leaf) = name.rsplit_once('.').unwrap();
+            let _ = path.split('.').fold(ours_vs.root(), |p, part| p / part).var_copy(leaf, &init(i));
+        }
         let mut flat = FlatParams::new(&ours_vs, tch::Kind::Float);
+        assert_eq!(flat.segments.len(), 4, "{:?}", flat.segments);
         let mut ours = AdamW::new(&flat, config.clone());
 
-        let theirs_vs = tch::nn::VarStore::new(tch::Device::Cpu);
-        let w = theirs_vs.root().var_copy("w", &init);
-        let mut theirs =
-            tch::nn::adamw(config.beta1, config.beta2, config.weight_decay).build(&theirs_vs, 0.01).unwrap();
+        let references: Vec<_> = vars
+            .iter()
+            .enumerate()
+            .map(|(i, &(_, lr, decays))| {
+                let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+                let w = vs.root().var_copy("w", &init(i));
+                let wd = if decays { config.weight_decay } else { 0.0 };
+                let optimizer =
+                    tch::nn::adamw(config.beta1, config.beta2, wd).build(&vs, lr * lr_scale).unwrap();
+                (vs, w, optimizer)
+            })
+            .collect();
+        let mut references = references;
 
         for g in grads {
             let g = Tensor::from_slice(&g);
-            ours.step(&mut flat, &g, 1.0);
-            theirs.zero_grad();
-            (&w * &g).sum(tch::Kind::Float).backward();
-            theirs.step();
+            // The flat gradient in the flat layout: each variable's slice gets `g`.
+            let flat_grad = Tensor::cat(&vec![&g; vars.len()], 0);
+            ours.step(&mut flat, &flat_grad, lr_scale);
+            for (_, w, optimizer) in references.iter_mut() {
+                optimizer.zero_grad();
+                (&*w * &g).sum(tch::Kind::Float).backward();
+                optimizer.step();
+            }
         }
-        let diff = (&flat.values - &w).abs().max().double_value(&[]);
-        assert!(diff < 1e-6, "ours {:?} vs libtorch {:?}", flat.values, w);
-        // The variable in the store is a view of the flat buffer: it moved too.
-        assert!(ours_vs.variables()["w"].equal(&flat.values));
+        let variables = ours_vs.variables();
+        for ((name, ..), (_, w, _)) in vars.iter().zip(&references) {
+            // The variable in the store is a view of the flat buffer: it moved with it.
+            let diff = (&variables[*name] - w).abs().max().double_value(&[]);
+            assert!(diff < 1e-6, "{name}: ours {:?} vs libtorch {:?}", variables[*name], w);
+        }
     }
 }

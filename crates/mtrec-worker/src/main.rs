@@ -106,7 +106,7 @@ fn keep_freed_memory() {
     // SAFETY: `mallopt` only changes allocator parameters; called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_MAX, 0);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, -1); // -1: never trim
         libc::mallopt(libc::M_TOP_PAD, 256 << 20);
     }
 }
