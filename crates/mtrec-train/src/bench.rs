@@ -27,7 +27,10 @@ const LABELS: LabelCounts = LabelCounts { categories: 17, subcategories: 264, ne
 #[derive(Debug, Clone, Copy)]
 pub struct BenchResult {
     pub steps: usize,
+    /// Mean step time, and the fastest and slowest step (a shared machine's noise shows here).
     pub step: Duration,
+    pub fastest: Duration,
+    pub slowest: Duration,
     pub phases: PhaseTimes,
     pub samples_per_second: f64,
     pub titles: usize,
@@ -89,6 +92,7 @@ pub fn run(config: &Config, warmup: usize, steps: usize) -> Result<BenchResult, 
     let batch = DeviceBatch::new(&host, &table, counts, 1, device);
     let mut total = PhaseTimes::default();
     let mut elapsed = Duration::ZERO;
+    let (mut fastest, mut slowest) = (Duration::MAX, Duration::ZERO);
     for i in 0..warmup + steps {
         let started = Instant::now();
         let (_, times) = train_step(
@@ -103,7 +107,9 @@ pub fn run(config: &Config, warmup: usize, steps: usize) -> Result<BenchResult, 
             true,
         )?;
         if i >= warmup {
-            elapsed += started.elapsed();
+            let took = started.elapsed();
+            elapsed += took;
+            (fastest, slowest) = (fastest.min(took), slowest.max(took));
             total.forward += times.forward;
             total.backward_main += times.backward_main;
             total.backward_aux += times.backward_aux;
@@ -115,6 +121,8 @@ pub fn run(config: &Config, warmup: usize, steps: usize) -> Result<BenchResult, 
     Ok(BenchResult {
         steps,
         step: elapsed / n,
+        fastest,
+        slowest,
         phases: PhaseTimes {
             forward: total.forward / n,
             backward_main: total.backward_main / n,

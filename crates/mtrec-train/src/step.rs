@@ -164,21 +164,22 @@ pub fn train_step(
         match aux_grads.iter().map(|g| g.shallow_clone()).reduce(|a, b| a + b) {
             None => (g_main.shallow_clone(), None, None),
             Some(g_aux) => {
-                let stats = surgery::stats(&g_main.narrow(0, 0, s), &g_aux.narrow(0, 0, s));
+                let main_shared = g_main.narrow(0, 0, s);
+                let alignment = surgery::Alignment::new(&main_shared, &g_aux.narrow(0, 0, s));
                 let g = &g_main + &g_aux;
                 match mtl.surgery {
                     SurgeryMode::Mtrec => {
-                        g.narrow(0, 0, s)
-                            .copy_(&surgery::mtrec(&g_main.narrow(0, 0, s), &g_aux.narrow(0, 0, s)));
+                        surgery::apply_mtrec(&mut g.narrow(0, 0, s), &main_shared, &alignment)
                     }
                     SurgeryMode::Pcgrad => {
-                        let mut shared = vec![g_main.narrow(0, 0, s)];
+                        let mut shared = vec![main_shared];
                         shared.extend(aux_grads.iter().map(|t| t.narrow(0, 0, s)));
                         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(rng_seed);
                         g.narrow(0, 0, s).copy_(&surgery::pcgrad(&shared, &mut rng));
                     }
                     SurgeryMode::None => {}
                 }
+                let stats = alignment.stats();
                 let norm = g_aux.norm();
                 (g, Some(stats), Some(norm))
             }

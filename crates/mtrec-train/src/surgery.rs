@@ -50,9 +50,48 @@ pub fn project_on_conflict(g_main: &Tensor, g_aux: &Tensor) -> Tensor {
     g_aux - g_main * coefficient
 }
 
+/// The inner products of `g_main` and `g_aux` that the conflict test, the MTRec projection and
+/// the statistics all need, each computed once (one pass over the shared gradients).
+#[derive(Debug)]
+pub struct Alignment {
+    dot: Tensor,
+    main_sq: Tensor,
+    aux_sq: Tensor,
+}
+
+impl Alignment {
+    /// # Shapes
+    /// `g_main [S]`, `g_aux [S]`.
+    pub fn new(g_main: &Tensor, g_aux: &Tensor) -> Self {
+        Alignment { dot: g_main.dot(g_aux), main_sq: g_main.dot(g_main), aux_sq: g_aux.dot(g_aux) }
+    }
+
+    /// Statistics of `g_main` against `g_aux` (the sum of the auxiliary gradients), for any mode.
+    pub fn stats(&self) -> SurgeryStats {
+        let norms = (&self.main_sq * &self.aux_sq).sqrt();
+        SurgeryStats {
+            cosine: &self.dot / norms.clamp_min(EPS),
+            conflict: self.dot.lt(0.0).to_kind(Kind::Float),
+        }
+    }
+}
+
+/// MTRec surgery in place: `update`, holding `g_main + g_aux`, becomes `g_main + g_aux'` with
+/// `g_aux' = g_aux - (g_main . g_aux / ||g_main||^2) g_main` when `g_main . g_aux < 0`.
+///
+/// # Shapes
+/// `update [S]`, `g_main [S]`.
+pub fn apply_mtrec(update: &mut Tensor, g_main: &Tensor, alignment: &Alignment) {
+    let conflict = alignment.dot.lt(0.0).to_kind(g_main.kind());
+    let minus_coefficient = -(&alignment.dot / alignment.main_sq.clamp_min(EPS)) * conflict;
+    let _ = update.addcmul_(g_main, &minus_coefficient);
+}
+
 /// MTRec surgery: the update direction `g_main + g_aux'` on the shared parameters.
 pub fn mtrec(g_main: &Tensor, g_aux: &Tensor) -> Tensor {
-    g_main + project_on_conflict(g_main, g_aux)
+    let mut update = g_main + g_aux;
+    apply_mtrec(&mut update, g_main, &Alignment::new(g_main, g_aux));
+    update
 }
 
 /// PCGrad over any number of task gradients; `rng` draws the order in which each task visits
@@ -71,13 +110,6 @@ pub fn pcgrad(tasks: &[Tensor], rng: &mut impl rand::Rng) -> Tensor {
     total
 }
 
-/// Statistics of `g_main` against the sum of the auxiliary gradients, for any mode.
-pub fn stats(g_main: &Tensor, g_aux: &Tensor) -> SurgeryStats {
-    let dot = g_main.dot(g_aux);
-    let norms = g_main.norm() * g_aux.norm();
-    SurgeryStats { cosine: &dot / norms.clamp_min(EPS), conflict: dot.lt(0.0).to_kind(Kind::Float) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,7 +125,7 @@ mod tests {
     #[test]
     fn no_conflict_means_no_projection() {
         let (g_main, g_aux) = (t(&[1.0, 0.0]), t(&[0.5, 2.0]));
-        let (g, stats) = (mtrec(&g_main, &g_aux), stats(&g_main, &g_aux));
+        let (g, stats) = (mtrec(&g_main, &g_aux), Alignment::new(&g_main, &g_aux).stats());
         assert_eq!(v(&g), vec![1.5, 2.0]);
         assert_eq!(stats.conflict.double_value(&[]), 0.0);
     }
@@ -112,7 +144,7 @@ mod tests {
             g_main.dot(&projected).double_value(&[]).abs() < 1e-12,
             "result must be orthogonal to g_main"
         );
-        let (g, stats) = (mtrec(&g_main, &g_aux), stats(&g_main, &g_aux));
+        let (g, stats) = (mtrec(&g_main, &g_aux), Alignment::new(&g_main, &g_aux).stats());
         assert_eq!(stats.conflict.double_value(&[]), 1.0);
         assert!(stats.cosine.double_value(&[]) < 0.0);
         // g_main itself is unchanged: g - g_main is exactly the projected auxiliary gradient.

@@ -213,16 +213,20 @@ pub fn bench(args: &ConfigArgs, warmup: usize, steps: usize) -> anyhow::Result<(
         "{} titles, {} tokens per step; mean over {steps} steps after {warmup} warm-up",
         full.titles, full.tokens
     );
-    println!("| step | samples/s | step s | forward | backward main | backward aux | surgery | optimizer |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| step | samples/s | step s | fastest-slowest s | forward | backward main | backward aux | surgery | optimizer |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (name, r) in
         [(format!("{:?} surgery", config.mtl.surgery).to_lowercase(), full), ("main task only".into(), base)]
     {
         let p = r.phases;
         println!(
-            "| {name} | {:.2} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            "| {name} | {:.2} | {:.3} | {:.2}-{:.2} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
             r.samples_per_second,
             r.step.as_secs_f64(),
+            r.fastest.as_secs_f64(),
+            r.slowest.as_secs_f64(),
             p.forward.as_secs_f64(),
             p.backward_main.as_secs_f64(),
             p.backward_aux.as_secs_f64(),
