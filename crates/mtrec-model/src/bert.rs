@@ -173,10 +173,11 @@ impl BertSelfAttention {
             .iter()
             .zip(groups)
             .map(|(chunk, &(n, len))| {
-                // [n*L, 3d] -> [3, n, heads, L, d_k]
-                let qkv = chunk.view([n, len, 3, heads, d_k]).permute([2, 0, 3, 1, 4]);
+                // [n*L, 3d] -> q, k, v [n, heads, L, d_k]; `unbind`, not three `select`s, whose
+                // backward passes would each zero-fill the whole chunk.
+                let qkv = chunk.view([n, len, 3, heads, d_k]).permute([2, 0, 3, 1, 4]).unbind(0);
                 dropout
-                    .attention(&qkv.get(0), &qkv.get(1), &qkv.get(2), self.dropout)
+                    .attention(&qkv[0], &qkv[1], &qkv[2], self.dropout)
                     .transpose(1, 2)
                     .reshape([n * len, d])
             })
