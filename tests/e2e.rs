@@ -187,6 +187,22 @@ print("ok", len(lines))
     assert!(stdout(&out).starts_with("ok"));
 }
 
+/// `bench` times both steps on the reference workload (440 titles) and prints the phase table.
+#[test]
+fn bench_prints_both_steps_with_their_phases() {
+    let run_dir = fixture().root.join("bench");
+    let out = run(worker("bench", &run_dir, &[]).args(["--steps", "1", "--warmup", "1"]), true);
+    let text = stdout(&out);
+    assert!(text.contains("440 titles"), "{text}");
+    for row in ["| mtrec surgery |", "| main task only |"] {
+        let line =
+            text.lines().find(|l| l.starts_with(row)).unwrap_or_else(|| panic!("no {row} row:\n{text}"));
+        // samples/s, step s, fastest-slowest, then five phase times.
+        assert_eq!(line.split('|').count(), 11, "{line}");
+    }
+    assert!(text.contains("surgery step / main-only step:"), "{text}");
+}
+
 #[test]
 fn embed_writes_one_vector_per_news_item() {
     let out_file = fixture().root.join("embeddings.parquet");

@@ -1,10 +1,10 @@
 //! Dropout (Srivastava et al. 2014, "inverted": kept values scaled by `1 / (1 - p)`), with the
 //! source of its random keep-masks chosen per device.
 //!
-//! On CPU, libtorch's `bernoulli_` draws about 8 ns per element on this class of machine, which
-//! made dropout a third of a BERT forward pass; here the masks come from xoshiro256++ streams in
-//! Rust (under 1 ns per element, on every core), seeded per step, so a resumed run draws the same
-//! masks as an uninterrupted one. On CUDA, torch's own kernels (Philox, and SDPA's in-kernel attention
+//! On CPU, libtorch's `bernoulli_` takes about 8 ns per element on the 2-core development
+//! machine, which made dropout a third of a BERT forward pass; here the masks come from
+//! xoshiro256++ streams in Rust, filled on every core (about 2 ns per element there), seeded per
+//! step, so a resumed run draws the same masks as an uninterrupted one. On CUDA, torch's own kernels (Philox, and SDPA's in-kernel attention
 //! dropout) are already fast and keep the masks on the device.
 use rand::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -35,10 +35,9 @@ impl Dropout {
     /// Zeroes each element of `x` with probability `p` and scales the rest by `1 / (1 - p)`.
     pub fn apply(&self, x: &Tensor, p: f64) -> Tensor {
         match self {
-            _ if p <= 0.0 => x.shallow_clone(),
-            Dropout::Off => x.shallow_clone(),
-            Dropout::Device => x.dropout(p, true),
-            Dropout::Host(rng) => x * keep_mask(&mut rng.borrow_mut(), &x.size(), p),
+            Dropout::Host(rng) if p > 0.0 => x * keep_mask(&mut rng.borrow_mut(), &x.size(), p),
+            Dropout::Device if p > 0.0 => x.dropout(p, true),
+            _ => x.shallow_clone(),
         }
     }
 
@@ -50,14 +49,13 @@ impl Dropout {
     pub fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, p: f64) -> Tensor {
         let sdpa = |p| Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, p, false, None, false);
         match self {
-            _ if p <= 0.0 => sdpa(0.0),
-            Dropout::Off => sdpa(0.0),
-            Dropout::Device => sdpa(p),
-            Dropout::Host(_) => {
+            Dropout::Host(_) if p > 0.0 => {
                 let d_k = *q.size().last().expect("q has a head dimension") as f64;
                 let probs = (q.matmul(&k.transpose(-2, -1)) / d_k.sqrt()).softmax(-1, q.kind());
                 self.apply(&probs, p).matmul(v)
             }
+            Dropout::Device => sdpa(p),
+            _ => sdpa(0.0),
         }
     }
 }
