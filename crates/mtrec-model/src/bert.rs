@@ -360,7 +360,8 @@ impl BertModel {
         dropout: &Dropout,
     ) -> Vec<Tensor> {
         let x = self.embeddings.forward(input_ids, positions, dropout);
-        let Some((last, lower)) = self.layers.split_last() else {
+        // No layers, or no titles (every result is then `[0, d]`).
+        let Some((last, lower)) = self.layers.split_last().filter(|_| !groups.is_empty()) else {
             return read.iter().map(|rows| x.index_select(0, rows)).collect();
         };
         let x = lower

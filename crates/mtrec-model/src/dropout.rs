@@ -70,7 +70,10 @@ fn keep_mask(rng: &mut Xoshiro256PlusPlus, shape: &[i64], p: f64) -> Tensor {
     let scale = (1.0 / (1.0 - p)) as f32;
     let mask = Tensor::empty(shape, (Kind::Float, Device::Cpu));
     let len = mask.numel();
-    // SAFETY: `mask` is a new contiguous CPU f32 tensor of `len` elements that nothing else
+    if len == 0 {
+        return mask; // its data pointer may be null
+    }
+    // SAFETY: `mask` is a new contiguous CPU f32 tensor of `len` > 0 elements that nothing else
     // references until this function returns it.
     let values = unsafe { std::slice::from_raw_parts_mut(mask.data_ptr() as *mut f32, len) };
     let seeds: Vec<u64> = (0..len.div_ceil(CHUNK)).map(|_| rng.next_u64()).collect();

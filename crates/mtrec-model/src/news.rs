@@ -147,4 +147,28 @@ mod tests {
         }
         assert_eq!(batch.tokens, 17);
     }
+
+    #[test]
+    fn an_empty_set_of_titles_encodes_to_no_vectors() {
+        let config = crate::BertConfig {
+            vocab_size: 50,
+            hidden_size: 8,
+            num_hidden_layers: 1,
+            num_attention_heads: 2,
+            intermediate_size: 16,
+            hidden_act: "gelu".into(),
+            hidden_dropout_prob: 0.1,
+            attention_probs_dropout_prob: 0.1,
+            max_position_embeddings: 16,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+            pad_token_id: 0,
+        };
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let bert = BertModel::new(&vs.root(), &config);
+        let batch = TitleBatch::new(&[], Some(&[]), Device::Cpu);
+        let encoded = encode_titles(&bert, &batch, true, &Dropout::training(Device::Cpu, 0));
+        assert_eq!(encoded.cls.size(), vec![0, 8]);
+        assert_eq!(encoded.tokens.unwrap().size(), vec![0, 8]);
+    }
 }
