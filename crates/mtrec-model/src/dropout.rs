@@ -4,9 +4,10 @@
 //! On CPU, libtorch's `bernoulli_` takes about 8 ns per element on the 2-core development
 //! machine, which made dropout a third of a BERT forward pass; here the masks come from
 //! xoshiro256++ streams in Rust, filled on every core (about 2 ns per element there), seeded per
-//! step, so a resumed run draws the same masks as an uninterrupted one. On CUDA, torch's own kernels (Philox, and SDPA's in-kernel attention
-//! dropout) are already fast and keep the masks on the device; they draw from torch's CUDA
-//! generator, which checkpoints do not hold, so there resume is exact only without dropout.
+//! step, so a resumed run draws the same masks as an uninterrupted one. On CUDA, torch's own
+//! kernels (Philox, and SDPA's in-kernel attention dropout) are already fast and keep the masks on
+//! the device; they draw from torch's CUDA generator, which checkpoints do not hold, so there
+//! resume is exact only without dropout.
 use rand::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use rayon::prelude::*;

@@ -1,8 +1,8 @@
 //! Flat parameter storage: every trainable variable becomes a view into one contiguous buffer,
 //! shared (BERT) parameters first, and within each part those with weight decay first, so the
-//! optimizer sees four contiguous segments with one learning rate and decay each. Gradients are gathered into buffers of the same layout, so an
-//! all-reduce, the surgery and the optimizer step are a few large kernels instead of hundreds of
-//! small ones.
+//! optimizer sees four contiguous segments with one learning rate and decay each. Gradients are
+//! gathered into buffers of the same layout, so an all-reduce, the surgery and the optimizer step
+//! are a few large kernels instead of hundreds of small ones.
 //!
 //! Mixed precision (bf16 on CUDA): the flat buffer stays f32 (the master weights AdamW updates),
 //! and the model's variables are views into a bf16 copy of it, refreshed after each step; the
@@ -18,8 +18,6 @@ pub struct FlatParams {
     pub values: Tensor,
     /// `[P]` reduced-precision copy the variables view when computing in bf16.
     compute: Option<Tensor>,
-    /// Number of leading elements that belong to shared (BERT) parameters.
-    pub shared_len: i64,
     /// Contiguous runs of variables with the same learning-rate group and weight decay.
     pub segments: Vec<Segment>,
     /// Total number of elements `P`.
@@ -52,8 +50,6 @@ impl FlatParams {
         vars.sort_by_key(|(name, _)| key(name));
         let device = vs.device();
         let len: i64 = vars.iter().map(|(_, t)| t.numel() as i64).sum();
-        let shared_len: i64 =
-            vars.iter().filter(|(n, _)| n.starts_with(SHARED_PREFIX)).map(|(_, t)| t.numel() as i64).sum();
         let values = Tensor::zeros([len], (Kind::Float, device));
         let mut segments: Vec<Segment> = Vec::new();
         let mut offset = 0;
@@ -81,7 +77,12 @@ impl FlatParams {
             }
             compute
         });
-        FlatParams { vars, values, compute, shared_len, segments, len }
+        FlatParams { vars, values, compute, segments, len }
+    }
+
+    /// Number of leading elements that belong to shared (BERT) parameters.
+    pub fn shared_len(&self) -> i64 {
+        self.segments.iter().filter(|s| s.shared).map(|s| s.len).sum()
     }
 
     /// The variables, for `Tensor::run_backward`.

@@ -149,7 +149,7 @@ mod tests {
         assert_eq!(flat.segments.len(), 4, "{:?}", flat.segments);
         let mut ours = AdamW::new(&flat, config.clone());
 
-        let references: Vec<_> = vars
+        let mut references: Vec<_> = vars
             .iter()
             .enumerate()
             .map(|(i, &(_, lr, decays))| {
@@ -161,7 +161,6 @@ mod tests {
                 (vs, w, optimizer)
             })
             .collect();
-        let mut references = references;
 
         for g in grads {
             let g = Tensor::from_slice(&g);

@@ -101,7 +101,8 @@ fn flat_grad(
 }
 
 /// Runs one step and updates the parameters. `rng_seed` seeds PCGrad's task order (identical on
-/// every rank) and, mixed with the rank, the dropout masks. With `time_phases`, the device is synchronised between phases to time them.
+/// every rank) and, mixed with the rank, the dropout masks. With `time_phases`, the device is
+/// synchronised between phases to time them.
 #[allow(clippy::too_many_arguments)]
 pub fn train_step(
     model: &NewsRecModel,
@@ -159,7 +160,7 @@ pub fn train_step(
     times.backward_aux = clock.lap();
 
     // surgery on the shared (BERT) slice; task-specific parameters keep their own gradient
-    let s = params.shared_len;
+    let s = params.shared_len();
     let (mut g, surgery_stats, grad_norm_aux) =
         match aux_grads.iter().map(|g| g.shallow_clone()).reduce(|a, b| a + b) {
             None => (g_main.shallow_clone(), None, None),

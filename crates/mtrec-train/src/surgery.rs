@@ -45,9 +45,13 @@ const EPS: f64 = 1e-20;
 /// # Shapes
 /// `g_main [S]`, `g_aux [S]` -> `[S]`.
 pub fn project_on_conflict(g_main: &Tensor, g_aux: &Tensor) -> Tensor {
-    let dot = g_main.dot(g_aux);
-    let coefficient = (&dot / g_main.dot(g_main).clamp_min(EPS)) * dot.lt(0.0).to_kind(g_aux.kind());
-    g_aux - g_main * coefficient
+    g_aux - g_main * projection_coefficient(&g_main.dot(g_aux), &g_main.dot(g_main))
+}
+
+/// `c` of the projection `g_aux - c g_main`: `g_main . g_aux / ||g_main||^2` when the two conflict
+/// (`dot < 0`), else 0.
+fn projection_coefficient(dot: &Tensor, main_sq: &Tensor) -> Tensor {
+    (dot / main_sq.clamp_min(EPS)) * dot.lt(0.0).to_kind(dot.kind())
 }
 
 /// The inner products of `g_main` and `g_aux` that the conflict test, the MTRec projection and
@@ -82,9 +86,7 @@ impl Alignment {
 /// # Shapes
 /// `update [S]`, `g_main [S]`.
 pub fn apply_mtrec(update: &mut Tensor, g_main: &Tensor, alignment: &Alignment) {
-    let conflict = alignment.dot.lt(0.0).to_kind(g_main.kind());
-    let minus_coefficient = -(&alignment.dot / alignment.main_sq.clamp_min(EPS)) * conflict;
-    let _ = update.addcmul_(g_main, &minus_coefficient);
+    let _ = update.addcmul_(g_main, &-projection_coefficient(&alignment.dot, &alignment.main_sq));
 }
 
 /// MTRec surgery: the update direction `g_main + g_aux'` on the shared parameters.

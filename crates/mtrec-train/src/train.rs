@@ -284,7 +284,7 @@ pub fn train(
             samples = sampler.index().len(),
             steps_per_epoch,
             parameters = params.len,
-            shared = params.shared_len,
+            shared = params.shared_len(),
             "training {} steps from step {start_step}",
             config.train.max_steps
         );
