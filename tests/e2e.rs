@@ -197,8 +197,8 @@ fn bench_prints_both_steps_with_their_phases() {
     for row in ["| mtrec surgery |", "| main task only |"] {
         let line =
             text.lines().find(|l| l.starts_with(row)).unwrap_or_else(|| panic!("no {row} row:\n{text}"));
-        // samples/s, step s, fastest-slowest, then five phase times.
-        assert_eq!(line.split('|').count(), 11, "{line}");
+        // samples/s, mean and median step s, fastest-slowest, then five phase times.
+        assert_eq!(line.split('|').count(), 12, "{line}");
     }
     assert!(text.contains("surgery step / main-only step:"), "{text}");
 }

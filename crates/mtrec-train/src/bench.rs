@@ -24,11 +24,14 @@ pub const NEGATIVES: usize = 4;
 const LABELS: LabelCounts = LabelCounts { categories: 17, subcategories: 264, ner_tags: 3, num_users: 1000 };
 
 /// Mean phase times and throughput of one measured configuration.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BenchResult {
-    pub steps: usize,
-    /// Mean step time, and the fastest and slowest step (a shared machine's noise shows here).
+    /// Each measured step's wall time, in order.
+    pub steps: Vec<Duration>,
+    /// Mean and median step time, and the fastest and slowest step (a shared machine's noise
+    /// shows here).
     pub step: Duration,
+    pub median: Duration,
     pub fastest: Duration,
     pub slowest: Duration,
     pub phases: PhaseTimes,
@@ -79,59 +82,108 @@ pub fn reference_batch(vocab: i64, seed: u64) -> (NewsTable, HostBatch) {
     (table, batch)
 }
 
-/// Times `steps` steps after `warmup` unmeasured ones, with `config`'s multi-task settings.
-pub fn run(config: &Config, warmup: usize, steps: usize) -> Result<BenchResult, TrainError> {
-    let model_dir = setup::model_dir(config)?;
-    let device = setup::device(config.train.device, 0)?;
-    let (vs, model) = setup::build_model(config, LABELS, &model_dir, None, device)?;
-    let mut params = FlatParams::new(&vs, setup::compute_kind(config, device));
-    let mut optimizer = AdamW::new(&params, config.optim.clone());
-    let (table, host) = reference_batch(model.bert.config.vocab_size, config.train.seed);
-    let labelled: u64 = table.ner_tags.iter().flatten().filter(|&&t| t >= 0).count() as u64;
-    let counts = GlobalCounts { news: host.news.len() as u64, labelled_tokens: labelled };
-    let batch = DeviceBatch::new(&host, &table, counts, 1, device);
-    let mut total = PhaseTimes::default();
-    let mut elapsed = Duration::ZERO;
-    let (mut fastest, mut slowest) = (Duration::MAX, Duration::ZERO);
-    for i in 0..warmup + steps {
+/// One configuration's model, optimizer and batch, and the times of its measured steps.
+struct Runner {
+    config: Config,
+    model: mtrec_model::NewsRecModel,
+    params: FlatParams,
+    optimizer: AdamW,
+    batch: DeviceBatch,
+    titles: usize,
+    tokens: usize,
+    steps: Vec<Duration>,
+    total: PhaseTimes,
+}
+
+impl Runner {
+    fn new(config: &Config) -> Result<Self, TrainError> {
+        let model_dir = setup::model_dir(config)?;
+        let device = setup::device(config.train.device, 0)?;
+        let (vs, model) = setup::build_model(config, LABELS, &model_dir, None, device)?;
+        let params = FlatParams::new(&vs, setup::compute_kind(config, device));
+        let optimizer = AdamW::new(&params, config.optim.clone());
+        let (table, host) = reference_batch(model.bert.config.vocab_size, config.train.seed);
+        let labelled: u64 = table.ner_tags.iter().flatten().filter(|&&t| t >= 0).count() as u64;
+        let counts = GlobalCounts { news: host.news.len() as u64, labelled_tokens: labelled };
+        let batch = DeviceBatch::new(&host, &table, counts, 1, device);
+        Ok(Runner {
+            config: config.clone(),
+            model,
+            params,
+            optimizer,
+            batch,
+            titles: host.news.len(),
+            tokens: table.input_ids.iter().map(Vec::len).sum(),
+            steps: Vec::new(),
+            total: PhaseTimes::default(),
+        })
+    }
+
+    fn step(&mut self, index: usize, measured: bool) -> Result<(), TrainError> {
         let started = Instant::now();
         let (_, times) = train_step(
-            &model,
-            &mut params,
-            &mut optimizer,
+            &self.model,
+            &mut self.params,
+            &mut self.optimizer,
             &Local,
-            &batch,
-            &config.mtl,
+            &self.batch,
+            &self.config.mtl,
             1.0,
-            i as u64,
+            index as u64,
             true,
         )?;
-        if i >= warmup {
-            let took = started.elapsed();
-            elapsed += took;
-            (fastest, slowest) = (fastest.min(took), slowest.max(took));
+        if measured {
+            self.steps.push(started.elapsed());
+            let total = &mut self.total;
             total.forward += times.forward;
             total.backward_main += times.backward_main;
             total.backward_aux += times.backward_aux;
             total.surgery += times.surgery;
             total.optimizer += times.optimizer;
         }
+        Ok(())
     }
-    let n = steps.max(1) as u32;
-    Ok(BenchResult {
-        steps,
-        step: elapsed / n,
-        fastest,
-        slowest,
-        phases: PhaseTimes {
-            forward: total.forward / n,
-            backward_main: total.backward_main / n,
-            backward_aux: total.backward_aux / n,
-            surgery: total.surgery / n,
-            optimizer: total.optimizer / n,
-        },
-        samples_per_second: (SAMPLES * steps) as f64 / elapsed.as_secs_f64().max(1e-9),
-        titles: host.news.len(),
-        tokens: table.input_ids.iter().map(Vec::len).sum(),
-    })
+
+    fn result(&self) -> BenchResult {
+        let n = self.steps.len().max(1) as u32;
+        let elapsed: Duration = self.steps.iter().sum();
+        let total = &self.total;
+        let mut sorted = self.steps.clone();
+        sorted.sort();
+        let median = match sorted.len() {
+            0 => Duration::ZERO,
+            len if len % 2 == 1 => sorted[len / 2],
+            len => (sorted[len / 2 - 1] + sorted[len / 2]) / 2,
+        };
+        BenchResult {
+            steps: self.steps.clone(),
+            step: elapsed / n,
+            median,
+            fastest: self.steps.iter().copied().min().unwrap_or_default(),
+            slowest: self.steps.iter().copied().max().unwrap_or_default(),
+            phases: PhaseTimes {
+                forward: total.forward / n,
+                backward_main: total.backward_main / n,
+                backward_aux: total.backward_aux / n,
+                surgery: total.surgery / n,
+                optimizer: total.optimizer / n,
+            },
+            samples_per_second: (SAMPLES * self.steps.len()) as f64 / elapsed.as_secs_f64().max(1e-9),
+            titles: self.titles,
+            tokens: self.tokens,
+        }
+    }
+}
+
+/// Times `steps` steps of each configuration after `warmup` unmeasured ones. The configurations
+/// take turns step by step, so a drift in the machine's speed (a shared 2-core VM drifts by
+/// 10-30% over a minute) affects each alike and their ratio stays fair.
+pub fn run(configs: &[Config], warmup: usize, steps: usize) -> Result<Vec<BenchResult>, TrainError> {
+    let mut runners: Vec<Runner> = configs.iter().map(Runner::new).collect::<Result<_, _>>()?;
+    for i in 0..warmup + steps {
+        for runner in runners.iter_mut() {
+            runner.step(i, i >= warmup)?;
+        }
+    }
+    Ok(runners.iter().map(Runner::result).collect())
 }

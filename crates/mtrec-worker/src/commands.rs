@@ -207,24 +207,28 @@ pub fn bench(args: &ConfigArgs, warmup: usize, steps: usize) -> anyhow::Result<(
         setup::model_dir(&config)?.display(),
         tch::get_num_threads()
     );
-    let full = bench::run(&config, warmup, steps)?;
-    let base = bench::run(&main_only, warmup, steps)?;
+    let results = bench::run(&[config.clone(), main_only], warmup, steps)?;
+    let [full, base] = <[bench::BenchResult; 2]>::try_from(results).expect("one result per config");
     println!(
-        "{} titles, {} tokens per step; mean over {steps} steps after {warmup} warm-up",
+        "{} titles, {} tokens per step; mean over {steps} steps after {warmup} warm-up, the two \
+         steps taking turns",
         full.titles, full.tokens
     );
     println!(
-        "| step | samples/s | step s | fastest-slowest s | forward | backward main | backward aux | surgery | optimizer |"
+        "| step | samples/s | step s | median s | fastest-slowest s | forward | backward main | backward aux | \
+         surgery | optimizer |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for (name, r) in
-        [(format!("{:?} surgery", config.mtl.surgery).to_lowercase(), full), ("main task only".into(), base)]
-    {
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (name, r) in [
+        (format!("{:?} surgery", config.mtl.surgery).to_lowercase(), &full),
+        ("main task only".into(), &base),
+    ] {
         let p = r.phases;
         println!(
-            "| {name} | {:.2} | {:.3} | {:.2}-{:.2} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            "| {name} | {:.2} | {:.3} | {:.3} | {:.2}-{:.2} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
             r.samples_per_second,
             r.step.as_secs_f64(),
+            r.median.as_secs_f64(),
             r.fastest.as_secs_f64(),
             r.slowest.as_secs_f64(),
             p.forward.as_secs_f64(),
@@ -234,7 +238,17 @@ pub fn bench(args: &ConfigArgs, warmup: usize, steps: usize) -> anyhow::Result<(
             p.optimizer.as_secs_f64()
         );
     }
-    println!("surgery step / main-only step: {:.2}x", full.step.as_secs_f64() / base.step.as_secs_f64());
+    // Each measured multi-task step against the main-only step that ran right after it.
+    let pairs: Vec<f64> =
+        full.steps.iter().zip(&base.steps).map(|(a, b)| a.as_secs_f64() / b.as_secs_f64()).collect();
+    println!(
+        "surgery step / main-only step: {:.2}x on the means, {:.2}x on the medians, {:.2}-{:.2}x step \
+         by step",
+        full.step.as_secs_f64() / base.step.as_secs_f64(),
+        full.median.as_secs_f64() / base.median.as_secs_f64(),
+        pairs.iter().copied().fold(f64::INFINITY, f64::min),
+        pairs.iter().copied().fold(0.0, f64::max)
+    );
     // Model FLOPs: a forward pass costs 2 FLOPs per encoder weight per token plus attention
     // (4 L d FLOPs per token and layer for scores and values over a title of L tokens); a
     // backward pass twice a forward. The multi-task step runs one forward and two backward
@@ -244,7 +258,7 @@ pub fn bench(args: &ConfigArgs, warmup: usize, steps: usize) -> anyhow::Result<(
         (bert.num_hidden_layers as f64, bert.hidden_size as f64, bert.intermediate_size as f64);
     let mean_len = full.tokens as f64 / full.titles as f64;
     let forward = full.tokens as f64 * layers * (2.0 * (4.0 * d * d + 2.0 * d * ff) + 4.0 * mean_len * d);
-    for (name, r, passes) in [("multi-task step", full, 5.0), ("main-only step", base, 3.0)] {
+    for (name, r, passes) in [("multi-task step", &full, 5.0), ("main-only step", &base, 3.0)] {
         let flops = passes * forward / r.step.as_secs_f64();
         let mfu = match setup::device(config.train.device, 0)? {
             tch::Device::Cuda(_) => format!(
