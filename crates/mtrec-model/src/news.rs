@@ -148,8 +148,7 @@ mod tests {
         assert_eq!(batch.tokens, 17);
     }
 
-    #[test]
-    fn an_empty_set_of_titles_encodes_to_no_vectors() {
+    fn tiny_bert(vs: &tch::nn::VarStore) -> BertModel {
         let config = crate::BertConfig {
             vocab_size: 50,
             hidden_size: 8,
@@ -164,11 +163,31 @@ mod tests {
             layer_norm_eps: 1e-12,
             pad_token_id: 0,
         };
+        BertModel::new(&vs.root(), &config)
+    }
+
+    #[test]
+    fn an_empty_set_of_titles_encodes_to_no_vectors() {
         let vs = tch::nn::VarStore::new(Device::Cpu);
-        let bert = BertModel::new(&vs.root(), &config);
+        let bert = tiny_bert(&vs);
         let batch = TitleBatch::new(&[], Some(&[]), Device::Cpu);
         let encoded = encode_titles(&bert, &batch, true, &Dropout::training(Device::Cpu, 0));
         assert_eq!(encoded.cls.size(), vec![0, 8]);
         assert_eq!(encoded.tokens.unwrap().size(), vec![0, 8]);
+    }
+
+    /// A one-token title (an empty one is encoded as token 0) has a `[CLS]` state and no other.
+    #[test]
+    fn one_token_titles_have_a_cls_state_and_no_token_states() {
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let bert = tiny_bert(&vs);
+        let titles: [&[i32]; 3] = [&[], &[1, 5, 2], &[7]];
+        let ner: [&[i8]; 3] = [&[], &[-1, 1, -1], &[-1]];
+        let batch = TitleBatch::new(&titles, Some(&ner), Device::Cpu);
+        let encoded = encode_titles(&bert, &batch, true, &Dropout::training(Device::Cpu, 0));
+        assert_eq!(encoded.cls.size(), vec![3, 8]);
+        let tokens = encoded.tokens.unwrap();
+        assert_eq!(tokens.size(), vec![2, 8]);
+        (encoded.cls.sum(Kind::Float) + tokens.sum(Kind::Float)).backward();
     }
 }
