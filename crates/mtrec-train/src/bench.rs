@@ -23,21 +23,41 @@ pub const NEGATIVES: usize = 4;
 /// MIND-small's label counts.
 const LABELS: LabelCounts = LabelCounts { categories: 17, subcategories: 264, ner_tags: 3, num_users: 1000 };
 
-/// Mean phase times and throughput of one measured configuration.
+/// The measured steps of one configuration.
 #[derive(Debug, Clone)]
 pub struct BenchResult {
     /// Each measured step's wall time, in order.
     pub steps: Vec<Duration>,
-    /// Mean and median step time, and the fastest and slowest step (a shared machine's noise
-    /// shows here).
-    pub step: Duration,
-    pub median: Duration,
-    pub fastest: Duration,
-    pub slowest: Duration,
+    /// Mean time of each phase.
     pub phases: PhaseTimes,
-    pub samples_per_second: f64,
     pub titles: usize,
     pub tokens: usize,
+}
+
+impl BenchResult {
+    pub fn mean(&self) -> Duration {
+        self.steps.iter().sum::<Duration>() / self.steps.len().max(1) as u32
+    }
+
+    pub fn median(&self) -> Duration {
+        let mut sorted = self.steps.clone();
+        sorted.sort();
+        match sorted.len() {
+            0 => Duration::ZERO,
+            len if len % 2 == 1 => sorted[len / 2],
+            len => (sorted[len / 2 - 1] + sorted[len / 2]) / 2,
+        }
+    }
+
+    /// The fastest and the slowest step (a shared machine's noise shows here).
+    pub fn range(&self) -> (Duration, Duration) {
+        let fastest = self.steps.iter().copied().min().unwrap_or_default();
+        (fastest, self.steps.iter().copied().max().unwrap_or_default())
+    }
+
+    pub fn samples_per_second(&self) -> f64 {
+        SAMPLES as f64 / self.mean().as_secs_f64().max(1e-9)
+    }
 }
 
 /// 440 random titles (12-30 tokens, `[CLS]`/`[SEP]` included) and the batch that uses each once.
@@ -146,21 +166,9 @@ impl Runner {
 
     fn result(&self) -> BenchResult {
         let n = self.steps.len().max(1) as u32;
-        let elapsed: Duration = self.steps.iter().sum();
         let total = &self.total;
-        let mut sorted = self.steps.clone();
-        sorted.sort();
-        let median = match sorted.len() {
-            0 => Duration::ZERO,
-            len if len % 2 == 1 => sorted[len / 2],
-            len => (sorted[len / 2 - 1] + sorted[len / 2]) / 2,
-        };
         BenchResult {
             steps: self.steps.clone(),
-            step: elapsed / n,
-            median,
-            fastest: self.steps.iter().copied().min().unwrap_or_default(),
-            slowest: self.steps.iter().copied().max().unwrap_or_default(),
             phases: PhaseTimes {
                 forward: total.forward / n,
                 backward_main: total.backward_main / n,
@@ -168,7 +176,6 @@ impl Runner {
                 surgery: total.surgery / n,
                 optimizer: total.optimizer / n,
             },
-            samples_per_second: (SAMPLES * self.steps.len()) as f64 / elapsed.as_secs_f64().max(1e-9),
             titles: self.titles,
             tokens: self.tokens,
         }
@@ -186,4 +193,21 @@ pub fn run(configs: &[Config], warmup: usize, steps: usize) -> Result<Vec<BenchR
         }
     }
     Ok(runners.iter().map(Runner::result).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_median_and_range_of_the_steps() {
+        let ms = |v: &[u64]| v.iter().map(|&m| Duration::from_millis(m)).collect::<Vec<_>>();
+        let result = |steps| BenchResult { steps, phases: PhaseTimes::default(), titles: 0, tokens: 0 };
+        let odd = result(ms(&[400, 100, 700]));
+        assert_eq!((odd.mean(), odd.median()), (Duration::from_millis(400), Duration::from_millis(400)));
+        assert_eq!(odd.range(), (Duration::from_millis(100), Duration::from_millis(700)));
+        assert!((odd.samples_per_second() - SAMPLES as f64 / 0.4).abs() < 1e-9);
+        let even = result(ms(&[400, 100, 700, 200]));
+        assert_eq!(even.median(), Duration::from_millis(300));
+    }
 }

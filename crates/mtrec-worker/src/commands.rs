@@ -223,14 +223,14 @@ pub fn bench(args: &ConfigArgs, warmup: usize, steps: usize) -> anyhow::Result<(
         (format!("{:?} surgery", config.mtl.surgery).to_lowercase(), &full),
         ("main task only".into(), &base),
     ] {
-        let p = r.phases;
+        let (p, (fastest, slowest)) = (r.phases, r.range());
         println!(
             "| {name} | {:.2} | {:.3} | {:.3} | {:.2}-{:.2} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
-            r.samples_per_second,
-            r.step.as_secs_f64(),
-            r.median.as_secs_f64(),
-            r.fastest.as_secs_f64(),
-            r.slowest.as_secs_f64(),
+            r.samples_per_second(),
+            r.mean().as_secs_f64(),
+            r.median().as_secs_f64(),
+            fastest.as_secs_f64(),
+            slowest.as_secs_f64(),
             p.forward.as_secs_f64(),
             p.backward_main.as_secs_f64(),
             p.backward_aux.as_secs_f64(),
@@ -244,8 +244,8 @@ pub fn bench(args: &ConfigArgs, warmup: usize, steps: usize) -> anyhow::Result<(
     println!(
         "surgery step / main-only step: {:.2}x on the means, {:.2}x on the medians, {:.2}-{:.2}x step \
          by step",
-        full.step.as_secs_f64() / base.step.as_secs_f64(),
-        full.median.as_secs_f64() / base.median.as_secs_f64(),
+        full.mean().as_secs_f64() / base.mean().as_secs_f64(),
+        full.median().as_secs_f64() / base.median().as_secs_f64(),
         pairs.iter().copied().fold(f64::INFINITY, f64::min),
         pairs.iter().copied().fold(0.0, f64::max)
     );
@@ -259,7 +259,7 @@ pub fn bench(args: &ConfigArgs, warmup: usize, steps: usize) -> anyhow::Result<(
     let mean_len = full.tokens as f64 / full.titles as f64;
     let forward = full.tokens as f64 * layers * (2.0 * (4.0 * d * d + 2.0 * d * ff) + 4.0 * mean_len * d);
     for (name, r, passes) in [("multi-task step", &full, 5.0), ("main-only step", &base, 3.0)] {
-        let flops = passes * forward / r.step.as_secs_f64();
+        let flops = passes * forward / r.mean().as_secs_f64();
         let mfu = match setup::device(config.train.device, 0)? {
             tch::Device::Cuda(_) => format!(
                 ", MFU {:.1}% of {PEAK_BF16_TFLOPS} TFLOP/s bf16 dense",

@@ -78,10 +78,12 @@ enum Command {
     Bench {
         #[command(flatten)]
         config: ConfigArgs,
-        #[arg(long, default_value_t = 5)]
-        steps: usize,
+        /// Measured steps of each kind (at least 1).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+        steps: u32,
+        /// Unmeasured steps of each kind before them.
         #[arg(long, default_value_t = 1)]
-        warmup: usize,
+        warmup: u32,
     },
     /// Print what this binary found: libtorch, CUDA devices, MPI, rank/world, NCCL.
     Doctor,
@@ -129,7 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Embed { model, shards, checkpoint, config, overrides, out } => {
             commands::embed(model, shards, checkpoint.as_deref(), config.as_deref(), &overrides, &out)
         }
-        Command::Bench { config, steps, warmup } => commands::bench(&config, warmup, steps),
+        Command::Bench { config, steps, warmup } => commands::bench(&config, warmup as usize, steps as usize),
         Command::Doctor => doctor::run(),
     }
 }
