@@ -6,7 +6,6 @@ use std::sync::OnceLock;
 
 /// Synthetic MIND files prepped once for every test in this binary.
 struct Fixture {
-    _dir: tempfile::TempDir,
     root: PathBuf,
     shards: PathBuf,
 }
@@ -25,8 +24,14 @@ fn model_dir() -> PathBuf {
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
+        // Under target/, not a temp dir: a static is never dropped, so a `TempDir` here was left
+        // behind by every run (800 MB each). This one is replaced by the next run and stays
+        // for inspection after a failure.
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e");
+        if root.exists() {
+            std::fs::remove_dir_all(&root).unwrap();
+        }
+        std::fs::create_dir_all(&root).unwrap();
         let mind = root.join("mind");
         run(
             Command::new(binary("mtrec-prep"))
@@ -61,7 +66,7 @@ fn fixture() -> &'static Fixture {
                 .arg(&shards),
             true,
         );
-        Fixture { _dir: dir, root, shards }
+        Fixture { root, shards }
     })
 }
 
