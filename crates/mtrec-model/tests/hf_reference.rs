@@ -1,6 +1,6 @@
 //! Our BERT against Hugging Face `transformers` (run here, from the project venv) on
 //! all-MiniLM-L6-v2: `[CLS]` and every real token's final state, for 300 titles encoded through
-//! the length-bucketed path the trainer uses. Relative error = max |ours - ref| / max |ref|.
+//! the packed path the trainer uses. Relative error = max |ours - ref| / max |ref|.
 use mtrec_model::Dropout;
 use mtrec_model::bert::{BertConfig, BertModel, load_bert_weights, weights_file};
 use mtrec_model::news::{TitleBatch, encode_titles};

@@ -89,13 +89,6 @@ pub fn apply_mtrec(update: &mut Tensor, g_main: &Tensor, alignment: &Alignment) 
     let _ = update.addcmul_(g_main, &-projection_coefficient(&alignment.dot, &alignment.main_sq));
 }
 
-/// MTRec surgery: the update direction `g_main + g_aux'` on the shared parameters.
-pub fn mtrec(g_main: &Tensor, g_aux: &Tensor) -> Tensor {
-    let mut update = g_main + g_aux;
-    apply_mtrec(&mut update, g_main, &Alignment::new(g_main, g_aux));
-    update
-}
-
 /// PCGrad over any number of task gradients; `rng` draws the order in which each task visits
 /// the others (seeded identically on every rank).
 pub fn pcgrad(tasks: &[Tensor], rng: &mut impl rand::Rng) -> Tensor {
@@ -115,6 +108,13 @@ pub fn pcgrad(tasks: &[Tensor], rng: &mut impl rand::Rng) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// MTRec surgery out of place, as the step applies it: `g_main + g_aux'`.
+    fn mtrec(g_main: &Tensor, g_aux: &Tensor) -> Tensor {
+        let mut update = g_main + g_aux;
+        apply_mtrec(&mut update, g_main, &Alignment::new(g_main, g_aux));
+        update
+    }
     use rand::SeedableRng;
 
     fn t(v: &[f64]) -> Tensor {
