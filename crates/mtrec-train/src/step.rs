@@ -70,7 +70,8 @@ struct Losses {
     ner: Option<Tensor>,
 }
 
-fn forward(model: &NewsRecModel, batch: &DeviceBatch, mtl: &MtlConfig, dropout: &Dropout) -> Losses {
+/// The category and NER losses exist when their heads do (`mtl.category`, `mtl.ner`).
+fn forward(model: &NewsRecModel, batch: &DeviceBatch, dropout: &Dropout) -> Losses {
     let news = model.encode_news(&batch.news, true, dropout);
     let d = news.vectors.size()[1];
     // Row N is the zero vector that padded history slots point at.
@@ -80,10 +81,10 @@ fn forward(model: &NewsRecModel, batch: &DeviceBatch, mtl: &MtlConfig, dropout: 
     let user = model.encode_users(&history, &batch.history_mask, &batch.users);
     let candidates = table.index_select(0, &batch.candidates.view([-1])).view([b, -1, d]);
     let main = main_loss(&click_scores(&candidates, &user));
-    let category = news.category_logits.filter(|_| mtl.category).map(|logits| {
+    let category = news.category_logits.map(|logits| {
         category_loss(&logits, &batch.news.category, &batch.news_weights, batch.category_denominator)
     });
-    let ner = news.ner_logits.filter(|_| mtl.ner).map(|logits| {
+    let ner = news.ner_logits.map(|logits| {
         token_cross_entropy(&logits, &batch.news.titles, &batch.news_weights, batch.ner_denominator)
     });
     Losses { main, category, ner }
@@ -122,7 +123,7 @@ pub fn train_step(
     // 1. forward
     let rank = collective.placement().rank as u64;
     let dropout = Dropout::training(params.values.device(), mtrec_data::batch::mix_seed(&[rng_seed, rank]));
-    let losses = forward(model, batch, mtl, &dropout);
+    let losses = forward(model, batch, &dropout);
     times.forward = clock.lap();
 
     // 2. g_main; its all-reduce (average over ranks) runs while the auxiliary backward passes do
