@@ -128,7 +128,8 @@ fn tiny_model_learns_the_planted_signal() {
 #[test]
 fn eval_and_predict_write_the_mind_files() {
     let run_dir = fixture().root.join("run-predict");
-    run(&mut worker("train", &run_dir, &["train.max_steps=4"]), true);
+    // The lower layer frozen: its checkpoint must still hold every variable for `eval`.
+    run(&mut worker("train", &run_dir, &["train.max_steps=4", "model.trainable_layers=1"]), true);
     let checkpoint = run_dir.join("step-00000004");
 
     let out = run(worker("eval", &run_dir, &[]).arg("--checkpoint").arg(&checkpoint), true);
@@ -190,6 +191,53 @@ print("ok", len(lines))
         true,
     );
     assert!(stdout(&out).starts_with("ok"));
+
+    // The ranks follow the scores: MRR and nDCG@10 depend on the ranking alone, so the official
+    // formulas (MIND's evaluate.py) applied to `predict --split dev`'s ranks give what `eval`
+    // computed from the scores of the same checkpoint.
+    let dev_zip = fixture().root.join("prediction-dev.zip");
+    run(
+        worker("predict", &run_dir, &[])
+            .arg("--checkpoint")
+            .arg(&checkpoint)
+            .args(["--split", "dev", "--out"])
+            .arg(&dev_zip),
+        true,
+    );
+    let from_ranks = r#"
+import sys, zipfile
+import numpy as np
+lines = zipfile.ZipFile(sys.argv[1]).read("prediction.txt").decode().splitlines()
+behaviors = [l.split("\t") for l in open(sys.argv[2]).read().splitlines()]
+mrr, ndcg10, n = 0.0, 0.0, 0
+def dcg(y, k):
+    y = y[:k]
+    return np.sum((2 ** y - 1) / np.log2(np.arange(len(y)) + 2))
+for line, b in zip(lines, behaviors):
+    ranks = np.array([int(r) for r in line.split(" ", 1)[1].strip("[]").split(",")])
+    labels = np.array([int(c.split("-")[1]) for c in b[4].split()])
+    if labels.sum() in (0, len(labels)):
+        continue
+    y = labels[np.argsort(ranks)]
+    mrr += np.sum(y / (np.arange(len(y)) + 1)) / np.sum(y)
+    ndcg10 += dcg(y, 10) / dcg(np.sort(labels)[::-1], 10)
+    n += 1
+print(mrr / n, ndcg10 / n, n)
+"#;
+    let out = run(
+        Command::new(python())
+            .arg("-c")
+            .arg(from_ranks)
+            .arg(&dev_zip)
+            .arg(fixture().root.join("mind/dev/behaviors.tsv")),
+        true,
+    );
+    let values: Vec<f64> = stdout(&out).split_whitespace().map(|v| v.parse().unwrap()).collect();
+    assert_eq!(values[2], metrics["impressions"].as_f64().unwrap(), "{values:?} vs {metrics}");
+    for (value, key) in values.iter().zip(["mrr", "ndcg10"]) {
+        let scored = metrics[key].as_f64().unwrap();
+        assert!((value - scored).abs() < 1e-9, "{key}: {value} from predict's ranks, {scored} from eval");
+    }
 }
 
 /// `bench` times both steps on the reference workload (440 titles) and prints the phase table.
@@ -420,10 +468,16 @@ fn sigterm_leaves_a_loadable_checkpoint() {
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("step {step})")));
     assert!(run_dir.join(format!("step-{:08}", step + 2)).is_dir());
 
-    // A config that changes the model is refused, naming the checkpoint.
-    let out = run(worker("train", &run_dir, &["mtl.ner=false"]).args(["--resume", "auto"]), false);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("different model configuration"), "{stderr}");
+    // A config that changes the model, or the data order, is refused, naming the checkpoint.
+    for (change, refusal) in [
+        ("mtl.ner=false", "different model configuration"),
+        ("train.seed=8", "written with train.seed"),
+        ("train.batch_size=8", "written with train.batch_size"),
+    ] {
+        let out = run(worker("train", &run_dir, &[change]).args(["--resume", "auto"]), false);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(refusal), "{change}: {stderr}");
+    }
 }
 
 /// A rank killed with SIGKILL ends the whole 2-rank job with a non-zero status within 60 s.

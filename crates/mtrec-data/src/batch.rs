@@ -261,6 +261,33 @@ mod tests {
         assert_eq!(a.index().skipped_without_negatives, 7 * 2);
     }
 
+    /// The global batch of a step assembled by 1 rank and by 4 (each its own slice, as separate
+    /// processes would): every sample has the same candidates, negatives included.
+    #[test]
+    fn a_sample_gets_the_same_negatives_in_any_rank_layout() {
+        let imps = impressions();
+        let sampler = Sampler::new(&imps, 7, 4, 50);
+        let order = sampler.epoch_order(3);
+        // Each sample's candidates as news ids, in batch order.
+        let candidate_ids = |batch: &HostBatch| -> Vec<Vec<i32>> {
+            batch
+                .candidates
+                .chunks(5)
+                .map(|row| row.iter().map(|&i| batch.news[i as usize]).collect())
+                .collect()
+        };
+        let whole = candidate_ids(&sampler.assemble(3, &sampler.rank_samples(&order, 2, 8, 0, 1)));
+        let by_ranks: Vec<Vec<i32>> = (0..4)
+            .flat_map(|rank| {
+                // A sampler of its own, as in another process.
+                let own = Sampler::new(&imps, 7, 4, 50);
+                candidate_ids(&own.assemble(3, &own.rank_samples(&own.epoch_order(3), 2, 8, rank, 4)))
+            })
+            .collect();
+        assert_eq!(whole, by_ranks);
+        assert_eq!(whole.len(), 8);
+    }
+
     #[test]
     fn negatives_come_from_the_impression_and_are_distinct_when_possible() {
         let imps = impressions();

@@ -117,6 +117,12 @@ struct Runner {
 
 impl Runner {
     fn new(config: &Config) -> Result<Self, TrainError> {
+        if config.model.amf {
+            return Err(TrainError::Config(
+                "bench: the reference workload has no entities, so AMF would not run; use --set model.amf=false"
+                    .into(),
+            ));
+        }
         let model_dir = setup::model_dir(config)?;
         let device = setup::device(config.train.device, 0)?;
         let (vs, model) = setup::build_model(config, LABELS, &model_dir, None, device)?;

@@ -19,7 +19,8 @@ pub struct TrainerState {
     /// Optimizer steps taken.
     pub step: u64,
     pub epoch: u64,
-    /// Global samples consumed (`step * train.batch_size`); ranks derive their slice from it.
+    /// Global samples consumed (`step * train.batch_size`): a resume with another batch size is
+    /// refused (the data order is a function of the seed and the cursor).
     pub sample_cursor: u64,
     pub seed: u64,
     /// sha256 of the resolved config's model-shaping sections.
@@ -30,6 +31,47 @@ pub struct TrainerState {
     /// sha256 of model.safetensors and optimizer.safetensors.
     pub model_sha256: String,
     pub optimizer_sha256: String,
+}
+
+/// `run_dir/best.json`: the checkpoint with the best evaluation AUC so far.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Best {
+    pub step: u64,
+    pub auc: f64,
+    pub checkpoint: PathBuf,
+}
+
+impl Best {
+    fn path(run_dir: &Path) -> PathBuf {
+        run_dir.join("best.json")
+    }
+
+    /// The run's best checkpoint so far, if `best.json` names one that still exists (a resumed
+    /// run competes with it).
+    pub fn read(run_dir: &Path) -> Option<Best> {
+        let path = Best::path(run_dir);
+        let text = std::fs::read_to_string(&path).ok()?;
+        match serde_json::from_str::<Best>(&text) {
+            Ok(best) if best.checkpoint.is_dir() => Some(best),
+            Ok(best) => {
+                tracing::warn!("{}: {} no longer exists; ignored", path.display(), best.checkpoint.display());
+                None
+            }
+            Err(e) => {
+                tracing::warn!("{}: {e}; ignored", path.display());
+                None
+            }
+        }
+    }
+
+    /// Writes `best.json` atomically (temporary file, then rename).
+    pub fn write(&self, run_dir: &Path) -> Result<(), TrainError> {
+        let path = Best::path(run_dir);
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string(self).expect("serialisable");
+        std::fs::write(&tmp, text).map_err(|e| TrainError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| TrainError::io(&path, e))
+    }
 }
 
 pub fn step_dir(run_dir: &Path, step: u64) -> PathBuf {
@@ -295,6 +337,21 @@ mod tests {
         std::fs::remove_file(newest.join(OPTIMIZER_FILE)).unwrap();
         let err = Checkpoint::open(&newest).unwrap_err().to_string();
         assert!(err.contains("optimizer.safetensors is missing"), "{err}");
+    }
+
+    #[test]
+    fn best_json_round_trips_and_is_ignored_once_its_checkpoint_is_gone() {
+        let run = tempfile::tempdir().unwrap();
+        assert_eq!(Best::read(run.path()), None, "no best.json yet");
+        let model = vec![("w".to_string(), Tensor::from_slice(&[1.0f32]))];
+        let dir = save(run.path(), &model, &model, state(5)).unwrap();
+        let best = Best { step: 5, auc: 0.61, checkpoint: dir.clone() };
+        best.write(run.path()).unwrap();
+        assert_eq!(Best::read(run.path()), Some(best));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(Best::read(run.path()), None, "names a folder that is gone");
+        std::fs::write(run.path().join("best.json"), "{").unwrap();
+        assert_eq!(Best::read(run.path()), None, "unreadable");
     }
 
     #[test]

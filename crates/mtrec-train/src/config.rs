@@ -115,6 +115,7 @@ pub struct TrainConfig {
     pub max_steps: u64,
     /// Seed of the data order, negative sampling, dropout and initialisation.
     pub seed: u64,
+    /// `auto` (CUDA when available, the GPU of the local rank), `cpu` or `cuda`.
     pub device: DeviceChoice,
     /// bf16 autocast on CUDA (ignored on CPU).
     pub bf16: bool,
@@ -251,7 +252,10 @@ impl Config {
     pub fn load(path: &Path, overrides: &[String]) -> Result<Config, TrainError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
-        Self::parse(&text, overrides).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
+        Self::parse(&text, overrides).map_err(|e| match e {
+            TrainError::Config(message) => TrainError::Config(format!("{}: {message}", path.display())),
+            other => other,
+        })
     }
 
     /// Parses TOML text (relative paths stay relative to the working directory).

@@ -1,9 +1,12 @@
 //! Evaluation: encode every news item once, then users, then dot products; MIND metrics per
 //! impression, summed per rank and reduced. Impressions are split across ranks by position.
+//! The loops take a `tick`, called after each chunk, that tells the caller work goes on (the
+//! training run's watchdog).
 use crate::TrainError;
 use crate::device_batch::news_inputs;
 use crate::metrics::RankingMetrics;
 use indicatif::{ProgressBar, ProgressStyle};
+use mtrec_data::manifest::{Manifest, Split};
 use mtrec_data::read::{EvalImpression, NewsTable};
 use mtrec_dist::Collective;
 use mtrec_model::Dropout;
@@ -32,6 +35,7 @@ pub fn encode_all_news(
     batch: usize,
     device: Device,
     collective: &dyn Collective,
+    tick: &dyn Fn(),
 ) -> Result<Tensor, TrainError> {
     let placement = collective.placement();
     let (rank, world) = (placement.rank, placement.world_size);
@@ -51,6 +55,7 @@ pub fn encode_all_news(
             local.narrow(0, offset, chunk.len() as i64).copy_(&out.vectors);
             offset += chunk.len() as i64;
             bar.inc(chunk.len() as u64);
+            tick();
         }
     });
     bar.finish_and_clear();
@@ -78,6 +83,7 @@ pub fn score_impressions(
     history: usize,
     batch: usize,
     show_progress: bool,
+    tick: &dyn Fn(),
 ) -> Vec<Vec<f32>> {
     let device = news_vectors.device();
     let d = news_vectors.size()[1];
@@ -120,10 +126,38 @@ pub fn score_impressions(
                 offset += c as usize;
             }
             bar.inc(chunk.len() as u64);
+            tick();
         }
     });
     bar.finish_and_clear();
     all
+}
+
+/// The impressions of `eval.split`, the first `eval.max_impressions` of them (0 = all); refused
+/// when the split is empty or has an impression without labels.
+pub fn eval_impressions(
+    config: &crate::config::Config,
+    manifest: &Manifest,
+) -> Result<Vec<EvalImpression>, TrainError> {
+    let split = if config.eval.split == "test" { Split::Test } else { Split::Dev };
+    let mut impressions = mtrec_data::read::read_eval(&config.data.shards, manifest, split)?;
+    let shards = config.data.shards.display();
+    if impressions.is_empty() {
+        return Err(TrainError::Config(format!(
+            "eval.split = {}: {shards} has no such impressions",
+            config.eval.split
+        )));
+    }
+    if let Some(imp) = impressions.iter().find(|i| i.labels.is_none()) {
+        return Err(TrainError::Config(format!(
+            "eval.split = {}: impression {} in {shards} has no labels: evaluate on a labelled split",
+            config.eval.split, imp.impression_id
+        )));
+    }
+    if config.eval.max_impressions > 0 {
+        impressions.truncate(config.eval.max_impressions);
+    }
+    Ok(impressions)
 }
 
 /// This rank's share of `len` items: a contiguous range.
@@ -140,13 +174,14 @@ pub fn evaluate(
     config: &crate::config::Config,
     device: Device,
     collective: &dyn Collective,
+    tick: &dyn Fn(),
 ) -> Result<RankingMetrics, TrainError> {
     let placement = collective.placement();
     let show = placement.is_main();
-    let news_vectors = encode_all_news(model, table, config.eval.news_batch, device, collective)?;
+    let news_vectors = encode_all_news(model, table, config.eval.news_batch, device, collective, tick)?;
     let mine = &impressions[rank_range(impressions.len(), placement.rank, placement.world_size)];
-    let scores =
-        score_impressions(model, &news_vectors, mine, config.data.history, config.eval.user_batch, show);
+    let (history, batch) = (config.data.history, config.eval.user_batch);
+    let scores = score_impressions(model, &news_vectors, mine, history, batch, show, tick);
     let mut sums = RankingMetrics::default();
     for (imp, s) in mine.iter().zip(&scores) {
         let labels = imp.labels.as_ref().ok_or_else(|| {

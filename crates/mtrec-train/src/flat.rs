@@ -7,6 +7,9 @@
 //! Mixed precision (bf16 on CUDA): the flat buffer stays f32 (the master weights AdamW updates),
 //! and the model's variables are views into a bf16 copy of it, refreshed after each step; the
 //! forward and backward passes run in bf16 and the gathered gradients are f32 again.
+//!
+//! Frozen variables (`model.trainable_layers`) stay outside the buffer; they are kept too, so a
+//! checkpoint holds every variable of the model.
 use mtrec_model::SHARED_PREFIX;
 use tch::{Kind, Tensor, nn};
 
@@ -14,6 +17,8 @@ use tch::{Kind, Tensor, nn};
 pub struct FlatParams {
     /// Trainable variables in buffer order: `(name, variable)`.
     pub vars: Vec<(String, Tensor)>,
+    /// Frozen variables: `(name, f32 value)` (with f32 compute, the variable itself).
+    frozen: Vec<(String, Tensor)>,
     /// `[P]` f32 master values; with f32 compute each variable is a view into it.
     pub values: Tensor,
     /// `[P]` reduced-precision copy the variables view when computing in bf16.
@@ -41,10 +46,21 @@ fn decays(name: &str) -> bool {
 
 impl FlatParams {
     /// Moves every trainable variable of `vs` into one buffer (same values), shared ones first;
-    /// with `compute_kind` other than f32 the variables view a copy of that kind.
+    /// with `compute_kind` other than f32 the variables (frozen ones too) view a copy of that kind.
     pub fn new(vs: &nn::VarStore, compute_kind: Kind) -> Self {
-        let mut vars: Vec<(String, Tensor)> =
-            vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let (mut vars, frozen): (Vec<_>, Vec<_>) =
+            vs.variables().into_iter().partition(|(_, t)| t.requires_grad());
+        let frozen = frozen
+            .into_iter()
+            .map(|(name, mut var)| {
+                if compute_kind == Kind::Float {
+                    return (name, var);
+                }
+                let master = var.to_kind(Kind::Float).copy();
+                tch::no_grad(|| var.set_data(&var.to_kind(compute_kind)));
+                (name, master)
+            })
+            .collect();
         // Shared first, decayed first, then by name: a layout every rank derives identically.
         let key = |name: &String| (!name.starts_with(SHARED_PREFIX), !decays(name), name.clone());
         vars.sort_by_key(|(name, _)| key(name));
@@ -77,7 +93,7 @@ impl FlatParams {
             }
             compute
         });
-        FlatParams { vars, values, compute, segments, len }
+        FlatParams { vars, frozen, values, compute, segments, len }
     }
 
     /// Number of leading elements that belong to shared (BERT) parameters.
@@ -101,18 +117,18 @@ impl FlatParams {
         Tensor::cat(&parts, 0).to_kind(Kind::Float)
     }
 
-    /// The f32 master value of every variable, by name (what checkpoints store).
+    /// The f32 master value of every variable, trainable and frozen, by name (what checkpoints
+    /// store).
     pub fn master_tensors(&self) -> Vec<(String, Tensor)> {
         let mut offset = 0;
-        self.vars
-            .iter()
-            .map(|(name, var)| {
-                let n = var.numel() as i64;
-                let view = self.values.narrow(0, offset, n).view(var.size().as_slice());
-                offset += n;
-                (name.clone(), view)
-            })
-            .collect()
+        let trainable = self.vars.iter().map(|(name, var)| {
+            let n = var.numel() as i64;
+            let view = self.values.narrow(0, offset, n).view(var.size().as_slice());
+            offset += n;
+            (name.clone(), view)
+        });
+        let frozen = self.frozen.iter().map(|(name, value)| (name.clone(), value.shallow_clone()));
+        trainable.chain(frozen).collect()
     }
 
     /// After the optimizer changed `values`: refreshes the reduced-precision copy the model reads.
@@ -120,5 +136,64 @@ impl FlatParams {
         if let Some(compute) = &mut self.compute {
             tch::no_grad(|| compute.copy_(&self.values));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::{self, Checkpoint};
+
+    /// A frozen variable (`model.trainable_layers`) stays out of the buffer but not out of the
+    /// checkpoint: a fresh model loads every variable back.
+    #[test]
+    fn checkpoints_hold_frozen_variables_too() {
+        let build = || {
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let root = vs.root() / "bert";
+            let _ = root.var_copy("trained", &Tensor::from_slice(&[1.0f32, 2.0]));
+            let frozen = root.var_copy("frozen", &Tensor::from_slice(&[3.0f32, 4.0, 5.0]));
+            let _ = frozen.set_requires_grad(false);
+            vs
+        };
+        let names = |tensors: &[(String, Tensor)]| {
+            let mut names: Vec<String> = tensors.iter().map(|(n, _)| n.clone()).collect();
+            names.sort();
+            names
+        };
+
+        let vs = build();
+        let flat = FlatParams::new(&vs, Kind::Float);
+        assert_eq!(flat.len, 2, "only the trainable variable is in the buffer");
+        let saved = flat.master_tensors();
+        assert_eq!(names(&saved), ["bert.frozen", "bert.trained"]);
+
+        let run = tempfile::tempdir().unwrap();
+        let state = checkpoint::TrainerState {
+            step: 1,
+            epoch: 0,
+            sample_cursor: 1,
+            seed: 0,
+            config_digest: String::new(),
+            world_size: 1,
+            metrics: None,
+            model_sha256: String::new(),
+            optimizer_sha256: String::new(),
+        };
+        let dir = checkpoint::save(run.path(), &saved, &saved, state).unwrap();
+        let fresh = nn::VarStore::new(tch::Device::Cpu);
+        let _ = (fresh.root() / "bert").var("trained", &[2], nn::Init::Const(0.0));
+        let _ = (fresh.root() / "bert").var("frozen", &[3], nn::Init::Const(0.0));
+        checkpoint::load_model(&fresh, &Checkpoint::open(&dir).unwrap()).unwrap();
+        assert_eq!(Vec::<f32>::try_from(&fresh.variables()["bert.frozen"]).unwrap(), [3.0, 4.0, 5.0]);
+
+        // Reduced-precision compute: the frozen variable computes in bf16 like the rest, and the
+        // checkpoint keeps its exact f32 value.
+        let vs = build();
+        let flat = FlatParams::new(&vs, Kind::BFloat16);
+        assert_eq!(vs.variables()["bert.frozen"].kind(), Kind::BFloat16);
+        let saved: std::collections::HashMap<String, Tensor> = flat.master_tensors().into_iter().collect();
+        assert_eq!(saved["bert.frozen"].kind(), Kind::Float);
+        assert_eq!(Vec::<f32>::try_from(&saved["bert.frozen"]).unwrap(), [3.0, 4.0, 5.0]);
     }
 }

@@ -4,8 +4,11 @@
 //! - MRR: `sum_i y_(i) / i` over the ranking by score, divided by the number of clicks;
 //! - nDCG@k: DCG with gains `2^y - 1` and discounts `log2(rank + 1)` over the top k, over the ideal DCG.
 //!
-//! Ranking ties are broken as the official script does (`np.argsort(y_score)[::-1]`: a stable
-//! ascending sort, reversed, so among equal scores the later candidate ranks first).
+//! Ranking ties (they move MRR and nDCG, not AUC) are broken as a stable ascending sort, reversed:
+//! among equal scores the later candidate ranks first. That is what the official script's
+//! `np.argsort(y_score)[::-1]` gives for impressions of up to 16 candidates (numpy sorts those by
+//! insertion, which is stable); on longer ones numpy's introsort or SIMD sort leaves tied scores in
+//! an order that depends on the numpy build, which no implementation can match.
 use serde::{Deserialize, Serialize};
 
 /// Metric sums over impressions; averaged by [`RankingMetrics::mean`]. Sums (not means) so that
@@ -66,7 +69,7 @@ impl std::fmt::Display for RankingMetrics {
     }
 }
 
-/// Candidate indices from best to worst, ties as `np.argsort(scores)[::-1]`.
+/// Candidate indices from best to worst; among ties the later candidate first (module doc).
 pub fn ranking(scores: &[f32]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b])); // stable ascending

@@ -17,8 +17,11 @@ pub struct OptimConfig {
     pub lr_task: f64,
     /// Decoupled weight decay (not applied to biases and LayerNorm).
     pub weight_decay: f64,
+    /// Decay rate of the first moment (Adam's `beta1`).
     pub beta1: f64,
+    /// Decay rate of the second moment (Adam's `beta2`).
     pub beta2: f64,
+    /// Added to the second moment's square root in the denominator.
     pub eps: f64,
     /// Linear warmup over this many steps, then linear decay to 0 at `train.max_steps`.
     pub warmup_steps: u64,

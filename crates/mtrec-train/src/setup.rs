@@ -178,6 +178,16 @@ pub struct Loaded {
 pub fn load(config: &Config) -> Result<Loaded, TrainError> {
     let model_dir = model_dir(config)?;
     let manifest = load_shards(&config.data.shards, &model_dir)?;
+    if config.data.history > manifest.max_history as usize {
+        return Err(TrainError::Config(format!(
+            "data.history = {} exceeds the {} clicks the shards in {} keep (manifest.json max_history); \
+             lower data.history or run mtrec-prep again with --max-history {}",
+            config.data.history,
+            manifest.max_history,
+            config.data.shards.display(),
+            config.data.history
+        )));
+    }
     let news = mtrec_data::read::read_news(&config.data.shards)?;
     Ok(Loaded { model_dir, manifest, news })
 }

@@ -13,7 +13,6 @@ use mtrec_dist::Collective;
 use mtrec_model::loss::{category_loss, click_scores, main_loss};
 use mtrec_model::news::token_cross_entropy;
 use mtrec_model::{Dropout, NewsRecModel};
-use rand::SeedableRng;
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 
@@ -161,31 +160,10 @@ pub fn train_step(
     times.backward_aux = clock.lap();
 
     // surgery on the shared (BERT) slice; task-specific parameters keep their own gradient
-    let s = params.shared_len();
-    let (mut g, surgery_stats, grad_norm_aux) =
-        match aux_grads.iter().map(|g| g.shallow_clone()).reduce(|a, b| a + b) {
-            None => (g_main.shallow_clone(), None, None),
-            Some(g_aux) => {
-                let main_shared = g_main.narrow(0, 0, s);
-                let alignment = surgery::Alignment::new(&main_shared, &g_aux.narrow(0, 0, s));
-                let g = &g_main + &g_aux;
-                match mtl.surgery {
-                    SurgeryMode::Mtrec => {
-                        surgery::apply_mtrec(&mut g.narrow(0, 0, s), &main_shared, &alignment)
-                    }
-                    SurgeryMode::Pcgrad => {
-                        let mut shared = vec![main_shared];
-                        shared.extend(aux_grads.iter().map(|t| t.narrow(0, 0, s)));
-                        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(rng_seed);
-                        g.narrow(0, 0, s).copy_(&surgery::pcgrad(&shared, &mut rng));
-                    }
-                    SurgeryMode::None => {}
-                }
-                let stats = alignment.stats();
-                let norm = g_aux.norm();
-                (g, Some(stats), Some(norm))
-            }
-        };
+    let surgery::Combined { update: mut g, stats: surgery_stats, aux_norm: grad_norm_aux } =
+        surgery::combine(mtl.surgery, &g_main, &aux_grads, params.shared_len(), rng_seed);
+    // Before clipping: with the main task only, `g` is `g_main` itself.
+    let grad_norm_main = g_main.norm();
     times.surgery = clock.lap();
 
     // 4. clip, AdamW
@@ -198,7 +176,7 @@ pub fn train_step(
         loss_category: losses.category.map(|l| l.detach()),
         loss_ner: losses.ner.map(|l| l.detach()),
         surgery: surgery_stats,
-        grad_norm_main: g_main.norm(),
+        grad_norm_main,
         grad_norm_aux,
         grad_norm,
     };

@@ -12,6 +12,7 @@
 //!
 //! The conflict test and the projection run on the device; only [`SurgeryStats`] are read on the
 //! host, and only at log steps.
+use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -105,6 +106,42 @@ pub fn pcgrad(tasks: &[Tensor], rng: &mut impl rand::Rng) -> Tensor {
     total
 }
 
+/// The update of one step, and what the logs report about it.
+#[derive(Debug)]
+pub struct Combined {
+    /// `[P]` the sum of the task gradients, with the shared slice after surgery.
+    pub update: Tensor,
+    /// Statistics of `g_main` against `g_aux` (only with an auxiliary task).
+    pub stats: Option<SurgeryStats>,
+    /// `||g_aux||` over all parameters (only with an auxiliary task).
+    pub aux_norm: Option<Tensor>,
+}
+
+/// Combines the averaged task gradients (flat `[P]`, the shared parameters in `[0, shared)`)
+/// into the update: surgery per `mode` on the shared slice; on the task-specific rest the sum,
+/// where each head's parameters hold only its own task's gradient. `aux` holds one gradient per
+/// auxiliary objective (one, `lambda (g_category + g_ner)`, except for PCGrad, which needs each
+/// task apart); empty = main task only, the update is `g_main`. `seed` draws PCGrad's order.
+pub fn combine(mode: SurgeryMode, g_main: &Tensor, aux: &[Tensor], shared: i64, seed: u64) -> Combined {
+    let Some(g_aux) = aux.iter().map(Tensor::shallow_clone).reduce(|a, b| a + b) else {
+        return Combined { update: g_main.shallow_clone(), stats: None, aux_norm: None };
+    };
+    let main_shared = g_main.narrow(0, 0, shared);
+    let alignment = Alignment::new(&main_shared, &g_aux.narrow(0, 0, shared));
+    let update = g_main + &g_aux;
+    match mode {
+        SurgeryMode::Mtrec => apply_mtrec(&mut update.narrow(0, 0, shared), &main_shared, &alignment),
+        SurgeryMode::Pcgrad => {
+            let mut tasks = vec![main_shared];
+            tasks.extend(aux.iter().map(|g| g.narrow(0, 0, shared)));
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            update.narrow(0, 0, shared).copy_(&pcgrad(&tasks, &mut rng));
+        }
+        SurgeryMode::None => {}
+    }
+    Combined { update, stats: Some(alignment.stats()), aux_norm: Some(g_aux.norm()) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,7 +152,6 @@ mod tests {
         apply_mtrec(&mut update, g_main, &Alignment::new(g_main, g_aux));
         update
     }
-    use rand::SeedableRng;
 
     fn t(v: &[f64]) -> Tensor {
         Tensor::from_slice(v)
@@ -151,6 +187,47 @@ mod tests {
         assert!(stats.cosine.double_value(&[]) < 0.0);
         // g_main itself is unchanged: g - g_main is exactly the projected auxiliary gradient.
         assert!(((&g - &g_main) - &projected).abs().max().double_value(&[]) < 1e-12);
+    }
+
+    /// Every mode through [`combine`], on a flat layout of 3 shared and 2 task-specific values
+    /// where the tasks conflict in both parts: surgery touches the shared part only.
+    #[test]
+    fn every_mode_combines_the_shared_part_only() {
+        let g_main = t(&[2.0, 0.0, 1.0, 1.0, 0.0]);
+        let g_aux = t(&[-3.0, 1.0, 0.5, -4.0, 3.0]);
+        let plain_sum = [-1.0, 1.0, 1.5, -3.0, 3.0];
+        let close = |got: &Tensor, want: &[f64]| {
+            let got = v(got);
+            assert!(got.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-12), "{got:?} vs {want:?}");
+        };
+
+        // Main task only: the update is g_main, and nothing is reported.
+        let main_only = combine(SurgeryMode::Mtrec, &g_main, &[], 3, 0);
+        close(&main_only.update, &v(&g_main));
+        assert!(main_only.stats.is_none() && main_only.aux_norm.is_none());
+
+        // None: the plain sum, although the shared parts conflict.
+        let none = combine(SurgeryMode::None, &g_main, &[g_aux.shallow_clone()], 3, 0);
+        close(&none.update, &plain_sum);
+        assert_eq!(none.stats.unwrap().conflict.double_value(&[]), 1.0);
+        assert!((none.aux_norm.unwrap().double_value(&[]) - g_aux.norm().double_value(&[])).abs() < 1e-12);
+
+        // MTRec: g_main + the projected g_aux on the shared part (hand-computed above:
+        // [-0.8, 1, 1.6]), the plain sum on the rest.
+        let mtrec = combine(SurgeryMode::Mtrec, &g_main, &[g_aux.shallow_clone()], 3, 0);
+        close(&mtrec.update, &[1.2, 1.0, 2.6, -3.0, 3.0]);
+
+        // PCGrad with the auxiliary tasks apart: PCGrad of the three on the shared part.
+        let (g_cat, g_ner) = (t(&[-1.0, 0.5, 0.0, -4.0, 0.0]), t(&[-2.0, 0.5, 0.5, 0.0, 3.0]));
+        let pc = combine(SurgeryMode::Pcgrad, &g_main, &[g_cat.shallow_clone(), g_ner.shallow_clone()], 3, 5);
+        let shared = |g: &Tensor| g.narrow(0, 0, 3);
+        let expected = pcgrad(
+            &[shared(&g_main), shared(&g_cat), shared(&g_ner)],
+            &mut rand_chacha::ChaCha8Rng::seed_from_u64(5),
+        );
+        close(&pc.update.narrow(0, 0, 3), &v(&expected));
+        close(&pc.update.narrow(0, 3, 2), &plain_sum[3..]);
+        assert!(v(&expected).iter().zip(&plain_sum).any(|(a, b)| (a - b).abs() > 1e-3), "PCGrad projected");
     }
 
     #[test]

@@ -2,17 +2,16 @@
 //! schedule -> checkpointer -> metrics), then the loop of [`train_step`]s fed by a background
 //! input pipeline.
 use crate::TrainError;
-use crate::checkpoint::{self, Checkpoint, TrainerState};
+use crate::checkpoint::{self, Best, Checkpoint, TrainerState};
 use crate::config::Config;
 use crate::device_batch::DeviceBatch;
-use crate::eval::{evaluate, progress};
+use crate::eval::{eval_impressions, evaluate, progress};
 use crate::flat::FlatParams;
 use crate::metrics::RankingMetrics;
 use crate::optim::{AdamW, schedule};
 use crate::setup::{self, Loaded};
 use crate::step::{StepStats, scalar, train_step};
 use mtrec_data::batch::{Sampler, mix_seed};
-use mtrec_data::manifest::Split;
 use mtrec_dist::Collective;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -81,12 +80,12 @@ impl MetricsLog {
 }
 
 /// Running totals between log steps, and over the run.
-#[derive(Default)]
 struct LogWindow {
     pending: Vec<StepStats>,
     samples: u64,
     tokens: u64,
-    started: Option<Instant>,
+    /// When the window's first step began (evaluation and checkpoints excluded).
+    started: Instant,
     conflicts: f64,
     surgery_steps: f64,
 }
@@ -94,6 +93,43 @@ struct LogWindow {
 fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
     let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
     (n > 0).then(|| sum / n as f64)
+}
+
+/// Mean losses of a log window over its steps, of the whole global batch.
+struct WindowLosses {
+    main: Option<f64>,
+    category: Option<f64>,
+    ner: Option<f64>,
+}
+
+/// Each rank's loss is its share of the global batch's (the main loss a mean over equal slices,
+/// the auxiliary ones divided by the global counts over the world size), so their average over
+/// ranks is the global batch's loss; one all-reduce per log step.
+fn all_rank_losses(pending: &[StepStats], collective: &dyn Collective) -> Result<WindowLosses, TrainError> {
+    let Some(first) = pending.first() else {
+        return Ok(WindowLosses { main: None, category: None, ner: None });
+    };
+    let rows: Vec<Tensor> = pending
+        .iter()
+        .map(|s| {
+            let zero = || s.loss_main.zeros_like();
+            let parts = [
+                s.loss_main.shallow_clone(),
+                s.loss_category.as_ref().map_or_else(zero, Tensor::shallow_clone),
+                s.loss_ner.as_ref().map_or_else(zero, Tensor::shallow_clone),
+            ];
+            Tensor::stack(&parts, 0)
+        })
+        .collect();
+    let mut means = Tensor::stack(&rows, 0).to_kind(tch::Kind::Float).mean_dim(0, false, tch::Kind::Float);
+    collective.all_reduce_mean(&mut means)?;
+    let means = Vec::<f64>::try_from(means.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu))
+        .expect("three f64 values");
+    Ok(WindowLosses {
+        main: Some(means[0]),
+        category: first.loss_category.is_some().then_some(means[1]),
+        ner: first.loss_ner.is_some().then_some(means[2]),
+    })
 }
 
 /// Ends the process when no step finishes within the timeout: a collective that waits on a dead
@@ -215,19 +251,25 @@ pub fn train(
     // data
     let Loaded { model_dir, manifest, news } = setup::load(config)?;
     let impressions = mtrec_data::read::read_train(&config.data.shards, &manifest)?;
-    let eval_split = if config.eval.split == "test" { Split::Test } else { Split::Dev };
-    let eval_impressions = match mtrec_data::read::read_eval(&config.data.shards, &manifest, eval_split) {
-        Ok(imps) if imps.iter().all(|i| i.labels.is_some()) && !imps.is_empty() => {
-            let n = if config.eval.max_impressions > 0 {
-                config.eval.max_impressions.min(imps.len())
-            } else {
-                imps.len()
-            };
-            Some(imps[..n].to_vec())
+    // Periodic evaluation needs its split; the one at the end is skipped, with a warning, when the
+    // shards cannot give it (no dev split prepped, or a test split without labels).
+    let eval_impressions = match eval_impressions(config, &manifest) {
+        Ok(impressions) => Some(impressions),
+        Err(e) if config.eval.every == 0 => {
+            if main_rank {
+                tracing::warn!("no evaluation in this run: {e}");
+            }
+            None
         }
-        _ => None,
+        Err(e) => return Err(e),
     };
     let sampler = Sampler::new(&impressions, config.train.seed, config.data.negatives, config.data.history);
+    if main_rank && sampler.index().skipped_without_negatives > 0 {
+        tracing::warn!(
+            "{} clicks of impressions without a non-clicked news item form no sample and are skipped",
+            sampler.index().skipped_without_negatives
+        );
+    }
     let steps_per_epoch = sampler.steps_per_epoch(config.train.batch_size);
     if steps_per_epoch == 0 {
         return Err(TrainError::Config(format!(
@@ -256,6 +298,24 @@ pub fn train(
                 ckpt.dir.display(),
                 ckpt.state.config_digest
             )));
+        }
+        // The data order is a function of the seed and the step (`sample_cursor` = step x batch):
+        // either changed, the resumed run would not continue the interrupted one.
+        let refuse = |what: String| {
+            Err(TrainError::Checkpoint(format!("{}: {what}; refusing to resume", ckpt.dir.display())))
+        };
+        if ckpt.state.seed != config.train.seed {
+            return refuse(format!(
+                "written with train.seed = {}, this run has {}",
+                ckpt.state.seed, config.train.seed
+            ));
+        }
+        if ckpt.state.sample_cursor != ckpt.state.step * config.train.batch_size as u64 {
+            return refuse(format!(
+                "written with train.batch_size = {}, this run has {}",
+                ckpt.state.sample_cursor / ckpt.state.step.max(1),
+                config.train.batch_size
+            ));
         }
         checkpoint::load_model(&vs, ckpt)?;
     }
@@ -300,8 +360,17 @@ pub fn train(
     let max_steps = config.train.max_steps;
     let bar = progress(max_steps, "train", main_rank);
     bar.set_position(start_step);
-    let mut window = LogWindow::default();
-    let mut best: Option<(u64, f64, PathBuf)> = None;
+    bar.reset_eta(); // the steps before a resume took no time in this process
+    let mut window = LogWindow {
+        pending: Vec::new(),
+        samples: 0,
+        tokens: 0,
+        started: Instant::now(),
+        conflicts: 0.0,
+        surgery_steps: 0.0,
+    };
+    // A resumed run competes with the best checkpoint the run has so far.
+    let mut best = resume_from.as_ref().and_then(|_| Best::read(&run_dir));
     let mut last_checkpoint = None;
     let mut final_eval = None;
     let started = Instant::now();
@@ -363,26 +432,28 @@ pub fn train(
                 false,
             )?;
             heartbeat.beat();
-            window.started.get_or_insert_with(Instant::now);
             window.pending.push(stats);
             window.samples += config.train.batch_size as u64;
             window.tokens += tokens * world as u64;
             bar.inc(1);
 
             let last = step_number == max_steps;
-            if step_number % config.log.every.max(1) == 0 || last {
+            let log_now = step_number % config.log.every.max(1) == 0 || last;
+            if log_now {
                 let pending = std::mem::take(&mut window.pending);
-                let elapsed = window.started.take().map_or(1e-9, |t| t.elapsed().as_secs_f64()).max(1e-9);
+                let losses = all_rank_losses(&pending, collective)?;
                 let conflicts: Vec<f64> =
                     pending.iter().filter_map(|s| s.surgery.as_ref().map(|g| scalar(&g.conflict))).collect();
                 window.conflicts += conflicts.iter().sum::<f64>();
                 window.surgery_steps += conflicts.len() as f64;
+                // Read after the losses: the device has finished the window's steps.
+                let elapsed = window.started.elapsed().as_secs_f64().max(1e-9);
                 let record = json!({
                     "step": step_number,
                     "epoch": step / steps_per_epoch,
-                    "loss_main": mean(pending.iter().map(|s| scalar(&s.loss_main))),
-                    "loss_category": mean(pending.iter().filter_map(|s| s.loss_category.as_ref().map(scalar))),
-                    "loss_ner": mean(pending.iter().filter_map(|s| s.loss_ner.as_ref().map(scalar))),
+                    "loss_main": losses.main,
+                    "loss_category": losses.category,
+                    "loss_ner": losses.ner,
                     "cos_main_aux": mean(pending.iter().filter_map(|s| s.surgery.as_ref().map(|g| scalar(&g.cosine)))),
                     "conflict": mean(conflicts.iter().copied()),
                     "conflict_rate": (window.surgery_steps > 0.0).then(|| window.conflicts / window.surgery_steps),
@@ -422,12 +493,18 @@ pub fn train(
                     config,
                     device,
                     collective,
+                    &|| heartbeat.beat(),
                 )?;
                 let record = json!({"step": step_number, "eval": config.eval.split, "auc": metrics.auc,
                     "mrr": metrics.mrr, "ndcg5": metrics.ndcg5, "ndcg10": metrics.ndcg10,
                     "impressions": metrics.impressions});
                 if main_rank {
-                    bar.println(format!("step {step_number}: {}: {metrics}", config.eval.split));
+                    let line = format!("step {step_number}: {}: {metrics}", config.eval.split);
+                    if bar.is_hidden() {
+                        tracing::info!("{line}");
+                    } else {
+                        bar.println(line);
+                    }
                 }
                 log.write(record.clone())?;
                 eval_record = Some(record);
@@ -441,25 +518,24 @@ pub fn train(
             if checkpoint_now && main_rank {
                 let dir = checkpoint::step_dir(&run_dir, step_number);
                 if let Some(auc) = eval_record.as_ref().and_then(|r| r["auc"].as_f64())
-                    && best.as_ref().is_none_or(|(_, b, _)| auc > *b)
+                    && best.as_ref().is_none_or(|b| auc > b.auc)
                 {
-                    best = Some((step_number, auc, dir.clone()));
+                    best = Some(Best { step: step_number, auc, checkpoint: dir.clone() });
                 }
                 writer.submit(
                     &params.master_tensors(),
                     &optimizer_tensors(&optimizer),
                     state_at(step_number, eval_record.clone()),
-                    best.as_ref().map(|(_, _, d)| d.clone()),
+                    best.as_ref().map(|b| b.checkpoint.clone()),
                 )?;
-                if best.as_ref().is_some_and(|(s, _, _)| *s == step_number) {
+                if let Some(b) = best.as_ref().filter(|b| b.step == step_number) {
                     writer.finish()?; // best.json only ever names a complete checkpoint
-                    let path = run_dir.join("best.json");
-                    let text =
-                        json!({"step": step_number, "auc": best.as_ref().map(|b| b.1), "checkpoint": dir})
-                            .to_string();
-                    std::fs::write(&path, text).map_err(|e| TrainError::io(&path, e))?;
+                    b.write(&run_dir)?;
                 }
                 last_checkpoint = Some(dir);
+            }
+            if log_now {
+                window.started = Instant::now(); // the next window starts after evaluation and checkpoint
             }
             if interrupted {
                 writer.finish()?;
@@ -483,7 +559,7 @@ pub fn train(
         seconds,
         samples_per_second: (steps * config.train.batch_size as u64) as f64 / seconds.max(1e-9),
         final_eval,
-        best: best.map(|(s, auc, _)| (s, auc)),
+        best: best.map(|b| (b.step, b.auc)),
         last_checkpoint,
     })
 }

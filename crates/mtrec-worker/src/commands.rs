@@ -4,7 +4,7 @@ use anyhow::{Context, bail};
 use mtrec_data::manifest::Split;
 use mtrec_dist::{Backend, Collective, Local};
 use mtrec_train::config::{Config, DeviceChoice};
-use mtrec_train::eval::{encode_all_news, evaluate, score_impressions};
+use mtrec_train::eval::{encode_all_news, eval_impressions, evaluate, score_impressions};
 use mtrec_train::metrics::ranks_in_input_order;
 use mtrec_train::setup::{self, LabelCounts};
 use mtrec_train::train::load_checkpoint_into;
@@ -97,9 +97,8 @@ pub fn eval(args: &ConfigArgs, checkpoint: &Path) -> anyhow::Result<()> {
     let device = setup::device(config.train.device, placement.local_rank)?;
     let loaded = setup::load(&config)?;
     let (_vs, model) = model_from_checkpoint(&config, &loaded, Some(checkpoint), device)?;
-    let split = if config.eval.split == "test" { Split::Test } else { Split::Dev };
-    let impressions = mtrec_data::read::read_eval(&config.data.shards, &loaded.manifest, split)?;
-    let metrics = evaluate(&model, &loaded.news, &impressions, &config, device, collective.as_ref())?;
+    let impressions = eval_impressions(&config, &loaded.manifest)?;
+    let metrics = evaluate(&model, &loaded.news, &impressions, &config, device, collective.as_ref(), &|| {})?;
     if placement.is_main() {
         println!("{}: {metrics}", config.eval.split);
         let path = checkpoint.join("metrics.json");
@@ -124,15 +123,9 @@ pub fn predict(args: &ConfigArgs, checkpoint: &Path, split: &str, out: &Path) ->
     let loaded = setup::load(&config)?;
     let (_vs, model) = model_from_checkpoint(&config, &loaded, Some(checkpoint), device)?;
     let impressions = mtrec_data::read::read_eval(&config.data.shards, &loaded.manifest, split)?;
-    let news_vectors = encode_all_news(&model, &loaded.news, config.eval.news_batch, device, &Local)?;
-    let scores = score_impressions(
-        &model,
-        &news_vectors,
-        &impressions,
-        config.data.history,
-        config.eval.user_batch,
-        true,
-    );
+    let news_vectors = encode_all_news(&model, &loaded.news, config.eval.news_batch, device, &Local, &|| {})?;
+    let (history, batch) = (config.data.history, config.eval.user_batch);
+    let scores = score_impressions(&model, &news_vectors, &impressions, history, batch, true, &|| {});
     write_prediction_zip(
         out,
         impressions.iter().map(|i| i.impression_id).zip(scores.iter().map(|s| s.as_slice())),
@@ -146,17 +139,24 @@ pub fn write_prediction_zip<'a>(
     out: &Path,
     rows: impl Iterator<Item = (i64, &'a [f32])>,
 ) -> anyhow::Result<()> {
+    // Written beside `out` and renamed: `out` is complete or absent, and a failed write leaves
+    // nothing behind.
     let tmp = out.with_extension("zip.tmp");
-    let file = std::fs::File::create(&tmp).with_context(|| tmp.display().to_string())?;
-    let mut zip = zip::ZipWriter::new(file);
-    zip.start_file("prediction.txt", zip::write::SimpleFileOptions::default())?;
-    for (id, scores) in rows {
-        let ranks: Vec<String> = ranks_in_input_order(scores).iter().map(|r| r.to_string()).collect();
-        writeln!(zip, "{id} [{}]", ranks.join(","))?;
-    }
-    zip.finish()?.sync_all()?;
-    std::fs::rename(&tmp, out).with_context(|| out.display().to_string())?;
-    Ok(())
+    let write = || -> anyhow::Result<()> {
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&tmp)?);
+        zip.start_file("prediction.txt", zip::write::SimpleFileOptions::default())?;
+        for (id, scores) in rows {
+            let ranks: Vec<String> = ranks_in_input_order(scores).iter().map(|r| r.to_string()).collect();
+            writeln!(zip, "{id} [{}]", ranks.join(","))?;
+        }
+        zip.finish()?.sync_all()?;
+        Ok(std::fs::rename(&tmp, out)?)
+    };
+    write()
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+        .with_context(|| format!("writing {}", out.display()))
 }
 
 pub fn embed(
@@ -180,7 +180,7 @@ pub fn embed(
     let device = setup::device(config.train.device, 0)?;
     let loaded = setup::load(&config)?;
     let (_vs, model) = model_from_checkpoint(&config, &loaded, checkpoint, device)?;
-    let vectors = encode_all_news(&model, &loaded.news, config.eval.news_batch, device, &Local)?;
+    let vectors = encode_all_news(&model, &loaded.news, config.eval.news_batch, device, &Local, &|| {})?;
     let dim = vectors.size()[1] as usize;
     let values: Vec<f32> =
         Vec::try_from(vectors.to_device(tch::Device::Cpu).to_kind(tch::Kind::Float).view([-1]))?;
