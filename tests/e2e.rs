@@ -361,6 +361,21 @@ fn two_ranks_equal_one_rank_with_the_whole_batch() {
         println!("{name}: max |1 rank - 2 ranks| = {diff:.3e}; steps 10-20 moved them up to {moved:.3e}");
         assert!(moved > 1e-4, "{name}: training did not move the parameters ({moved:.3e})");
         assert!(diff <= 2e-2 * moved, "{name}: parameters differ by {diff:.3e} after 20 steps");
+
+        // The logged losses are the global batch's on both (averaged over the ranks, not rank 0's).
+        let first_record = |run: &Path| -> serde_json::Value {
+            let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+            serde_json::from_str(text.lines().next().unwrap()).unwrap()
+        };
+        let (a, b) = (first_record(&one), first_record(&two));
+        for key in ["loss_main", "loss_category", "loss_ner"] {
+            let (x, y) = (a[key].as_f64(), b[key].as_f64());
+            let agree = match (x, y) {
+                (Some(x), Some(y)) => (x - y).abs() <= 1e-4 * x.abs().max(1.0),
+                (x, y) => x.is_none() && y.is_none(),
+            };
+            assert!(agree, "{name}: {key} logged {x:?} by 1 rank, {y:?} by 2");
+        }
     }
 }
 
