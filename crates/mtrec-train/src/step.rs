@@ -162,11 +162,10 @@ pub fn train_step(
     // surgery on the shared (BERT) slice; task-specific parameters keep their own gradient
     let surgery::Combined { update: mut g, stats: surgery_stats, aux_norm: grad_norm_aux } =
         surgery::combine(mtl.surgery, &g_main, &aux_grads, params.shared_len(), rng_seed);
-    // Before clipping: with the main task only, `g` is `g_main` itself.
-    let grad_norm_main = g_main.norm();
     times.surgery = clock.lap();
 
-    // 4. clip, AdamW
+    // 4. clip, AdamW (`g_main`'s norm first: with the main task only, `g` is `g_main` itself)
+    let grad_norm_main = g_main.norm();
     let grad_norm = optimizer.clip(&mut g);
     optimizer.step(params, &g, lr_scale);
     times.optimizer = clock.lap();
