@@ -158,15 +158,20 @@ fn eval_and_predict_write_the_mind_files() {
         assert!((a - b).abs() < 1e-3, "{key}: 1 rank {a}, 2 ranks {b}");
     }
 
-    let zip = fixture().root.join("prediction.zip");
-    run(
-        worker("predict", &run_dir, &[])
-            .arg("--checkpoint")
-            .arg(&checkpoint)
-            .args(["--split", "test", "--out"])
-            .arg(&zip),
-        true,
-    );
+    // `predict --split <split>`, then `script` on its zip and the split's behaviors.tsv.
+    let predict_and_check = |split: &str, script: &str| -> String {
+        let zip = fixture().root.join(format!("prediction-{split}.zip"));
+        run(
+            worker("predict", &run_dir, &[])
+                .arg("--checkpoint")
+                .arg(&checkpoint)
+                .args(["--split", split, "--out"])
+                .arg(&zip),
+            true,
+        );
+        let behaviors = fixture().root.join(format!("mind/{split}/behaviors.tsv"));
+        stdout(&run(Command::new(python()).arg("-c").arg(script).arg(&zip).arg(behaviors), true))
+    };
     // Read it back with Python's zipfile and compare with the test behaviors.tsv, line by line.
     let check = r#"
 import sys, zipfile
@@ -182,28 +187,11 @@ for line, b in zip(lines, behaviors):
     assert sorted(ranks) == list(range(1, len(b[4].split()) + 1)), line
 print("ok", len(lines))
 "#;
-    let out = run(
-        Command::new(python())
-            .arg("-c")
-            .arg(check)
-            .arg(&zip)
-            .arg(fixture().root.join("mind/test/behaviors.tsv")),
-        true,
-    );
-    assert!(stdout(&out).starts_with("ok"));
+    assert!(predict_and_check("test", check).starts_with("ok"));
 
     // The ranks follow the scores: MRR and nDCG@10 depend on the ranking alone, so the official
     // formulas (MIND's evaluate.py) applied to `predict --split dev`'s ranks give what `eval`
     // computed from the scores of the same checkpoint.
-    let dev_zip = fixture().root.join("prediction-dev.zip");
-    run(
-        worker("predict", &run_dir, &[])
-            .arg("--checkpoint")
-            .arg(&checkpoint)
-            .args(["--split", "dev", "--out"])
-            .arg(&dev_zip),
-        true,
-    );
     let from_ranks = r#"
 import sys, zipfile
 import numpy as np
@@ -224,15 +212,8 @@ for line, b in zip(lines, behaviors):
     n += 1
 print(mrr / n, ndcg10 / n, n)
 "#;
-    let out = run(
-        Command::new(python())
-            .arg("-c")
-            .arg(from_ranks)
-            .arg(&dev_zip)
-            .arg(fixture().root.join("mind/dev/behaviors.tsv")),
-        true,
-    );
-    let values: Vec<f64> = stdout(&out).split_whitespace().map(|v| v.parse().unwrap()).collect();
+    let values: Vec<f64> =
+        predict_and_check("dev", from_ranks).split_whitespace().map(|v| v.parse().unwrap()).collect();
     assert_eq!(values[2], metrics["impressions"].as_f64().unwrap(), "{values:?} vs {metrics}");
     for (value, key) in values.iter().zip(["mrr", "ndcg10"]) {
         let scored = metrics[key].as_f64().unwrap();
