@@ -8,8 +8,8 @@
 # target/debug/mtrec-worker). Extra mpirun flags can
 # be given in MPIRUN_FLAGS (for example "--hostfile hosts").
 set -euo pipefail
-if [ $# -lt 2 ]; then
-  echo "usage: $0 RANKS WORKER-ARGS..." >&2
+if [ $# -lt 2 ] || ! [[ $1 =~ ^[1-9][0-9]*$ ]]; then
+  echo "usage: $0 RANKS WORKER-ARGS... (RANKS a positive number)" >&2
   exit 2
 fi
 ranks=$1
@@ -20,16 +20,8 @@ default_worker=$root/target/release/mtrec-worker
 worker=${MTREC_WORKER:-$default_worker}
 [ -x "$worker" ] || { echo "$worker is not built: run cargo build --bins" >&2; exit 2; }
 
-# NCCL: cudarc opens libnccl.so by name, PyTorch's nvidia-nccl wheel ships only libnccl.so.2:
-# give it a directory with a libnccl.so link.
-python=${PYTHON:-$root/.venv/bin/python}
-if [ -x "$python" ] && nccl=$("$python" -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null) \
-   && [ -f "$nccl/libnccl.so.2" ]; then
-  link_dir="$root/target/nccl"
-  mkdir -p "$link_dir"
-  ln -sfn "$nccl/libnccl.so.2" "$link_dir/libnccl.so"
-  export LD_LIBRARY_PATH="$link_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-fi
+# shellcheck source=launch/nccl-env.sh
+source "$root/launch/nccl-env.sh"
 
 flags=(--bind-to none)
 for var in LD_LIBRARY_PATH RUST_LOG OMP_NUM_THREADS NCCL_DEBUG NCCL_SOCKET_IFNAME; do

@@ -62,8 +62,8 @@ struct MindArgs {
     /// Output shards folder (must not exist, or be empty, unless --force).
     #[arg(long)]
     out: PathBuf,
-    /// Shards per split (default: one per 250,000 impressions).
-    #[arg(long)]
+    /// Shards per split (default: one per 250,000 impressions; at most one per impression).
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     shards: Option<usize>,
     /// Word pieces per title, [CLS] and [SEP] included.
     #[arg(long, default_value_t = 30)]

@@ -104,12 +104,26 @@ pub fn run(opts: &MindOptions) -> Result<Manifest> {
     manifest.prep_report.elapsed_seconds = started.elapsed().as_secs_f64();
     let text = serde_json::to_string_pretty(&manifest).context("serializing manifest.json")?;
     std::fs::write(tmp.path().join(MANIFEST_FILE), text).context("writing manifest.json")?;
-    if opts.out.exists() {
-        std::fs::remove_dir_all(&opts.out).with_context(|| format!("removing {}", opts.out.display()))?;
+    // Replace an old output (--force) only once the new one is complete: the old folder moves
+    // aside, the new one into place, then the old one is removed; if the swap fails, the old one
+    // is put back and the new one is deleted with its temporary folder.
+    let old = opts.out.exists().then(|| tmp.path().with_extension("old"));
+    if let Some(old) = &old {
+        std::fs::rename(&opts.out, old)
+            .with_context(|| format!("moving the old {} aside", opts.out.display()))?;
     }
-    let tmp_path = tmp.keep();
-    std::fs::rename(&tmp_path, &opts.out)
-        .with_context(|| format!("renaming {} to {}", tmp_path.display(), opts.out.display()))?;
+    if let Err(e) = std::fs::rename(tmp.path(), &opts.out) {
+        if let Some(old) = &old {
+            let _ = std::fs::rename(old, &opts.out);
+        }
+        return Err(e)
+            .with_context(|| format!("renaming {} to {}", tmp.path().display(), opts.out.display()));
+    }
+    let _ = tmp.keep(); // its folder is now `out`
+    if let Some(old) = old {
+        std::fs::remove_dir_all(&old)
+            .with_context(|| format!("removing the old output {}", old.display()))?;
+    }
     Ok(manifest)
 }
 
@@ -497,11 +511,14 @@ impl BehaviorsCtx<'_> {
     fn run(&self, split: Split, path: &Path, users: &mut HashMap<String, i32>) -> Result<SplitOutput> {
         let total_bytes = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?.len();
         let lines = count_lines(path)?;
-        let shards = match self.opts.shards {
-            Some(n) => n.max(1),
-            None => lines.div_ceil(AUTO_SHARD_ROWS).max(1) as usize,
+        if lines == 0 {
+            return Err(DataError::parse(path, 1, "impressions", "the file is empty").into());
         }
-        .min(lines.max(1) as usize);
+        let shards = match self.opts.shards {
+            Some(n) => n,
+            None => lines.div_ceil(AUTO_SHARD_ROWS) as usize,
+        }
+        .min(lines as usize);
         let bar = progress(total_bytes, &format!("{} behaviors", split.name()), "{bytes}/{total_bytes}");
         // Three stages: a reader thread, parsing on the rayon pool (here), a writer thread; the
         // bounded channels between them keep memory flat.
@@ -652,7 +669,7 @@ impl BehaviorsCtx<'_> {
         let rows = current.1.finish()?;
         files.push(file_entry(self.dir, &format!("{}/{}", split.name(), part_name(current.0)), rows)?);
         shard_rows += rows;
-        // Shards past the last line (only when lines < shards) are still created, empty.
+        // Shards after the last impression (the file ends in blank lines) are still created, empty.
         for k in current.0 + 1..shards {
             files.push(file_entry(
                 self.dir,
@@ -661,6 +678,10 @@ impl BehaviorsCtx<'_> {
             )?);
         }
         debug_assert_eq!(shard_rows, written);
+        if written == 0 {
+            let reason = format!("no impression kept ({} dropped)", report.dropped_impressions);
+            return Err(DataError::parse(path, lines, "impressions", reason).into());
+        }
         let info = SplitInfo {
             impressions: written,
             labeled: labeled.is_none_or(|(l, _)| l),

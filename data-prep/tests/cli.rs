@@ -430,6 +430,11 @@ fn malformed_inputs_fail_with_file_line_reason_and_leave_nothing() {
         &format!("dev{sep}behaviors.tsv:2: impressions: labeled but line 1 is not"),
         &[],
     );
+    expect_failure(
+        |d| std::fs::write(d.join("dev/behaviors.tsv"), "").unwrap(),
+        &format!("dev{sep}behaviors.tsv:1: impressions: the file is empty"),
+        &[],
+    );
 }
 
 #[test]
@@ -468,7 +473,23 @@ fn existing_output_is_refused_unless_empty_or_forced_and_unlabeled_test_is_null(
     let out = mind(&data, &shards, &[]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("exists and is not empty (pass --force"));
+    // A forced run that fails keeps the old output, and leaves no temporary folder.
+    let valid = std::fs::read_to_string(data.join("dev/behaviors.tsv")).unwrap();
+    std::fs::write(data.join("dev/behaviors.tsv"), "").unwrap();
+    assert!(!mind(&data, &shards, &["--force"]).status.success());
+    assert!(Manifest::load(&shards).is_ok(), "the old output survives a failed --force");
+    let names: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into())
+        .collect();
+    assert!(names.iter().all(|n| !n.starts_with(".mtrec-prep")), "{names:?}");
+    std::fs::write(data.join("dev/behaviors.tsv"), valid).unwrap();
     ok(mind(&data, &shards, &["--force", "--max-history", "3"]));
+    let names: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into())
+        .collect();
+    assert!(names.iter().all(|n| !n.starts_with(".mtrec-prep")), "the replaced output is removed: {names:?}");
     let m = Manifest::load(&shards).unwrap();
     assert_eq!(m.max_history, 3);
     assert!(!m.splits.test.as_ref().unwrap().labeled);

@@ -224,11 +224,6 @@ impl Manifest {
         }
         Ok(manifest)
     }
-
-    /// The entry of a file by its relative path.
-    pub fn file(&self, path: &str) -> Option<&FileEntry> {
-        self.files.iter().find(|f| f.path == path)
-    }
 }
 
 /// Lower-case hex sha256 of a file's bytes.

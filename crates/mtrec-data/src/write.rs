@@ -387,16 +387,45 @@ pub fn write_embeddings<'a>(
     rows: impl Iterator<Item = (&'a str, &'a [f32])>,
 ) -> Result<u64, DataError> {
     let tmp = path.with_extension("parquet.tmp");
-    let mut sink = Sink::create(&tmp, embedding_schema())?;
-    let mut ids = StringBuilder::new();
-    let mut vectors = ListBuilder::new(Float32Builder::new());
-    for (id, vector) in rows {
-        debug_assert_eq!(vector.len(), dim);
-        ids.append_value(id);
-        vectors.append_value(vector.iter().map(|&v| Some(v)));
+    let write = || -> Result<u64, DataError> {
+        let mut sink = Sink::create(&tmp, embedding_schema())?;
+        let mut ids = StringBuilder::new();
+        let mut vectors = ListBuilder::new(Float32Builder::new());
+        for (row, (id, vector)) in rows.enumerate() {
+            if vector.len() != dim {
+                return Err(DataError::Invalid {
+                    path: path.to_path_buf(),
+                    row,
+                    field: "vector".into(),
+                    reason: format!("{} values, the file's vectors have {dim}", vector.len()),
+                });
+            }
+            ids.append_value(id);
+            vectors.append_value(vector.iter().map(|&v| Some(v)));
+        }
+        sink.write(vec![Arc::new(ids.finish()), Arc::new(vectors.finish())])?;
+        let written = sink.close()?;
+        std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))?;
+        Ok(written)
+    };
+    write().inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vector_of_the_wrong_width_fails_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vectors.parquet");
+        let (good, short) = ([1.0f32, 2.0, 3.0], [1.0f32, 2.0]);
+        let rows = [("N1", &good[..]), ("N2", &short[..])];
+        let err = write_embeddings(&path, 3, rows.into_iter()).unwrap_err().to_string();
+        assert!(err.contains("row 1: `vector`: 2 values, the file's vectors have 3"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no file and no temporary file");
+        assert_eq!(write_embeddings(&path, 3, [("N1", &good[..])].into_iter()).unwrap(), 1);
     }
-    sink.write(vec![Arc::new(ids.finish()), Arc::new(vectors.finish())])?;
-    let written = sink.close()?;
-    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))?;
-    Ok(written)
 }

@@ -57,6 +57,22 @@ impl Placement {
     }
 }
 
+/// The CUDA device index a rank drives, of the `visible` GPUs its process sees: its local rank
+/// when the node's GPUs are all visible (`mpirun`), GPU 0 when the launcher bound one GPU to each
+/// task (SLURM's `--gpus-per-task=1`). Anything else would put two ranks on one GPU or name a GPU
+/// that does not exist, and is refused.
+pub fn local_gpu(local_rank: usize, visible: usize) -> Result<usize, String> {
+    match visible {
+        0 => Err("no CUDA device is visible to this process".into()),
+        _ if local_rank < visible => Ok(local_rank),
+        1 => Ok(0),
+        _ => Err(format!(
+            "local rank {local_rank} but only {visible} GPUs are visible to this process: run at most \
+             {visible} ranks per node, or bind one GPU to each task"
+        )),
+    }
+}
+
 /// Reductions between the ranks of one job. Every rank must call the same collectives in the
 /// same order with tensors of the same shape; implementations check what they can locally.
 pub trait Collective {
@@ -68,8 +84,10 @@ pub trait Collective {
 
     /// [`Collective::all_reduce_mean`] started before `work` runs and completed after it: the
     /// trainer reduces `g_main` while the auxiliary backward pass computes. How much really
-    /// overlaps is the transport's: NCCL enqueues without blocking the host; MPI starts one
-    /// non-blocking all-reduce per 4 MiB bucket, which progress as the library allows. `work` must not touch
+    /// overlaps is the transport's: MPI starts one non-blocking all-reduce per 4 MiB bucket,
+    /// which progress as the library allows; NCCL enqueues on the compute stream without
+    /// blocking the host, so the GPU runs the reduction before the auxiliary backward's kernels
+    /// (an overlap on the GPU would need a second stream and events). `work` must not touch
     /// `tensor`.
     fn all_reduce_mean_during(&self, tensor: &mut Tensor, work: &mut dyn FnMut()) -> Result<(), DistError> {
         self.all_reduce_mean(tensor)?;
@@ -139,4 +157,18 @@ fn check_reducible(op: &'static str, tensor: &Tensor, cuda: bool) -> Result<usiz
         });
     }
     Ok(tensor.numel())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rank_drives_its_local_gpu_or_the_one_it_was_given() {
+        assert_eq!(local_gpu(3, 8), Ok(3)); // mpirun: every GPU of the node visible
+        assert_eq!(local_gpu(3, 1), Ok(0)); // one GPU bound to each task
+        assert_eq!(local_gpu(0, 1), Ok(0));
+        assert!(local_gpu(4, 2).unwrap_err().contains("local rank 4 but only 2 GPUs"));
+        assert!(local_gpu(0, 0).is_err());
+    }
 }

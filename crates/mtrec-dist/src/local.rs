@@ -1,4 +1,4 @@
-use crate::{Collective, DistError, Placement};
+use crate::{Collective, DistError, Placement, check_reducible};
 use tch::Tensor;
 
 /// A world of one: the mean over one rank is the value itself.
@@ -10,8 +10,10 @@ impl Collective for Local {
         Placement::SINGLE
     }
 
-    fn all_reduce_mean(&self, _tensor: &mut Tensor) -> Result<(), DistError> {
-        Ok(())
+    /// The identity, on the tensors the multi-rank backends accept (so a single-process run
+    /// refuses what a job would).
+    fn all_reduce_mean(&self, tensor: &mut Tensor) -> Result<(), DistError> {
+        check_reducible("all_reduce_mean", tensor, tensor.device().is_cuda()).map(|_| ())
     }
 
     fn broadcast(&self, _tensor: &mut Tensor, root: usize) -> Result<(), DistError> {

@@ -9,7 +9,7 @@ use cudarc::driver::result as cuda;
 use cudarc::nccl::{result as nccl, sys};
 use tch::{Kind, Tensor};
 
-/// NCCL communicator over all ranks, one GPU per rank (device = local rank). A world of one
+/// NCCL communicator over all ranks, one GPU per rank ([`crate::local_gpu`]). A world of one
 /// (no MPI launcher) runs on NCCL too, so a single-GPU run takes the same path as a job.
 pub struct NcclCollective {
     comm: sys::ncclComm_t,
@@ -46,15 +46,17 @@ pub fn nccl_library_status() -> Result<String, String> {
 }
 
 impl NcclCollective {
-    /// Makes GPU `local_rank` current, has rank 0 create the communicator id, broadcasts it over
+    /// Makes the rank's GPU ([`crate::local_gpu`]) current, has rank 0 create the communicator id, broadcasts it over
     /// MPI and joins the communicator.
     pub fn new(mpi: Option<MpiCollective>) -> Result<Self, DistError> {
         let placement = mpi.as_ref().map_or(Placement::SINGLE, MpiCollective::placement);
         nccl_library_status().map_err(DistError::Nccl)?;
-        let device = placement.local_rank;
-        // SAFETY: plain driver calls; the primary context stays retained for the process.
+        cuda::init().map_err(|e| nccl_err("cuInit", e))?;
+        let visible = cuda::device::get_count().map_err(|e| nccl_err("cuDeviceGetCount", e))?;
+        let device = crate::local_gpu(placement.local_rank, visible as usize).map_err(DistError::Nccl)?;
+        // SAFETY: plain driver calls on a visible device; the primary context stays retained for
+        // the process.
         unsafe {
-            cuda::init().map_err(|e| nccl_err("cuInit", e))?;
             let dev = cuda::device::get(device as i32).map_err(|e| nccl_err("cuDeviceGet", e))?;
             let ctx = cuda::primary_ctx::retain(dev).map_err(|e| nccl_err("cuDevicePrimaryCtxRetain", e))?;
             cuda::ctx::set_current(ctx).map_err(|e| nccl_err("cuCtxSetCurrent", e))?;
@@ -77,11 +79,6 @@ impl NcclCollective {
         }
         tracing::info!(rank = placement.rank, device, "NCCL communicator ready");
         Ok(NcclCollective { comm, device, placement, mpi })
-    }
-
-    /// The CUDA device this rank drives.
-    pub fn device(&self) -> tch::Device {
-        tch::Device::Cuda(self.device)
     }
 }
 

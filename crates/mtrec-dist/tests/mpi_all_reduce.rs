@@ -15,10 +15,12 @@ fn rank_body() {
     collective.all_reduce_mean(&mut t).expect("all-reduce");
     assert_eq!(Vec::<f32>::try_from(&t).unwrap(), vec![5.0, 6.0, 7.0, 8.0, 9.0], "rank {}", p.rank);
 
-    // f64 buffers and a view created from a larger tensor (contiguous slice) work too.
-    let mut d = Tensor::from_slice(&[r as f64 * 2.0 + 1.0, -(r as f64)]);
+    // f64 buffers, and a view into a larger tensor (a contiguous slice at an offset): only the
+    // view's elements are reduced.
+    let whole = Tensor::from_slice(&[99.0, r as f64 * 2.0 + 1.0, -(r as f64), 99.0]);
+    let mut d = whole.narrow(0, 1, 2);
     collective.all_reduce_mean(&mut d).expect("all-reduce f64");
-    assert_eq!(Vec::<f64>::try_from(&d).unwrap(), vec![2.0, -0.5]);
+    assert_eq!(Vec::<f64>::try_from(&whole).unwrap(), vec![99.0, 2.0, -0.5, 99.0]);
 
     let mut b = Tensor::from_slice(&[r + 1.0, r + 2.0]);
     collective.broadcast(&mut b, 1).expect("broadcast");

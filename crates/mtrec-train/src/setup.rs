@@ -40,7 +40,8 @@ pub fn model_dir(config: &Config) -> Result<PathBuf, TrainError> {
     })
 }
 
-/// The device this rank uses: CUDA device `local_rank` when asked for (or available with `auto`).
+/// The device this rank uses: its GPU ([`mtrec_dist::local_gpu`], the one NCCL reduces on) when
+/// asked for (or available with `auto`).
 pub fn device(choice: DeviceChoice, local_rank: usize) -> Result<Device, TrainError> {
     match choice {
         DeviceChoice::Cpu => Ok(Device::Cpu),
@@ -48,7 +49,9 @@ pub fn device(choice: DeviceChoice, local_rank: usize) -> Result<Device, TrainEr
         DeviceChoice::Cuda if !tch::Cuda::is_available() => {
             Err(TrainError::Config("train.device = \"cuda\" but libtorch sees no CUDA device".into()))
         }
-        _ => Ok(Device::Cuda(local_rank)),
+        _ => mtrec_dist::local_gpu(local_rank, tch::Cuda::device_count() as usize)
+            .map(Device::Cuda)
+            .map_err(|e| TrainError::Config(format!("train.device: {e}"))),
     }
 }
 
