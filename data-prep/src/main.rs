@@ -132,8 +132,8 @@ fn summary(m: &Manifest, out: &std::path::Path) {
         }
     }
     println!(
-        "  NER occurrences {}: located by search {}, dropped {}, truncated {}",
-        r.ner_occurrences, r.ner_located_by_search, r.ner_dropped, r.ner_truncated
+        "  NER occurrences {}: located by search {}, dropped {}, truncated {}; entities without a vector {}",
+        r.ner_occurrences, r.ner_located_by_search, r.ner_dropped, r.ner_truncated, r.entities_without_vector
     );
     if r.duplicate_news_differing > 0 {
         println!(
@@ -145,10 +145,12 @@ fn summary(m: &Manifest, out: &std::path::Path) {
 }
 
 fn main() -> ExitCode {
+    // `info`: each phase logs its end and time, the progress a batch job's log gets (the
+    // progress bars draw only on a terminal).
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -268,7 +268,10 @@ fn prep_into(opts: &MindOptions, dir: &Path) -> Result<Manifest> {
         ner += stats;
         let mut entities = Vec::new();
         for e in &n.entities {
-            let Some(v) = vectors.get(&e.wikidata_id) else { continue };
+            let Some(v) = vectors.get(&e.wikidata_id) else {
+                report.entities_without_vector += 1;
+                continue;
+            };
             let next = entity_row.len() as i32 + 1;
             let row = *entity_row.entry(&e.wikidata_id).or_insert_with(|| {
                 entity_writer.push(&e.wikidata_id, v);

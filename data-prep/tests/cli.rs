@@ -309,6 +309,7 @@ fn ner_tags_on_hand_made_titles() {
     assert_eq!(news.ner_tags[3], vec![-1, 0, 0, 0, 1, 2, 2, -1]);
     let r = &m.prep_report;
     assert_eq!((r.ner_occurrences, r.ner_located_by_search, r.ner_dropped, r.ner_truncated), (8, 1, 1, 0));
+    assert_eq!(r.entities_without_vector, 3, "Q5, Q6 and Q7 have no vector");
     // Entities with vectors only, in order of first appearance; Q5..Q7 have none.
     assert_eq!(news.entities[1..], [vec![1, 2], vec![3, 4], vec![]]);
     let (dim, v) = read_entity_vectors(&shards).unwrap();

@@ -126,6 +126,10 @@ pub struct PrepReport {
     pub ner_dropped: u64,
     /// Occurrences that lie wholly past the `max_title_len` truncation.
     pub ner_truncated: u64,
+    /// Title entities whose WikidataId has no vector in any `entity_embedding.vec`: left out of
+    /// the news item's entity list (AMF), still tagged for NER.
+    #[serde(default)]
+    pub entities_without_vector: u64,
     /// News ids that two `news.tsv` files (or one, twice) define with different content; the
     /// first definition (train, then dev, then test) is kept.
     pub duplicate_news_differing: u64,

@@ -243,10 +243,38 @@ fn shard_paths(
     Ok(info.shards.iter().map(|s| shards_dir.join(s)).collect())
 }
 
+/// Refuses ids outside `range`: the worker indexes its tables by them (news ids `1..=num_news`,
+/// users `0..=num_users`, 0 = unknown).
+fn check_ids(
+    path: &Path,
+    row: usize,
+    field: &str,
+    ids: &[i32],
+    range: &std::ops::RangeInclusive<i32>,
+) -> Result<(), DataError> {
+    match ids.iter().find(|id| !range.contains(id)) {
+        None => Ok(()),
+        Some(id) => Err(DataError::Invalid {
+            path: path.to_path_buf(),
+            row,
+            field: field.into(),
+            reason: format!("id {id} is outside {}..={} (manifest.json)", range.start(), range.end()),
+        }),
+    }
+}
+
+/// The news-id and user-id ranges of `manifest`.
+fn id_ranges(manifest: &Manifest) -> (std::ops::RangeInclusive<i32>, std::ops::RangeInclusive<i32>) {
+    let clamp = |n: u64| i32::try_from(n).unwrap_or(i32::MAX);
+    (1..=clamp(manifest.num_news), 0..=clamp(manifest.num_users))
+}
+
 /// Reads every train shard, in shard order (= the order of `behaviors.tsv`).
 pub fn read_train(shards_dir: &Path, manifest: &Manifest) -> Result<Vec<TrainImpression>, DataError> {
     let mut out = Vec::new();
+    let (news_ids, user_ids) = id_ranges(manifest);
     for path in shard_paths(manifest, Split::Train, shards_dir)? {
+        let mut file_row = 0usize;
         for batch in batches(&path, &train_schema())? {
             let b = batch?;
             let (id, user, time) = (
@@ -257,14 +285,20 @@ pub fn read_train(shards_dir: &Path, manifest: &Manifest) -> Result<Vec<TrainImp
             let (history, clicked, non_clicked) =
                 (list(&path, &b, "history")?, list(&path, &b, "clicked")?, list(&path, &b, "non_clicked")?);
             for r in 0..b.num_rows() {
-                out.push(TrainImpression {
+                let imp = TrainImpression {
                     impression_id: id.value(r),
                     user: user.value(r),
                     time: time.value(r),
                     history: list_values::<Int32Type>(history, r),
                     clicked: list_values::<Int32Type>(clicked, r),
                     non_clicked: list_values::<Int32Type>(non_clicked, r),
-                });
+                };
+                check_ids(&path, file_row, "user", &[imp.user], &user_ids)?;
+                check_ids(&path, file_row, "history", &imp.history, &news_ids)?;
+                check_ids(&path, file_row, "clicked", &imp.clicked, &news_ids)?;
+                check_ids(&path, file_row, "non_clicked", &imp.non_clicked, &news_ids)?;
+                file_row += 1;
+                out.push(imp);
             }
         }
     }
@@ -285,6 +319,7 @@ pub fn read_eval(
         });
     }
     let mut out = Vec::new();
+    let (news_ids, user_ids) = id_ranges(manifest);
     for path in shard_paths(manifest, split, shards_dir)? {
         let mut file_row = 0usize;
         for batch in batches(&path, &eval_schema())? {
@@ -309,15 +344,19 @@ pub fn read_eval(
                         reason: format!("{} labels for {} candidates", l.len(), cands.len()),
                     });
                 }
-                file_row += 1;
-                out.push(EvalImpression {
+                let imp = EvalImpression {
                     impression_id: id.value(r),
                     user: user.value(r),
                     time: time.value(r),
                     history: list_values::<Int32Type>(history, r),
                     candidates: cands,
                     labels: labs,
-                });
+                };
+                check_ids(&path, file_row, "user", &[imp.user], &user_ids)?;
+                check_ids(&path, file_row, "history", &imp.history, &news_ids)?;
+                check_ids(&path, file_row, "candidates", &imp.candidates, &news_ids)?;
+                file_row += 1;
+                out.push(imp);
             }
         }
     }
@@ -449,6 +488,16 @@ mod tests {
         assert_eq!(tr, vec![train]);
         assert!(read_eval(d, &m, Split::Dev).unwrap_err().to_string().contains("splits.dev"));
         assert!(read_eval(d, &m, Split::Train).is_err());
+
+        // Ids the tables do not have are refused by row and column, not left to panic later.
+        let fewer_news = Manifest { num_news: 2, ..m.clone() };
+        let err = read_train(d, &fewer_news).unwrap_err().to_string();
+        assert!(err.contains("row 0: `non_clicked`: id 3 is outside 1..=2"), "{err}");
+        let err = read_eval(d, &fewer_news, Split::Test).unwrap_err().to_string();
+        assert!(err.contains("row 0: `candidates`: id 3 is outside 1..=2"), "{err}");
+        let no_users = Manifest { num_users: 0, ..m.clone() };
+        let err = read_train(d, &no_users).unwrap_err().to_string();
+        assert!(err.contains("row 0: `user`: id 1 is outside 0..=0"), "{err}");
     }
 
     #[test]
