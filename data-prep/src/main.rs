@@ -8,6 +8,7 @@
 //! ```
 
 mod prep;
+mod staged;
 mod synth;
 mod tokenize;
 
@@ -102,6 +103,9 @@ struct SynthArgs {
     /// Write test without labels, as MIND-large test.
     #[arg(long)]
     unlabeled_test: bool,
+    /// Replace a non-empty --out.
+    #[arg(long)]
+    force: bool,
 }
 
 fn summary(m: &Manifest, out: &std::path::Path) {
@@ -182,7 +186,8 @@ fn main() -> ExitCode {
                 seed: a.seed,
                 unlabeled_test: a.unlabeled_test,
             };
-            synth::run(&opts, &a.out).map(|()| println!("wrote {}/{{train,dev,test}}", a.out.display()))
+            synth::run(&opts, &a.out, a.force)
+                .map(|()| println!("wrote {}/{{train,dev,test}}", a.out.display()))
         }
     };
     match result {

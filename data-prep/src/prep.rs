@@ -24,6 +24,7 @@ use mtrec_data::{
 };
 use rayon::prelude::*;
 
+use crate::staged::Staged;
 use crate::tokenize::{NerStats, TitleTokenizer, ner_tags};
 
 /// Lines per chunk handed from the reader thread to the parsers.
@@ -87,59 +88,16 @@ fn split_dir(opts: &MindOptions, split: Split) -> Option<&Path> {
     }
 }
 
-/// Runs the whole prep; on error nothing is left at `--out` (the temporary folder is removed).
+/// Runs the whole prep into a staged folder ([`Staged`]): on error nothing is left at `--out`.
 pub fn run(opts: &MindOptions) -> Result<Manifest> {
     let started = Instant::now();
-    check_out(&opts.out, opts.force)?;
-    let parent = match opts.out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".mtrec-prep-")
-        .tempdir_in(&parent)
-        .with_context(|| format!("creating a temporary folder in {}", parent.display()))?;
-    let mut manifest = prep_into(opts, tmp.path())?;
+    let staged = Staged::new(&opts.out, opts.force)?;
+    let mut manifest = prep_into(opts, staged.path())?;
     manifest.prep_report.elapsed_seconds = started.elapsed().as_secs_f64();
     let text = serde_json::to_string_pretty(&manifest).context("serializing manifest.json")?;
-    std::fs::write(tmp.path().join(MANIFEST_FILE), text).context("writing manifest.json")?;
-    // Replace an old output (--force) only once the new one is complete: the old folder moves
-    // aside, the new one into place, then the old one is removed; if the swap fails, the old one
-    // is put back and the new one is deleted with its temporary folder.
-    let old = opts.out.exists().then(|| tmp.path().with_extension("old"));
-    if let Some(old) = &old {
-        std::fs::rename(&opts.out, old)
-            .with_context(|| format!("moving the old {} aside", opts.out.display()))?;
-    }
-    if let Err(e) = std::fs::rename(tmp.path(), &opts.out) {
-        if let Some(old) = &old {
-            let _ = std::fs::rename(old, &opts.out);
-        }
-        return Err(e)
-            .with_context(|| format!("renaming {} to {}", tmp.path().display(), opts.out.display()));
-    }
-    let _ = tmp.keep(); // its folder is now `out`
-    if let Some(old) = old {
-        std::fs::remove_dir_all(&old)
-            .with_context(|| format!("removing the old output {}", old.display()))?;
-    }
+    std::fs::write(staged.path().join(MANIFEST_FILE), text).context("writing manifest.json")?;
+    staged.publish()?;
     Ok(manifest)
-}
-
-fn check_out(out: &Path, force: bool) -> Result<()> {
-    if !out.exists() {
-        return Ok(());
-    }
-    if !out.is_dir() {
-        bail!("--out {}: exists and is not a folder", out.display());
-    }
-    let empty =
-        std::fs::read_dir(out).with_context(|| format!("reading {}", out.display()))?.next().is_none();
-    if !empty && !force {
-        bail!("--out {}: exists and is not empty (pass --force to replace it)", out.display());
-    }
-    Ok(())
 }
 
 fn prep_into(opts: &MindOptions, dir: &Path) -> Result<Manifest> {

@@ -19,6 +19,8 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::staged::Staged;
+
 /// Options of `mtrec-prep synth`.
 #[derive(Debug, Clone)]
 pub struct SynthOptions {
@@ -470,10 +472,17 @@ fn make_news(rng: &mut ChaCha8Rng, topic: usize, nid: usize) -> Result<SynthNews
 }
 
 /// Writes `out/train`, `out/dev`, `out/test`.
-pub fn run(opts: &SynthOptions, out: &Path) -> Result<()> {
+/// Writes the data set into a staged folder ([`Staged`]): `out` appears complete or not at all.
+pub fn run(opts: &SynthOptions, out: &Path, force: bool) -> Result<()> {
     if opts.news < 50 || opts.users < 10 || opts.impressions < 30 {
         bail!("synth needs at least 50 news, 10 users and 30 impressions");
     }
+    let staged = Staged::new(out, force)?;
+    generate(opts, staged.path())?;
+    staged.publish()
+}
+
+fn generate(opts: &SynthOptions, out: &Path) -> Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let news: Vec<SynthNews> = (0..opts.news)
         .map(|i| {

@@ -468,6 +468,22 @@ fn existing_output_is_refused_unless_empty_or_forced_and_unlabeled_test_is_null(
         "60",
         "--unlabeled-test",
     ]));
+    // synth, too, refuses to write over a data set, and replaces it only when told.
+    let again = [
+        "synth",
+        "--out",
+        s(&data),
+        "--news",
+        "100",
+        "--users",
+        "20",
+        "--impressions",
+        "60",
+        "--unlabeled-test",
+    ];
+    let out = prep(&again);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exists and is not empty (pass --force"));
+    ok(prep(&[&again[..], &["--force"]].concat()));
     let shards = tmp.path().join("shards");
     std::fs::create_dir_all(&shards).unwrap();
     ok(mind(&data, &shards, &[]));
