@@ -456,20 +456,7 @@ fn unknown_news_dropped_and_counted_with_the_flag() {
 fn existing_output_is_refused_unless_empty_or_forced_and_unlabeled_test_is_null() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("synth");
-    ok(prep(&[
-        "synth",
-        "--out",
-        s(&data),
-        "--news",
-        "100",
-        "--users",
-        "20",
-        "--impressions",
-        "60",
-        "--unlabeled-test",
-    ]));
-    // synth, too, refuses to write over a data set, and replaces it only when told.
-    let again = [
+    let synth = [
         "synth",
         "--out",
         s(&data),
@@ -481,9 +468,11 @@ fn existing_output_is_refused_unless_empty_or_forced_and_unlabeled_test_is_null(
         "60",
         "--unlabeled-test",
     ];
-    let out = prep(&again);
+    ok(prep(&synth));
+    // synth, too, refuses to write over a data set, and replaces it only when told.
+    let out = prep(&synth);
     assert!(String::from_utf8_lossy(&out.stderr).contains("exists and is not empty (pass --force"));
-    ok(prep(&[&again[..], &["--force"]].concat()));
+    ok(prep(&[&synth[..], &["--force"]].concat()));
     let shards = tmp.path().join("shards");
     std::fs::create_dir_all(&shards).unwrap();
     ok(mind(&data, &shards, &[]));
