@@ -77,16 +77,7 @@ fn from_vocab(model_dir: &Path) -> Result<Tokenizer> {
     if !vocab.is_file() {
         bail!("{}: neither tokenizer.json nor vocab.txt found", model_dir.display());
     }
-    let config = model_dir.join("tokenizer_config.json");
-    let lowercase = if config.is_file() {
-        let text =
-            std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
-        let value: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{}: bad JSON", config.display()))?;
-        value.get("do_lower_case").and_then(serde_json::Value::as_bool).unwrap_or(true)
-    } else {
-        true
-    };
+    let lowercase = mtrec_data::manifest::vocab_lowercase(model_dir)?;
     let vocab_str = vocab.to_str().ok_or_else(|| anyhow!("{}: path is not UTF-8", vocab.display()))?;
     let model = WordPiece::from_file(vocab_str)
         .unk_token("[UNK]".into())

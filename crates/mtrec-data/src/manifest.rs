@@ -245,8 +245,25 @@ pub fn sha256_file(path: &Path) -> Result<String, DataError> {
     Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Whether a `vocab.txt` model lower-cases: `do_lower_case` of `model_dir/tokenizer_config.json`,
+/// true when the file or the key is absent (BERT's default).
+pub fn vocab_lowercase(model_dir: &Path) -> Result<bool, DataError> {
+    let config = model_dir.join("tokenizer_config.json");
+    if !config.is_file() {
+        return Ok(true);
+    }
+    let text = std::fs::read_to_string(&config).map_err(|e| DataError::io(&config, e))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| DataError::Manifest {
+        path: config.clone(),
+        field: "(file)".into(),
+        reason: format!("bad JSON: {e}"),
+    })?;
+    Ok(value.get("do_lower_case").and_then(serde_json::Value::as_bool).unwrap_or(true))
+}
+
 /// The tokenizer identity recorded in the manifest: sha256 hex of `model_dir/tokenizer.json`, or
-/// of `model_dir/vocab.txt` when there is no `tokenizer.json`. The worker compares it with its
+/// of `model_dir/vocab.txt` when there is no `tokenizer.json` (with `do_lower_case = false` marked
+/// on the end: the same vocabulary cased is another tokenizer). The worker compares it with its
 /// model folder's and refuses shards made with another tokenizer.
 pub fn tokenizer_identity(model_dir: &Path) -> Result<String, DataError> {
     let json = model_dir.join("tokenizer.json");
@@ -255,7 +272,8 @@ pub fn tokenizer_identity(model_dir: &Path) -> Result<String, DataError> {
     }
     let vocab: PathBuf = model_dir.join("vocab.txt");
     if vocab.is_file() {
-        return sha256_file(&vocab);
+        let digest = sha256_file(&vocab)?;
+        return Ok(if vocab_lowercase(model_dir)? { digest } else { format!("{digest}+cased") });
     }
     Err(DataError::io(
         model_dir,
@@ -266,6 +284,21 @@ pub fn tokenizer_identity(model_dir: &Path) -> Result<String, DataError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cased_vocab_txt_tokenizer_has_its_own_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("vocab.txt"), "[PAD]\n[UNK]\n[CLS]\n[SEP]\nhello\n").unwrap();
+        let uncased = tokenizer_identity(dir.path()).unwrap();
+        assert_eq!(uncased, sha256_file(&dir.path().join("vocab.txt")).unwrap());
+        let config = dir.path().join("tokenizer_config.json");
+        std::fs::write(&config, r#"{"do_lower_case": true}"#).unwrap();
+        assert_eq!(tokenizer_identity(dir.path()).unwrap(), uncased, "lower-casing is the default");
+        std::fs::write(&config, r#"{"do_lower_case": false}"#).unwrap();
+        assert_ne!(tokenizer_identity(dir.path()).unwrap(), uncased);
+        std::fs::write(&config, "{").unwrap();
+        assert!(tokenizer_identity(dir.path()).unwrap_err().to_string().contains("bad JSON"));
+    }
 
     fn sample() -> Manifest {
         Manifest {
