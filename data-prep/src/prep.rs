@@ -209,6 +209,8 @@ fn prep_into(opts: &MindOptions, dir: &Path) -> Result<Manifest> {
             bar.inc(chunk.len() as u64);
             out
         })
+        .collect::<Vec<_>>()
+        .into_iter()
         .collect::<Result<Vec<Vec<_>>>>()?
         .into_iter()
         .flatten()
@@ -302,6 +304,9 @@ fn file_entry(dir: &Path, rel: &str, rows: u64) -> Result<FileEntry> {
     Ok(FileEntry { path: rel.to_string(), rows, sha256: sha256_file(&dir.join(rel))? })
 }
 
+/// Parses every line of a news.tsv on the rayon pool. Like the other parallel parses here, the
+/// results are collected in line order before the first error is taken: rayon's own collect into
+/// a `Result` returns whichever error it meets, not the first bad line's.
 fn read_news_file(path: &Path) -> Result<Vec<News>> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     let lines: Vec<&[u8]> = bytes.split_inclusive(|&b| b == b'\n').collect();
@@ -324,6 +329,8 @@ fn read_news_file(path: &Path) -> Result<Vec<News>> {
                 content_hash: h.finish(),
             })
         })
+        .collect::<Vec<_>>()
+        .into_iter()
         .collect::<Result<_, DataError>>()?;
     Ok(parsed)
 }
@@ -498,6 +505,8 @@ impl BehaviorsCtx<'_> {
                         .par_iter()
                         .enumerate()
                         .map(|(i, raw)| self.parse(path, chunk.first_line + i as u64, raw))
+                        .collect::<Vec<_>>()
+                        .into_iter()
                         .collect::<Result<_, DataError>>()?;
                     if ptx.send(parsed).is_err() {
                         // The writer stopped; its error is returned below.
