@@ -371,6 +371,25 @@ impl EvalWriter {
     }
 }
 
+/// Writes `path` whole or not at all: `write` fills a temporary file beside it (`<name>.tmp`),
+/// which is renamed to `path` when `write` succeeds and removed when anything fails.
+pub fn write_atomically<T, E: From<DataError>>(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<T, E>,
+) -> Result<T, E> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let result = write(&tmp).and_then(|value| {
+        std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))?;
+        Ok(value)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Schema of the news-vector file written by `mtrec-worker embed`.
 pub fn embedding_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -379,16 +398,15 @@ pub fn embedding_schema() -> SchemaRef {
     ]))
 }
 
-/// Writes `(news_id, vector)` rows of width `dim` to `path` through a temporary file renamed at
-/// the end, so a failed run leaves no half-written file. Returns the rows written.
+/// Writes `(news_id, vector)` rows of width `dim` to `path` ([`write_atomically`]: a failed run
+/// leaves no half-written file). Returns the rows written.
 pub fn write_embeddings<'a>(
     path: &Path,
     dim: usize,
     rows: impl Iterator<Item = (&'a str, &'a [f32])>,
 ) -> Result<u64, DataError> {
-    let tmp = path.with_extension("parquet.tmp");
-    let write = || -> Result<u64, DataError> {
-        let mut sink = Sink::create(&tmp, embedding_schema())?;
+    write_atomically(path, |tmp| {
+        let mut sink = Sink::create(tmp, embedding_schema())?;
         let mut ids = StringBuilder::new();
         let mut vectors = ListBuilder::new(Float32Builder::new());
         for (row, (id, vector)) in rows.enumerate() {
@@ -404,12 +422,7 @@ pub fn write_embeddings<'a>(
             vectors.append_value(vector.iter().map(|&v| Some(v)));
         }
         sink.write(vec![Arc::new(ids.finish()), Arc::new(vectors.finish())])?;
-        let written = sink.close()?;
-        std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))?;
-        Ok(written)
-    };
-    write().inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
+        sink.close()
     })
 }
 

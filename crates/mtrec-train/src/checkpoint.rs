@@ -4,6 +4,7 @@
 //! temporary folder, fsync'd, then renamed: a folder named `step-*` is always complete. Only
 //! safetensors is ever loaded.
 use crate::TrainError;
+use mtrec_data::write::write_atomically;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -64,13 +65,12 @@ impl Best {
         }
     }
 
-    /// Writes `best.json` atomically (temporary file, then rename).
+    /// Writes `best.json` whole or not at all ([`write_atomically`]).
     pub fn write(&self, run_dir: &Path) -> Result<(), TrainError> {
-        let path = Best::path(run_dir);
-        let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_string(self).expect("serialisable");
-        std::fs::write(&tmp, text).map_err(|e| TrainError::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| TrainError::io(&path, e))
+        write_atomically(&Best::path(run_dir), |tmp| {
+            std::fs::write(tmp, text).map_err(|e| TrainError::io(tmp, e))
+        })
     }
 }
 

@@ -146,11 +146,9 @@ pub fn combine(mode: SurgeryMode, g_main: &Tensor, aux: &[Tensor], shared: i64, 
 mod tests {
     use super::*;
 
-    /// MTRec surgery out of place, as the step applies it: `g_main + g_aux'`.
+    /// MTRec surgery on vectors that are all shared parameters: `g_main + g_aux'`.
     fn mtrec(g_main: &Tensor, g_aux: &Tensor) -> Tensor {
-        let mut update = g_main + g_aux;
-        apply_mtrec(&mut update, g_main, &Alignment::new(g_main, g_aux));
-        update
+        combine(SurgeryMode::Mtrec, g_main, &[g_aux.shallow_clone()], g_main.numel() as i64, 0).update
     }
 
     fn t(v: &[f64]) -> Tensor {

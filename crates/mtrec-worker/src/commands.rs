@@ -2,6 +2,7 @@
 use crate::ConfigArgs;
 use anyhow::{Context, bail};
 use mtrec_data::manifest::Split;
+use mtrec_data::write::write_atomically;
 use mtrec_dist::{Backend, Collective, Local};
 use mtrec_train::config::{Config, DeviceChoice};
 use mtrec_train::eval::{encode_all_news, eval_impressions, evaluate, score_impressions};
@@ -134,29 +135,22 @@ pub fn predict(args: &ConfigArgs, checkpoint: &Path, split: &str, out: &Path) ->
     Ok(())
 }
 
-/// Writes `prediction.zip` atomically (temporary file, then rename).
+/// Writes `prediction.zip` whole or not at all ([`write_atomically`]).
 pub fn write_prediction_zip<'a>(
     out: &Path,
     rows: impl Iterator<Item = (i64, &'a [f32])>,
 ) -> anyhow::Result<()> {
-    // Written beside `out` and renamed: `out` is complete or absent, and a failed write leaves
-    // nothing behind.
-    let tmp = out.with_extension("zip.tmp");
-    let write = || -> anyhow::Result<()> {
-        let mut zip = zip::ZipWriter::new(std::fs::File::create(&tmp)?);
+    write_atomically(out, |tmp| -> anyhow::Result<()> {
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(tmp)?);
         zip.start_file("prediction.txt", zip::write::SimpleFileOptions::default())?;
         for (id, scores) in rows {
             let ranks: Vec<String> = ranks_in_input_order(scores).iter().map(|r| r.to_string()).collect();
             writeln!(zip, "{id} [{}]", ranks.join(","))?;
         }
         zip.finish()?.sync_all()?;
-        Ok(std::fs::rename(&tmp, out)?)
-    };
-    write()
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
-        .with_context(|| format!("writing {}", out.display()))
+        Ok(())
+    })
+    .with_context(|| format!("writing {}", out.display()))
 }
 
 pub fn embed(
