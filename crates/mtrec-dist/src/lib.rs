@@ -1,21 +1,29 @@
 //! Rank/world discovery and the [`Collective`] trait that the trainer all-reduces through.
 //!
-//! Three implementations, chosen by [`connect`]:
-//! - [`Local`]: a world of one (a plain `mtrec-worker` run); every collective is the identity.
+//! Three implementations, chosen by [`Job::collective`]:
+//! - [`Local`]: a world of one (a plain `mtrec-worker` run, or one rank); every collective is the
+//!   identity.
 //! - [`MpiCollective`]: CPU tensors reduced with MPI (rsmpi), when launched by `mpirun` or `srun`.
 //! - [`NcclCollective`]: CUDA tensors reduced in place with NCCL (cudarc, loaded at run time so the
 //!   code builds and links without CUDA); MPI bootstraps the communicator and reduces host values.
 //!
+//! A [`Job`] holds MPI and the communicators for the process's lifetime; [`abort_job`] ends every
+//! rank when one fails, and the [`Watchdog`] does so when no progress is reported in time.
+//!
 //! This crate knows nothing about models or training: it moves tensors and numbers between ranks.
 
+mod job;
 mod local;
 mod mpi_collective;
 mod nccl;
+mod watchdog;
 
+pub use job::{ABORT_BACKSTOP, Job, abort_job, launcher_rank, rank};
 pub use local::Local;
 pub use mpi_collective::MpiCollective;
 pub use mpi_collective::mpi_library_version;
 pub use nccl::{NcclCollective, nccl_library_status};
+pub use watchdog::{EXIT_STALLED, Heartbeat, Watchdog};
 
 use tch::Tensor;
 
@@ -98,6 +106,9 @@ pub trait Collective {
     /// Replaces `tensor` on every rank by its value on `root`.
     fn broadcast(&self, tensor: &mut Tensor, root: usize) -> Result<(), DistError>;
 
+    /// Replaces `bytes` on every rank by `root`'s (any length: resolved configs, paths).
+    fn broadcast_bytes(&self, bytes: &mut Vec<u8>, root: usize) -> Result<(), DistError>;
+
     /// Element-wise sum over ranks of host values (metric sums, counts, checksums).
     fn all_reduce_sum_f64(&self, values: &mut [f64]) -> Result<(), DistError>;
 
@@ -121,18 +132,6 @@ pub fn launched_by_mpi() -> bool {
 pub enum Backend {
     Cpu,
     Cuda,
-}
-
-/// Discovers the world and returns its collective: for CPU tensors [`Local`] in a plain run and
-/// MPI under a launcher; for CUDA tensors NCCL (bootstrapped over MPI under a launcher, a world
-/// of one otherwise; device = local rank).
-pub fn connect(backend: Backend) -> Result<Box<dyn Collective>, DistError> {
-    let mpi = if launched_by_mpi() { Some(MpiCollective::init()?) } else { None };
-    Ok(match (backend, mpi) {
-        (Backend::Cpu, None) => Box::new(Local),
-        (Backend::Cpu, Some(mpi)) => Box::new(mpi),
-        (Backend::Cuda, mpi) => Box::new(NcclCollective::new(mpi)?),
-    })
 }
 
 /// Element count of a tensor that a collective may reduce in place: contiguous, one of the

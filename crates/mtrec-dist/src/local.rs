@@ -23,6 +23,13 @@ impl Collective for Local {
         Ok(())
     }
 
+    fn broadcast_bytes(&self, _bytes: &mut Vec<u8>, root: usize) -> Result<(), DistError> {
+        if root != 0 {
+            return Err(DistError::BadRoot { op: "broadcast_bytes", root, world_size: 1 });
+        }
+        Ok(())
+    }
+
     fn all_reduce_sum_f64(&self, _values: &mut [f64]) -> Result<(), DistError> {
         Ok(())
     }

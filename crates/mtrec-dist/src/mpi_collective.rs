@@ -8,13 +8,11 @@ use tch::{Kind, Tensor};
 /// Elements per non-blocking all-reduce bucket (4 MiB of f32).
 const BUCKET_ELEMENTS: usize = 1 << 20;
 
-/// CPU collectives over MPI. Owns the MPI environment: dropping it finalises MPI, so it lives as
-/// long as the job.
+/// CPU collectives over MPI's world communicator. MPI itself is initialised and finalised by the
+/// [`crate::Job`].
 pub struct MpiCollective {
     world: SimpleCommunicator,
     placement: Placement,
-    // Declared last: finalises MPI after the communicators above are released.
-    _universe: mpi::environment::Universe,
 }
 
 impl std::fmt::Debug for MpiCollective {
@@ -24,10 +22,10 @@ impl std::fmt::Debug for MpiCollective {
 }
 
 impl MpiCollective {
-    /// Initialises MPI and reads rank, world size and the node-local rank (shared-memory split).
-    pub fn init() -> Result<Self, DistError> {
-        let universe = mpi::initialize().ok_or(DistError::MpiInit)?;
-        let world = universe.world();
+    /// The world communicator of an initialised MPI, with rank, world size and the node-local
+    /// rank (shared-memory split).
+    pub(crate) fn world() -> Self {
+        let world = SimpleCommunicator::world();
         let node = world.split_shared(world.rank());
         let placement = Placement {
             rank: world.rank() as usize,
@@ -35,11 +33,11 @@ impl MpiCollective {
             local_rank: node.rank() as usize,
             local_size: node.size() as usize,
         };
-        Ok(MpiCollective { world, placement, _universe: universe })
+        MpiCollective { world, placement }
     }
 
     /// Broadcasts raw bytes from `root` (same length on every rank).
-    pub(crate) fn broadcast_bytes(&self, bytes: &mut [u8], root: usize) {
+    pub(crate) fn broadcast_fixed(&self, bytes: &mut [u8], root: usize) {
         self.world.process_at_rank(root as i32).broadcast_into(bytes);
     }
 
@@ -123,7 +121,16 @@ impl Collective for MpiCollective {
         let bytes = numel * tensor.kind().elt_size_in_bytes();
         // SAFETY: checked contiguous and on the CPU; viewed as bytes.
         let slice = unsafe { host_slice::<u8>(tensor, bytes) };
-        self.broadcast_bytes(slice, root);
+        self.broadcast_fixed(slice, root);
+        Ok(())
+    }
+
+    fn broadcast_bytes(&self, bytes: &mut Vec<u8>, root: usize) -> Result<(), DistError> {
+        self.check_root("broadcast_bytes", root)?;
+        let mut len = [bytes.len() as u64];
+        self.world.process_at_rank(root as i32).broadcast_into(&mut len[..]);
+        bytes.resize(len[0] as usize, 0);
+        self.broadcast_fixed(bytes, root);
         Ok(())
     }
 

@@ -10,13 +10,13 @@ use cudarc::nccl::{result as nccl, sys};
 use tch::{Kind, Tensor};
 
 /// NCCL communicator over all ranks, one GPU per rank ([`crate::local_gpu`]). A world of one
-/// (no MPI launcher) runs on NCCL too, so a single-GPU run takes the same path as a job.
+/// needs no communicator ([`crate::Job::collective`] gives it [`crate::Local`]).
 pub struct NcclCollective {
     comm: sys::ncclComm_t,
     device: usize,
     placement: Placement,
-    /// Bootstraps the communicator and reduces host values; `None` in a world of one.
-    mpi: Option<MpiCollective>,
+    /// Bootstraps the communicator and moves host values.
+    mpi: MpiCollective,
 }
 
 impl std::fmt::Debug for NcclCollective {
@@ -48,8 +48,8 @@ pub fn nccl_library_status() -> Result<String, String> {
 impl NcclCollective {
     /// Makes the rank's GPU ([`crate::local_gpu`]) current, has rank 0 create the communicator id, broadcasts it over
     /// MPI and joins the communicator.
-    pub fn new(mpi: Option<MpiCollective>) -> Result<Self, DistError> {
-        let placement = mpi.as_ref().map_or(Placement::SINGLE, MpiCollective::placement);
+    pub(crate) fn new(mpi: MpiCollective) -> Result<Self, DistError> {
+        let placement = mpi.placement();
         nccl_library_status().map_err(DistError::Nccl)?;
         cuda::init().map_err(|e| nccl_err("cuInit", e))?;
         let visible = cuda::device::get_count().map_err(|e| nccl_err("cuDeviceGetCount", e))?;
@@ -68,15 +68,14 @@ impl NcclCollective {
         };
         // SAFETY: the id is 128 plain bytes.
         let id_bytes = unsafe { std::slice::from_raw_parts_mut(id.internal.as_mut_ptr() as *mut u8, 128) };
-        if let Some(mpi) = &mpi {
-            mpi.broadcast_bytes(id_bytes, 0);
-        }
+        mpi.broadcast_fixed(id_bytes, 0);
         let mut comm: sys::ncclComm_t = std::ptr::null_mut();
         // SAFETY: `comm` is a valid out-pointer; every rank passes the same id and world size.
         unsafe {
             nccl::comm_init_rank(&mut comm, placement.world_size as i32, id, placement.rank as i32)
                 .map_err(|e| nccl_err("ncclCommInitRank", e))?;
         }
+        crate::job::register_nccl(comm as *mut std::ffi::c_void);
         tracing::info!(rank = placement.rank, device, "NCCL communicator ready");
         Ok(NcclCollective { comm, device, placement, mpi })
     }
@@ -159,10 +158,11 @@ impl Collective for NcclCollective {
     }
 
     fn all_reduce_sum_f64(&self, values: &mut [f64]) -> Result<(), DistError> {
-        match &self.mpi {
-            Some(mpi) => mpi.all_reduce_sum_f64(values),
-            None => Ok(()),
-        }
+        self.mpi.all_reduce_sum_f64(values)
+    }
+
+    fn broadcast_bytes(&self, bytes: &mut Vec<u8>, root: usize) -> Result<(), DistError> {
+        self.mpi.broadcast_bytes(bytes, root)
     }
 
     fn backend(&self) -> &'static str {
@@ -171,7 +171,9 @@ impl Collective for NcclCollective {
 }
 
 impl Drop for NcclCollective {
+    /// Only a job that succeeded drops its communicator ([`crate::Job`]); a failing one aborts it.
     fn drop(&mut self) {
+        crate::job::unregister_nccl();
         // SAFETY: the communicator was created by comm_init_rank and is not used after this.
         if let Err(e) = unsafe { nccl::comm_destroy(self.comm) } {
             tracing::warn!("ncclCommDestroy failed: {e:?}");

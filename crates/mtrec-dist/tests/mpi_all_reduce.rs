@@ -1,11 +1,12 @@
 //! The MPI collective on real ranks: this test re-launches itself under `mpirun -n 2`, and each
 //! rank checks the averaged and broadcast values.
-use mtrec_dist::{Backend, connect, launched_by_mpi};
+use mtrec_dist::{Backend, Job, launched_by_mpi};
 use std::process::Command;
 use tch::Tensor;
 
 fn rank_body() {
-    let collective = connect(Backend::Cpu).expect("MPI world");
+    let job = Job::start().expect("MPI world");
+    let collective = job.collective(Backend::Cpu).expect("MPI collective");
     let p = collective.placement();
     assert_eq!(p.world_size, 2, "expected a world of 2");
     assert_eq!(collective.backend(), "mpi");

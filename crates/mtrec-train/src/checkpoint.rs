@@ -1,8 +1,9 @@
 //! Checkpoints: `run_dir/step-NNNNNNNN/` with `model.safetensors` (every variable by name),
 //! `optimizer.safetensors` (AdamW moments over the flat layout) and `trainer.json` (step, seeds,
 //! config digest, world size, metrics, and the sha256 of the two tensor files). Written into a
-//! temporary folder, fsync'd, then renamed: a folder named `step-*` is always complete. Only
-//! safetensors is ever loaded.
+//! temporary folder (`.tmp-step-*`), fsync'd, then renamed: a folder named `step-*` is always
+//! complete, and a temporary folder is what a killed writer left (removed at the next start).
+//! Only safetensors is ever loaded. Checksums are computed streaming, by rank 0 only.
 use crate::TrainError;
 use mtrec_data::write::write_atomically;
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,10 @@ use tch::Tensor;
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const TRAINER_FILE: &str = "trainer.json";
+/// `run_dir/INTERRUPTED`: written (holding the step) when a run stopped on a signal after its
+/// checkpoint, removed when a run starts; the SLURM script requeues only on it.
+pub const INTERRUPTED_FILE: &str = "INTERRUPTED";
+const TEMPORARY_PREFIX: &str = ".tmp-step-";
 
 /// `trainer.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -32,9 +37,16 @@ pub struct TrainerState {
     /// sha256 of model.safetensors and optimizer.safetensors.
     pub model_sha256: String,
     pub optimizer_sha256: String,
+    /// The learning-rate schedule the run was on (`train.max_steps`, `optim.warmup_steps`):
+    /// a resume that changes it is refused unless asked for. Absent in older checkpoints.
+    #[serde(default)]
+    pub max_steps: Option<u64>,
+    #[serde(default)]
+    pub warmup_steps: Option<u64>,
 }
 
-/// `run_dir/best.json`: the checkpoint with the best evaluation AUC so far.
+/// `run_dir/best.json`: the checkpoint with the best evaluation AUC so far; `checkpoint` is
+/// relative to the run directory (`step-00001000`), so the run directory can move.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Best {
     pub step: u64,
@@ -47,13 +59,17 @@ impl Best {
         run_dir.join("best.json")
     }
 
+    pub fn at(step: u64, auc: f64) -> Best {
+        Best { step, auc, checkpoint: step_dir(Path::new(""), step) }
+    }
+
     /// The run's best checkpoint so far, if `best.json` names one that still exists (a resumed
     /// run competes with it).
     pub fn read(run_dir: &Path) -> Option<Best> {
         let path = Best::path(run_dir);
         let text = std::fs::read_to_string(&path).ok()?;
         match serde_json::from_str::<Best>(&text) {
-            Ok(best) if best.checkpoint.is_dir() => Some(best),
+            Ok(best) if run_dir.join(&best.checkpoint).is_dir() => Some(best),
             Ok(best) => {
                 tracing::warn!("{}: {} no longer exists; ignored", path.display(), best.checkpoint.display());
                 None
@@ -65,22 +81,64 @@ impl Best {
         }
     }
 
-    /// Writes `best.json` whole or not at all ([`write_atomically`]).
+    /// Writes `best.json` whole or not at all, durably ([`write_durably`]).
     pub fn write(&self, run_dir: &Path) -> Result<(), TrainError> {
-        let text = serde_json::to_string(self).expect("serialisable");
-        write_atomically(&Best::path(run_dir), |tmp| {
-            std::fs::write(tmp, text).map_err(|e| TrainError::io(tmp, e))
-        })
+        write_durably(&Best::path(run_dir), serde_json::to_string(self).expect("serialisable").as_bytes())
     }
+}
+
+/// Writes `path` whole or not at all ([`write_atomically`]), fsync'd with its folder.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    write_atomically(path, |tmp| {
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::File::create(tmp)?;
+            std::io::Write::write_all(&mut file, bytes)?;
+            file.sync_all()
+        };
+        write().map_err(|e| TrainError::io(tmp, e))
+    })?;
+    fsync(path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))
+}
+
+/// Marks the run as stopped on a signal at `step` (after that checkpoint is complete).
+pub fn mark_interrupted(run_dir: &Path, step: u64) -> Result<(), TrainError> {
+    write_durably(&run_dir.join(INTERRUPTED_FILE), format!("{step}\n").as_bytes())
+}
+
+/// Removes the marker of an earlier interrupted run, if any.
+pub fn clear_interrupted(run_dir: &Path) -> Result<(), TrainError> {
+    let path = run_dir.join(INTERRUPTED_FILE);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(TrainError::io(&path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Removes the temporary folders that killed checkpoint writers left; returns them.
+pub fn remove_stale_temporaries(run_dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(run_dir).map_err(|e| TrainError::io(run_dir, e))?.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(TEMPORARY_PREFIX) {
+            let path = entry.path();
+            std::fs::remove_dir_all(&path).map_err(|e| TrainError::io(&path, e))?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
 }
 
 pub fn step_dir(run_dir: &Path, step: u64) -> PathBuf {
     run_dir.join(format!("step-{step:08}"))
 }
 
+/// sha256 of a file, read in 1 MiB pieces (bounded memory).
 fn sha256_file(path: &Path) -> Result<String, TrainError> {
-    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
-    Ok(format!("{:x}", Sha256::digest(&bytes)))
+    Ok(mtrec_data::manifest::sha256_file(path)?)
+}
+
+/// sha256 of bytes, hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
 }
 
 fn fsync(path: &Path) -> Result<(), TrainError> {
@@ -95,7 +153,7 @@ pub fn save(
     mut state: TrainerState,
 ) -> Result<PathBuf, TrainError> {
     let final_dir = step_dir(run_dir, state.step);
-    let tmp = run_dir.join(format!(".tmp-step-{:08}-{}", state.step, std::process::id()));
+    let tmp = run_dir.join(format!("{TEMPORARY_PREFIX}{:08}-{}", state.step, std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     let model_path = tmp.join(MODEL_FILE);
@@ -184,34 +242,62 @@ impl CheckpointWriter {
     }
 }
 
-/// A verified checkpoint: every file present and matching the checksums in trainer.json.
+/// A checkpoint: its folder and `trainer.json`.
 #[derive(Debug)]
 pub struct Checkpoint {
     pub dir: PathBuf,
     pub state: TrainerState,
+    /// sha256 of `trainer.json`, which records the sha256 of the two tensor files: ranks that
+    /// read the same `trainer.json` and the same file sizes read the checkpoint rank 0 verified.
+    pub trainer_sha256: String,
 }
 
 impl Checkpoint {
     /// Opens `dir`, refusing it when a file is missing or a checksum does not match.
     pub fn open(dir: &Path) -> Result<Checkpoint, TrainError> {
+        let checkpoint = Checkpoint::open_unverified(dir)?;
+        for (file, expected) in
+            [(MODEL_FILE, &checkpoint.state.model_sha256), (OPTIMIZER_FILE, &checkpoint.state.optimizer_sha256)]
+        {
+            let actual = sha256_file(&dir.join(file))?;
+            if &actual != expected {
+                return Err(checkpoint.refuse(format!("{file} has sha256 {actual}, trainer.json says {expected}")));
+            }
+        }
+        Ok(checkpoint)
+    }
+
+    /// Opens `dir` reading `trainer.json` and checking that both tensor files exist, without
+    /// hashing them (ranks other than 0 compare [`Checkpoint::identity`] with rank 0's instead).
+    pub fn open_unverified(dir: &Path) -> Result<Checkpoint, TrainError> {
         let refuse = |reason: String| TrainError::Checkpoint(format!("{}: {reason}", dir.display()));
         let trainer_path = dir.join(TRAINER_FILE);
         let text =
             std::fs::read_to_string(&trainer_path).map_err(|e| refuse(format!("{TRAINER_FILE}: {e}")))?;
         let state: TrainerState =
             serde_json::from_str(&text).map_err(|e| refuse(format!("{TRAINER_FILE}: {e}")))?;
-        for (file, expected) in [(MODEL_FILE, &state.model_sha256), (OPTIMIZER_FILE, &state.optimizer_sha256)]
-        {
-            let path = dir.join(file);
-            if !path.is_file() {
+        for file in [MODEL_FILE, OPTIMIZER_FILE] {
+            if !dir.join(file).is_file() {
                 return Err(refuse(format!("{file} is missing")));
             }
-            let actual = sha256_file(&path)?;
-            if &actual != expected {
-                return Err(refuse(format!("{file} has sha256 {actual}, trainer.json says {expected}")));
-            }
         }
-        Ok(Checkpoint { dir: dir.to_path_buf(), state })
+        Ok(Checkpoint { dir: dir.to_path_buf(), state, trainer_sha256: sha256_hex(text.as_bytes()) })
+    }
+
+    fn refuse(&self, reason: String) -> TrainError {
+        TrainError::Checkpoint(format!("{}: {reason}", self.dir.display()))
+    }
+
+    /// What ranks compare to know they read the same checkpoint: `trainer.json`'s sha256 and
+    /// the sizes of the tensor files.
+    pub fn identity(&self) -> Result<String, TrainError> {
+        let mut identity = self.trainer_sha256.clone();
+        for file in [MODEL_FILE, OPTIMIZER_FILE] {
+            let path = self.dir.join(file);
+            let size = std::fs::metadata(&path).map_err(|e| TrainError::io(&path, e))?.len();
+            identity.push_str(&format!(" {file}={size}"));
+        }
+        Ok(identity)
     }
 
     /// The named tensors of `model.safetensors`.
@@ -244,15 +330,30 @@ pub fn list(run_dir: &Path) -> Vec<(u64, PathBuf)> {
     found
 }
 
-/// The newest checkpoint that verifies (older ones are tried when a newer one is damaged).
-pub fn latest(run_dir: &Path) -> Option<Checkpoint> {
-    list(run_dir).into_iter().rev().find_map(|(_, dir)| match Checkpoint::open(&dir) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            tracing::warn!("skipping {e}");
-            None
+/// The newest checkpoint that verifies (older ones are tried when a newer one is damaged, with
+/// a warning); `None` when the run has none, an error saying why each was rejected when none
+/// verifies.
+pub fn latest(run_dir: &Path) -> Result<Option<Checkpoint>, TrainError> {
+    let mut rejected = Vec::new();
+    for (_, dir) in list(run_dir).into_iter().rev() {
+        match Checkpoint::open(&dir) {
+            Ok(checkpoint) => {
+                for reason in &rejected {
+                    tracing::warn!("skipped {reason}");
+                }
+                return Ok(Some(checkpoint));
+            }
+            Err(e) => rejected.push(e.to_string()),
         }
-    })
+    }
+    if rejected.is_empty() {
+        return Ok(None);
+    }
+    Err(TrainError::Checkpoint(format!(
+        "--resume auto: no checkpoint of {} verifies:\n  {}",
+        run_dir.display(),
+        rejected.join("\n  ")
+    )))
 }
 
 /// Removes all but the newest `keep` checkpoints, never `protect` (the best one).
@@ -310,6 +411,8 @@ mod tests {
             metrics: None,
             model_sha256: String::new(),
             optimizer_sha256: String::new(),
+            max_steps: None,
+            warmup_steps: None,
         }
     }
 
@@ -320,15 +423,19 @@ mod tests {
         let optim = vec![("exp_avg".to_string(), Tensor::from_slice(&[0.0f32, 0.0]))];
         save(run.path(), &model, &optim, state(10)).unwrap();
         let newer = save(run.path(), &model, &optim, state(20)).unwrap();
-        assert_eq!(latest(run.path()).unwrap().state.step, 20);
+        assert_eq!(latest(run.path()).unwrap().unwrap().state.step, 20);
 
-        // A write interrupted before the rename leaves only a temporary folder: ignored.
-        std::fs::create_dir_all(run.path().join(".tmp-step-00000030-1")).unwrap();
-        assert_eq!(latest(run.path()).unwrap().state.step, 20);
+        // A write interrupted before the rename leaves only a temporary folder: ignored, and
+        // removed at the next start.
+        let stale = run.path().join(".tmp-step-00000030-1");
+        std::fs::create_dir_all(&stale).unwrap();
+        assert_eq!(latest(run.path()).unwrap().unwrap().state.step, 20);
+        assert_eq!(remove_stale_temporaries(run.path()).unwrap(), vec![stale.clone()]);
+        assert!(!stale.exists());
 
         // A corrupted file fails its checksum: the older checkpoint is used, and opening it directly is refused.
         std::fs::write(newer.join(MODEL_FILE), b"garbage").unwrap();
-        assert_eq!(latest(run.path()).unwrap().state.step, 10);
+        assert_eq!(latest(run.path()).unwrap().unwrap().state.step, 10);
         let err = Checkpoint::open(&newer).unwrap_err().to_string();
         assert!(err.contains("model.safetensors has sha256"), "{err}");
 
@@ -337,6 +444,14 @@ mod tests {
         std::fs::remove_file(newest.join(OPTIMIZER_FILE)).unwrap();
         let err = Checkpoint::open(&newest).unwrap_err().to_string();
         assert!(err.contains("optimizer.safetensors is missing"), "{err}");
+
+        // None verifying is an error that says why each was rejected; none at all is no error.
+        std::fs::write(run.path().join("step-00000010").join(TRAINER_FILE), b"{").unwrap();
+        let err = latest(run.path()).unwrap_err().to_string();
+        for reason in ["step-00000030: optimizer.safetensors is missing", "step-00000020: model.safetensors has sha256", "step-00000010: trainer.json"] {
+            assert!(err.contains(reason), "{reason} not in {err}");
+        }
+        assert!(latest(&run.path().join("nothing-here")).unwrap().is_none());
     }
 
     #[test]
@@ -345,9 +460,16 @@ mod tests {
         assert_eq!(Best::read(run.path()), None, "no best.json yet");
         let model = vec![("w".to_string(), Tensor::from_slice(&[1.0f32]))];
         let dir = save(run.path(), &model, &model, state(5)).unwrap();
-        let best = Best { step: 5, auc: 0.61, checkpoint: dir.clone() };
+        let best = Best::at(5, 0.61);
         best.write(run.path()).unwrap();
-        assert_eq!(Best::read(run.path()), Some(best));
+        assert_eq!(Best::read(run.path()), Some(best.clone()));
+        // Relative to the run directory: it survives a move.
+        let text = std::fs::read_to_string(run.path().join("best.json")).unwrap();
+        assert!(text.contains(r#""checkpoint":"step-00000005""#), "{text}");
+        let moved = run.path().with_extension("moved");
+        std::fs::rename(run.path(), &moved).unwrap();
+        assert_eq!(Best::read(&moved), Some(best));
+        std::fs::rename(&moved, run.path()).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(Best::read(run.path()), None, "names a folder that is gone");
         std::fs::write(run.path().join("best.json"), "{").unwrap();

@@ -270,19 +270,46 @@ impl Config {
         Ok(config)
     }
 
+    /// Refuses what no run can use, naming the field: zero sizes, and numbers that are not
+    /// finite or outside their range (a NaN `mtl.lambda` would train on NaN gradients).
     fn validate(&self) -> Result<(), TrainError> {
         let fail = |msg: String| Err(TrainError::Config(msg));
-        if self.train.batch_size == 0 {
-            return fail("train.batch_size must be at least 1".into());
+        let at_least_one = [
+            ("train.batch_size", self.train.batch_size as u64),
+            ("data.negatives", self.data.negatives as u64),
+            ("data.history", self.data.history as u64),
+            ("eval.news_batch", self.eval.news_batch as u64),
+            ("eval.user_batch", self.eval.user_batch as u64),
+            ("log.every", self.log.every),
+            ("dist.timeout_s", self.dist.timeout_s),
+        ];
+        for (field, value) in at_least_one {
+            if value == 0 {
+                return fail(format!("{field} must be at least 1"));
+            }
         }
-        if self.data.negatives == 0 {
-            return fail("data.negatives must be at least 1".into());
+        let o = &self.optim;
+        // (field, value, lowest allowed, highest allowed or infinity, whether the highest is excluded)
+        let ranges = [
+            ("model.dropout", self.model.dropout, 0.0, 1.0, true),
+            ("mtl.lambda", self.mtl.lambda, 0.0, f64::INFINITY, false),
+            ("optim.lr_bert", o.lr_bert, 0.0, f64::INFINITY, false),
+            ("optim.lr_task", o.lr_task, 0.0, f64::INFINITY, false),
+            ("optim.weight_decay", o.weight_decay, 0.0, f64::INFINITY, false),
+            ("optim.beta1", o.beta1, 0.0, 1.0, true),
+            ("optim.beta2", o.beta2, 0.0, 1.0, true),
+            ("optim.eps", o.eps, f64::MIN_POSITIVE, f64::INFINITY, false),
+            ("optim.max_grad_norm", o.max_grad_norm, 0.0, f64::INFINITY, false),
+        ];
+        for (field, value, low, high, open) in ranges {
+            let inside = value.is_finite() && value >= low && if open { value < high } else { value <= high };
+            if !inside {
+                let upper = if high.is_infinite() { "finite".to_string() } else if open { format!("below {high}") } else { format!("at most {high}") };
+                return fail(format!("{field} = {value} must be at least {low} and {upper}"));
+            }
         }
-        if !(0.0..1.0).contains(&self.model.dropout) {
-            return fail(format!("model.dropout = {} is not in [0, 1)", self.model.dropout));
-        }
-        if self.mtl.lambda < 0.0 {
-            return fail(format!("mtl.lambda = {} must not be negative", self.mtl.lambda));
+        if self.model.trainable_layers < 0 {
+            return fail(format!("model.trainable_layers = {} must not be negative", self.model.trainable_layers));
         }
         if !matches!(self.eval.split.as_str(), "dev" | "test") {
             return fail(format!("eval.split = {:?}: expected \"dev\" or \"test\"", self.eval.split));
@@ -302,6 +329,20 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// One field's value, `section.key` (strings bare), for scripts (`mtrec-worker config --get`).
+    pub fn field(&self, key: &str) -> Result<String, TrainError> {
+        let mut value = &toml::Value::Table(toml::from_str(&self.to_toml()).expect("the config's own TOML"));
+        for part in key.split('.') {
+            value = value
+                .get(part)
+                .ok_or_else(|| TrainError::Config(format!("{key}: the config has no field {part:?} there")))?;
+        }
+        Ok(match value {
+            toml::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
     }
 
     /// The resolved config as TOML (written to `run_dir/config.toml`).
@@ -334,12 +375,27 @@ mod tests {
         assert_eq!(config.model.user_encoder, UserEncoderKind::Lstur { mode: mtrec_model::LsturMode::Con });
         assert_eq!(config.data.shards, PathBuf::from("/tmp/x y"));
         assert_eq!(Config::parse(&config.to_toml(), &[]).unwrap(), config);
+        assert_eq!(config.field("data.shards").unwrap(), "/tmp/x y");
+        assert_eq!(config.field("train.batch_size").unwrap(), "8");
+        assert!(config.field("train.nope").unwrap_err().to_string().contains("no field \"nope\""));
     }
 
     #[test]
     fn inconsistent_settings_name_the_fields() {
         let err = Config::parse("[checkpoint]\nkeep = 1\n", &[]).unwrap_err().to_string();
         assert!(err.contains("checkpoint.keep"), "{err}");
+        for (set, message) in [
+            ("dist.timeout_s=0", "dist.timeout_s must be at least 1"),
+            ("mtl.lambda=nan", "mtl.lambda = NaN must be at least 0 and finite"),
+            ("optim.lr_bert=inf", "optim.lr_bert = inf must be"),
+            ("optim.beta2=1.0", "optim.beta2 = 1 must be at least 0 and below 1"),
+            ("optim.eps=0.0", "optim.eps = 0 must be at least"),
+            ("model.dropout=-0.1", "model.dropout = -0.1"),
+            ("train.batch_size=0", "train.batch_size must be at least 1"),
+        ] {
+            let err = Config::parse("", &[set.to_string()]).unwrap_err().to_string();
+            assert!(err.contains(message), "{set}: {err}");
+        }
         let config = Config::parse("[train]\nbatch_size = 6\n", &[]).unwrap();
         let err = config.validate_for_world(4).unwrap_err().to_string();
         assert!(err.contains("train.batch_size = 6") && err.contains("world size 4"), "{err}");

@@ -1,7 +1,9 @@
 //! Evaluation: encode every news item once, then users, then dot products; MIND metrics per
 //! impression, summed per rank and reduced. Impressions are split across ranks by position.
-//! The loops take a `tick`, called after each chunk, that tells the caller work goes on (the
-//! training run's watchdog).
+//! The loops call a [`Tick`] once per round, the same number of times on every rank (a rank with
+//! less work runs empty rounds): it tells the watchdog that work goes on, and in training it is
+//! where the ranks agree to stop on a signal, so it may be a collective, and an `Err` from it
+//! ends the evaluation.
 use crate::TrainError;
 use crate::device_batch::news_inputs;
 use crate::metrics::RankingMetrics;
@@ -12,6 +14,9 @@ use mtrec_dist::Collective;
 use mtrec_model::Dropout;
 use mtrec_model::NewsRecModel;
 use tch::{Device, Kind, Tensor};
+
+/// Called once per round of an evaluation loop (see the module documentation).
+pub type Tick<'a> = &'a dyn Fn() -> Result<(), TrainError>;
 
 /// A progress bar on a terminal (hidden otherwise, and on ranks other than 0).
 pub fn progress(len: u64, what: &str, visible: bool) -> ProgressBar {
@@ -35,7 +40,7 @@ pub fn encode_all_news(
     batch: usize,
     device: Device,
     collective: &dyn Collective,
-    tick: &dyn Fn(),
+    tick: Tick,
 ) -> Result<Tensor, TrainError> {
     let placement = collective.placement();
     let (rank, world) = (placement.rank, placement.world_size);
@@ -48,16 +53,19 @@ pub fn encode_all_news(
     let kind = model.bert.kind();
     let local = Tensor::zeros([rows_per_rank as i64, d], (kind, device));
     let bar = progress(mine.len() as u64, "news", placement.is_main());
-    tch::no_grad(|| {
-        let mut offset = 0;
-        for chunk in mine.chunks(batch.max(1)) {
-            let out = model.encode_news(&news_inputs(table, chunk, device), false, &Dropout::Off);
-            local.narrow(0, offset, chunk.len() as i64).copy_(&out.vectors);
-            offset += chunk.len() as i64;
-            bar.inc(chunk.len() as u64);
-            tick();
+    let batch = batch.max(1);
+    tch::no_grad(|| -> Result<(), TrainError> {
+        for round in 0..rows_per_rank.div_ceil(batch) {
+            let chunk = &mine[(round * batch).min(mine.len())..((round + 1) * batch).min(mine.len())];
+            if !chunk.is_empty() {
+                let out = model.encode_news(&news_inputs(table, chunk, device), false, &Dropout::Off);
+                local.narrow(0, (round * batch) as i64, chunk.len() as i64).copy_(&out.vectors);
+                bar.inc(chunk.len() as u64);
+            }
+            tick()?;
         }
-    });
+        Ok(())
+    })?;
     bar.finish_and_clear();
     let gathered = collective.all_gather(&local)?.view([-1, d]);
     // Row q * rows_per_rank + j of `gathered` is the j-th news of rank q's share (0 = padding).
@@ -75,22 +83,29 @@ pub fn encode_all_news(
     Ok(vectors)
 }
 
-/// Click scores of every candidate of `impressions`, in their original order.
+/// Click scores of every candidate of `impressions`, in their original order, `batch`
+/// impressions per round over `rounds` rounds (at least enough for all of them; more when
+/// another rank has more).
+#[allow(clippy::too_many_arguments)]
 pub fn score_impressions(
     model: &NewsRecModel,
     news_vectors: &Tensor,
     impressions: &[EvalImpression],
     history: usize,
     batch: usize,
+    rounds: usize,
     show_progress: bool,
-    tick: &dyn Fn(),
-) -> Vec<Vec<f32>> {
+    tick: Tick,
+) -> Result<Vec<Vec<f32>>, TrainError> {
     let device = news_vectors.device();
     let d = news_vectors.size()[1];
     let bar = progress(impressions.len() as u64, "impressions", show_progress);
     let mut all = Vec::with_capacity(impressions.len());
-    tch::no_grad(|| {
-        for chunk in impressions.chunks(batch.max(1)) {
+    let batch = batch.max(1);
+    let chunks = impressions.chunks(batch);
+    let empty_rounds = rounds.saturating_sub(chunks.len());
+    tch::no_grad(|| -> Result<(), TrainError> {
+        for chunk in chunks {
             let h = chunk.iter().map(|i| i.history.len().min(history)).max().unwrap_or(0).max(1);
             let mut rows = Vec::with_capacity(chunk.len() * h);
             let mut mask = Vec::with_capacity(chunk.len() * h);
@@ -126,11 +141,17 @@ pub fn score_impressions(
                 offset += c as usize;
             }
             bar.inc(chunk.len() as u64);
-            tick();
+            tick()?;
         }
-    });
+        (0..empty_rounds).try_for_each(|_| tick())
+    })?;
     bar.finish_and_clear();
-    all
+    Ok(all)
+}
+
+/// Rounds of `batch` that the longest of the ranks' shares of `len` items needs.
+pub fn rounds_for(len: usize, world: usize, batch: usize) -> usize {
+    len.div_ceil(world).div_ceil(batch.max(1))
 }
 
 /// The impressions of `eval.split`, the first `eval.max_impressions` of them (0 = all); refused
@@ -174,14 +195,15 @@ pub fn evaluate(
     config: &crate::config::Config,
     device: Device,
     collective: &dyn Collective,
-    tick: &dyn Fn(),
+    tick: Tick,
 ) -> Result<RankingMetrics, TrainError> {
     let placement = collective.placement();
     let show = placement.is_main();
     let news_vectors = encode_all_news(model, table, config.eval.news_batch, device, collective, tick)?;
     let mine = &impressions[rank_range(impressions.len(), placement.rank, placement.world_size)];
     let (history, batch) = (config.data.history, config.eval.user_batch);
-    let scores = score_impressions(model, &news_vectors, mine, history, batch, show, tick);
+    let rounds = rounds_for(impressions.len(), placement.world_size, batch);
+    let scores = score_impressions(model, &news_vectors, mine, history, batch, rounds, show, tick)?;
     let mut sums = RankingMetrics::default();
     for (imp, s) in mine.iter().zip(&scores) {
         let labels = imp.labels.as_ref().ok_or_else(|| {

@@ -6,6 +6,7 @@
 //! This crate does not parse MIND files (mtrec-data does) and does not know how ranks talk
 //! (mtrec-dist's `Collective` does).
 
+pub mod agree;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
@@ -16,11 +17,12 @@ pub mod metrics;
 pub mod optim;
 pub mod setup;
 pub mod step;
+pub mod stop;
 pub mod surgery;
 pub mod train;
 
 pub use config::Config;
-pub use train::{Resume, TrainSummary, train};
+pub use train::{Resume, Start, Stopped, TrainSummary, train};
 
 use std::path::Path;
 
@@ -42,16 +44,16 @@ pub enum TrainError {
     Collective(#[from] mtrec_dist::DistError),
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
-    /// SIGTERM/SIGUSR1 arrived: every rank stopped at a step boundary after the checkpoint.
-    #[error("interrupted by a signal at step {step}; checkpoint {checkpoint}; continue with --resume auto")]
-    Interrupted { step: u64, checkpoint: String },
+    /// The ranks agreed to stop on a signal during an evaluation (the run loop turns it into a
+    /// checkpoint and a [`Stopped`] run; it is never a failure).
+    #[error("stopped by {0}")]
+    Stopped(stop::Signal),
 }
 
 /// Exit code of a worker stopped by SIGTERM/SIGUSR1 after writing its checkpoint (EX_TEMPFAIL:
-/// "try again"; the SLURM script requeues on it).
+/// "try again").
 pub const EXIT_INTERRUPTED: i32 = 75;
-/// Exit code of a rank whose watchdog saw no progress for `dist.timeout_s`.
-pub const EXIT_STALLED: i32 = 70;
+pub use mtrec_dist::EXIT_STALLED;
 
 impl TrainError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {

@@ -3,7 +3,9 @@
 use crate::TrainError;
 use crate::config::{Config, DeviceChoice, ModelInit};
 use mtrec_data::manifest::Manifest;
+use crate::agree::same_on_every_rank;
 use mtrec_data::read::NewsTable;
+use mtrec_dist::Collective;
 use mtrec_model::{BertConfig, ModelSpec, NewsRecModel};
 use std::path::{Path, PathBuf};
 use tch::{Device, Tensor, nn};
@@ -60,9 +62,8 @@ pub fn compute_kind(config: &Config, device: Device) -> tch::Kind {
     if config.train.bf16 && device.is_cuda() { tch::Kind::BFloat16 } else { tch::Kind::Float }
 }
 
-/// Loads the manifest and refuses shards tokenized with another tokenizer than the model's.
-pub fn load_shards(shards: &Path, model_dir: &Path) -> Result<Manifest, TrainError> {
-    let manifest = Manifest::load(shards)?;
+/// Refuses shards tokenized with another tokenizer than the model's.
+fn check_tokenizer(manifest: &Manifest, shards: &Path, model_dir: &Path) -> Result<(), TrainError> {
     let ours = mtrec_data::manifest::tokenizer_identity(model_dir)?;
     if manifest.tokenizer_sha256 != ours {
         return Err(TrainError::Config(format!(
@@ -74,7 +75,7 @@ pub fn load_shards(shards: &Path, model_dir: &Path) -> Result<Manifest, TrainErr
             model_dir.display()
         )));
     }
-    Ok(manifest)
+    Ok(())
 }
 
 /// The BERT architecture: the model folder's config, resized for `init = "random"` runs.
@@ -178,9 +179,23 @@ pub struct Loaded {
     pub news: NewsTable,
 }
 
-pub fn load(config: &Config) -> Result<Loaded, TrainError> {
+/// Reads the shards: rank 0 verifies every file's sha256 (streaming), and the other ranks prove
+/// they see the same shards (manifest.json's sha256 and every file's size); every value is
+/// checked against its vocabulary before it can reach the model.
+pub fn load(config: &Config, collective: &dyn Collective) -> Result<Loaded, TrainError> {
     let model_dir = model_dir(config)?;
-    let manifest = load_shards(&config.data.shards, &model_dir)?;
+    let shards = &config.data.shards;
+    let manifest = if collective.placement().is_main() {
+        Manifest::load(shards)?
+    } else {
+        Manifest::load_unverified(shards)?
+    };
+    let describe = |rank0: &[u8], mine: &[u8]| {
+        format!("here {}, on rank 0 {}", String::from_utf8_lossy(mine), String::from_utf8_lossy(rank0))
+    };
+    let identity = shards_identity(shards, &manifest)?;
+    same_on_every_rank(collective, &format!("the shards in {}", shards.display()), identity.as_bytes(), &describe)?;
+    check_tokenizer(&manifest, shards, &model_dir)?;
     if config.data.history > manifest.max_history as usize {
         return Err(TrainError::Config(format!(
             "data.history = {} exceeds the {} clicks the shards in {} keep (manifest.json max_history); \
@@ -192,5 +207,18 @@ pub fn load(config: &Config) -> Result<Loaded, TrainError> {
         )));
     }
     let news = mtrec_data::read::read_news(&config.data.shards)?;
+    news.check_ranges(shards, &manifest, bert_config(config, &model_dir)?.vocab_size)?;
     Ok(Loaded { model_dir, manifest, news })
+}
+
+/// manifest.json's sha256 and the size of every file it lists.
+fn shards_identity(shards: &Path, manifest: &Manifest) -> Result<String, TrainError> {
+    let path = shards.join(mtrec_data::MANIFEST_FILE);
+    let mut identity = mtrec_data::manifest::sha256_file(&path)?;
+    for file in &manifest.files {
+        let path = shards.join(&file.path);
+        let size = std::fs::metadata(&path).map_err(|e| TrainError::io(&path, e))?.len();
+        identity.push_str(&format!(" {}={size}", file.path));
+    }
+    Ok(identity)
 }

@@ -1,8 +1,15 @@
-//! The training run: components built in a fixed order (dist -> data -> model -> optimizer ->
-//! schedule -> checkpointer -> metrics), then the loop of [`train_step`]s fed by a background
-//! input pipeline.
+//! The training run, built as torchtitan's trainer is: the components constructed in order
+//! ([`train`]: dist -> run directory -> data -> model -> optimizer -> checkpointer -> metrics),
+//! then a loop of [`train_step`]s fed by a background input pipeline, after each of which
+//! logging, evaluation, checkpointing and the stop on a signal decide for themselves whether
+//! their turn has come ([`Trainer::run`]).
+//!
+//! Failures are returned, never handled here: the binary's one failure path prints them with
+//! the rank and ends the job. What every rank must agree on (config, checkpoint, parameters,
+//! optimizer state) is proven with [`crate::agree`]; rank 0 alone touches the run directory.
 use crate::TrainError;
-use crate::checkpoint::{self, Best, Checkpoint, TrainerState};
+use crate::agree::{agree_on_config, rank_zero_value, same_on_every_rank};
+use crate::checkpoint::{self, Best, Checkpoint, CheckpointWriter, TrainerState};
 use crate::config::Config;
 use crate::device_batch::DeviceBatch;
 use crate::eval::{eval_impressions, evaluate, progress};
@@ -11,29 +18,47 @@ use crate::metrics::RankingMetrics;
 use crate::optim::{AdamW, schedule};
 use crate::setup::{self, Loaded};
 use crate::step::{StepStats, scalar, train_step};
+use crate::stop::{Signal, StopSignal};
 use mtrec_data::batch::{Sampler, mix_seed};
-use mtrec_dist::Collective;
+use mtrec_data::read::{EvalImpression, TrainImpression};
+use mtrec_dist::{Collective, Heartbeat};
+use mtrec_model::NewsRecModel;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 /// Where a run starts.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resume {
-    /// From the initial weights.
+    /// From the initial weights, into a run directory without checkpoints.
     No,
-    /// From the newest complete checkpoint of `train.run_dir`, if there is one.
+    /// From the newest checkpoint of `train.run_dir` that verifies, if it has any.
     Auto,
     /// From this checkpoint folder.
     From(PathBuf),
 }
 
-/// What a finished run reports.
+/// How a run starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Start {
+    pub resume: Resume,
+    /// A resume may switch to this run's learning-rate schedule (`train.max_steps`,
+    /// `optim.warmup_steps`); without it a change is refused.
+    pub reschedule: bool,
+}
+
+/// A run that stopped on a signal, after its checkpoint.
+#[derive(Debug, Clone)]
+pub struct Stopped {
+    pub step: u64,
+    pub signal: Signal,
+    pub checkpoint: PathBuf,
+}
+
+/// What a run reports.
 #[derive(Debug)]
 pub struct TrainSummary {
     pub steps: u64,
@@ -42,6 +67,8 @@ pub struct TrainSummary {
     pub final_eval: Option<RankingMetrics>,
     pub best: Option<(u64, f64)>,
     pub last_checkpoint: Option<PathBuf>,
+    /// Set when a signal stopped the run before `train.max_steps`.
+    pub stopped: Option<Stopped>,
 }
 
 /// sha256 over the settings that shape the model's parameters (architecture, heads, encoders):
@@ -56,43 +83,681 @@ pub fn config_digest(config: &Config) -> String {
     format!("{:x}", Sha256::digest(shape.to_string().as_bytes()))
 }
 
-/// Appends JSON lines to `metrics.jsonl` (rank 0 only).
-struct MetricsLog {
-    file: Option<std::fs::File>,
-}
+/// Trains per `config`; returns the summary (rank 0 has written everything to `train.run_dir`).
+pub fn train(
+    config: &Config,
+    start: &Start,
+    collective: &dyn Collective,
+    heartbeat: &Heartbeat,
+) -> Result<TrainSummary, TrainError> {
+    // dist
+    heartbeat.phase("agreeing on the config");
+    let placement = collective.placement();
+    config.validate_for_world(placement.world_size)?;
+    agree_on_config(config, collective)?;
+    let device = setup::device(config.train.device, placement.local_rank)?;
 
-impl MetricsLog {
-    fn open(run_dir: &Path, enabled: bool) -> Result<Self, TrainError> {
-        let path = run_dir.join("metrics.jsonl");
-        let file = enabled
-            .then(|| std::fs::OpenOptions::new().create(true).append(true).open(&path))
-            .transpose()
-            .map_err(|e| TrainError::io(&path, e))?;
-        Ok(MetricsLog { file })
+    // run directory, and the checkpoint to resume (rank 0 chooses, every rank reads it)
+    heartbeat.phase("choosing the checkpoint");
+    let chosen = if placement.is_main() { prepare_run_dir(config, &start.resume)? } else { None };
+    let resume_from = open_chosen_checkpoint(chosen, collective)?;
+    if let Some(ckpt) = &resume_from {
+        check_resumable(ckpt, config, start.reschedule, placement.is_main())?;
     }
 
-    fn write(&mut self, value: serde_json::Value) -> Result<(), TrainError> {
-        if let Some(file) = &mut self.file {
-            writeln!(file, "{value}").map_err(|e| TrainError::Checkpoint(format!("metrics.jsonl: {e}")))?;
+    // data
+    heartbeat.phase("loading the shards");
+    let loaded = setup::load(config, collective)?;
+    let impressions = mtrec_data::read::read_train(&config.data.shards, &loaded.manifest)?;
+    // Periodic evaluation needs its split; the one at the end is skipped, with a warning, when the
+    // shards cannot give it (no dev split prepped, or a test split without labels).
+    let eval = match eval_impressions(config, &loaded.manifest) {
+        Ok(impressions) => Some(impressions),
+        Err(e) if config.eval.every == 0 => {
+            if placement.is_main() {
+                tracing::warn!("no evaluation in this run: {e}");
+            }
+            None
         }
+        Err(e) => return Err(e),
+    };
+    Trainer::build(config, collective, heartbeat, device, &loaded, &impressions, eval, resume_from)?.run()
+}
+
+/// Rank 0's start in the run directory: creates it, removes what killed writers left and the
+/// marker of an interrupted run, refuses a new run where checkpoints exist, chooses the
+/// checkpoint to resume, and writes the resolved config.
+fn prepare_run_dir(config: &Config, resume: &Resume) -> Result<Option<Checkpoint>, TrainError> {
+    let run_dir = &config.train.run_dir;
+    std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
+    for stale in checkpoint::remove_stale_temporaries(run_dir)? {
+        tracing::info!("removed {}, left by a checkpoint writer that did not finish", stale.display());
+    }
+    checkpoint::clear_interrupted(run_dir)?;
+    let chosen = match resume {
+        Resume::No => {
+            let existing = checkpoint::list(run_dir);
+            if !existing.is_empty() {
+                let names: Vec<String> =
+                    existing.iter().map(|(_, d)| d.file_name().unwrap_or_default().to_string_lossy().into()).collect();
+                return Err(TrainError::Config(format!(
+                    "train.run_dir {} already holds checkpoints ({}): continue that run with --resume auto, \
+                     or give this run another train.run_dir",
+                    run_dir.display(),
+                    names.join(", ")
+                )));
+            }
+            None
+        }
+        Resume::Auto => {
+            let latest = checkpoint::latest(run_dir)?;
+            if latest.is_none() {
+                tracing::info!("--resume auto: {} has no checkpoint yet; starting at step 0", run_dir.display());
+            }
+            latest
+        }
+        Resume::From(dir) => Some(Checkpoint::open(dir)?),
+    };
+    checkpoint::write_durably(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
+    Ok(chosen)
+}
+
+/// Every rank opens the checkpoint rank 0 chose and verified, and proves it reads the same one.
+fn open_chosen_checkpoint(
+    chosen: Option<Checkpoint>,
+    collective: &dyn Collective,
+) -> Result<Option<Checkpoint>, TrainError> {
+    let path = chosen.as_ref().map(|c| c.dir.display().to_string()).unwrap_or_default();
+    let path = rank_zero_value(collective, path)?;
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let checkpoint = match chosen {
+        Some(checkpoint) => checkpoint,
+        None => Checkpoint::open_unverified(Path::new(&path)).map_err(|e| {
+            TrainError::Checkpoint(format!("cannot read the checkpoint rank 0 resumes, {path}: {e}"))
+        })?,
+    };
+    let identity = checkpoint.identity()?;
+    let describe = |rank0: &[u8], mine: &[u8]| {
+        format!("here {}, on rank 0 {}", String::from_utf8_lossy(mine), String::from_utf8_lossy(rank0))
+    };
+    same_on_every_rank(collective, &format!("checkpoint {path}"), identity.as_bytes(), &describe)?;
+    Ok(Some(checkpoint))
+}
+
+/// Refuses a checkpoint that this config cannot continue: another model shape, data order
+/// (seed, batch size) or, unless asked for, learning-rate schedule.
+fn check_resumable(ckpt: &Checkpoint, config: &Config, reschedule: bool, log: bool) -> Result<(), TrainError> {
+    let refuse = |what: String| Err(TrainError::Checkpoint(format!("{}: {what}; refusing to resume", ckpt.dir.display())));
+    let (state, digest) = (&ckpt.state, config_digest(config));
+    if state.config_digest != digest {
+        return refuse(format!(
+            "written with a different model configuration (digest {} vs {digest})",
+            state.config_digest
+        ));
+    }
+    // The data order is a function of the seed and the step (`sample_cursor` = step x batch).
+    if state.seed != config.train.seed {
+        return refuse(format!("written with train.seed = {}, this run has {}", state.seed, config.train.seed));
+    }
+    if state.sample_cursor != state.step * config.train.batch_size as u64 {
+        return refuse(format!(
+            "written with train.batch_size = {}, this run has {}",
+            state.sample_cursor / state.step.max(1),
+            config.train.batch_size
+        ));
+    }
+    let (max_steps, warmup) = (config.train.max_steps, config.optim.warmup_steps);
+    if let (Some(was_max), Some(was_warmup)) = (state.max_steps, state.warmup_steps)
+        && (was_max, was_warmup) != (max_steps, warmup)
+    {
+        let next = state.step + 1;
+        let change = format!(
+            "the learning-rate schedule was train.max_steps = {was_max}, optim.warmup_steps = {was_warmup}, \
+             this run has {max_steps} and {warmup}: at step {next} the learning rate would go from {:.3} to \
+             {:.3} of its peak",
+            schedule(next, was_warmup, was_max),
+            schedule(next, warmup, max_steps)
+        );
+        if !reschedule {
+            return refuse(format!("{change}. Resume with --reschedule to switch to this run's schedule"));
+        }
+        if log {
+            tracing::warn!("--reschedule: {change}");
+        }
+    }
+    Ok(())
+}
+
+/// Names and tensors of the optimizer state, for `optimizer.safetensors`.
+fn optimizer_tensors(optimizer: &AdamW) -> Vec<(String, Tensor)> {
+    vec![
+        ("exp_avg".into(), optimizer.exp_avg.shallow_clone()),
+        ("exp_avg_sq".into(), optimizer.exp_avg_sq.shallow_clone()),
+        ("step".into(), Tensor::from_slice(&[optimizer.step as i64])),
+    ]
+}
+
+fn restore_optimizer(optimizer: &mut AdamW, checkpoint: &Checkpoint) -> Result<(), TrainError> {
+    let tensors: std::collections::HashMap<String, Tensor> =
+        checkpoint.optimizer_tensors()?.into_iter().collect();
+    let get = |name: &str| {
+        tensors.get(name).ok_or_else(|| {
+            TrainError::Checkpoint(format!("{}: optimizer.safetensors has no {name}", checkpoint.dir.display()))
+        })
+    };
+    let (m, v) = (get("exp_avg")?, get("exp_avg_sq")?);
+    if m.size() != optimizer.exp_avg.size() || v.size() != optimizer.exp_avg_sq.size() {
+        return Err(TrainError::Checkpoint(format!(
+            "{}: optimizer state has {:?} elements, the model {:?}",
+            checkpoint.dir.display(),
+            m.size(),
+            optimizer.exp_avg.size()
+        )));
+    }
+    tch::no_grad(|| {
+        optimizer.exp_avg.copy_(m);
+        optimizer.exp_avg_sq.copy_(v);
+    });
+    optimizer.step = get("step")?.int64_value(&[0]) as u64;
+    Ok(())
+}
+
+/// f64 sums of tensors, as bytes: a checksum ranks compare.
+fn checksum(tensors: &[&Tensor]) -> Vec<u8> {
+    tensors
+        .iter()
+        .flat_map(|t| t.to_kind(tch::Kind::Double).sum(tch::Kind::Double).double_value(&[]).to_le_bytes())
+        .collect()
+}
+
+fn describe_checksums(rank0: &[u8], mine: &[u8]) -> String {
+    let values = |b: &[u8]| -> Vec<f64> {
+        b.chunks(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect()
+    };
+    format!("sums {:?} here, {:?} on rank 0", values(mine), values(rank0))
+}
+
+/// The data a run reads, borrowed by the [`Trainer`].
+struct TrainData<'a> {
+    loaded: &'a Loaded,
+    sampler: Sampler<'a>,
+    steps_per_epoch: u64,
+    eval: Option<Vec<EvalImpression>>,
+    /// Labelled NER tokens per news item (the auxiliary losses' global counts).
+    labelled_tokens: Vec<u32>,
+}
+
+/// The components of a run, built in order by [`Trainer::build`].
+struct Trainer<'a> {
+    config: &'a Config,
+    collective: &'a dyn Collective,
+    heartbeat: &'a Heartbeat,
+    device: Device,
+    data: TrainData<'a>,
+    // The variables live as long as the model that reads them.
+    _vs: tch::nn::VarStore,
+    model: NewsRecModel,
+    params: FlatParams,
+    optimizer: AdamW,
+    start_step: u64,
+    checkpoints: Checkpointer,
+    metrics: MetricsLogger,
+    stop: StopSignal,
+}
+
+impl<'a> Trainer<'a> {
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        config: &'a Config,
+        collective: &'a dyn Collective,
+        heartbeat: &'a Heartbeat,
+        device: Device,
+        loaded: &'a Loaded,
+        impressions: &'a [TrainImpression],
+        eval: Option<Vec<EvalImpression>>,
+        resume_from: Option<Checkpoint>,
+    ) -> Result<Trainer<'a>, TrainError> {
+        let main_rank = collective.placement().is_main();
+        let sampler = Sampler::new(impressions, config.train.seed, config.data.negatives, config.data.history);
+        if main_rank && sampler.index().skipped_without_negatives > 0 {
+            tracing::warn!(
+                "{} clicks of impressions without a non-clicked news item form no sample and are skipped",
+                sampler.index().skipped_without_negatives
+            );
+        }
+        let steps_per_epoch = sampler.steps_per_epoch(config.train.batch_size);
+        if steps_per_epoch == 0 {
+            return Err(TrainError::Config(format!(
+                "train.batch_size = {} exceeds the {} training samples in {}",
+                config.train.batch_size,
+                sampler.index().len(),
+                config.data.shards.display()
+            )));
+        }
+        let labelled_tokens =
+            loaded.news.ner_tags.iter().map(|tags| tags.iter().filter(|&&t| t >= 0).count() as u32).collect();
+        let data = TrainData { loaded, sampler, steps_per_epoch, eval, labelled_tokens };
+
+        // model: a resumed run loads its weights before they move into the flat buffer
+        heartbeat.phase("building the model");
+        let entity_table = setup::entity_table(config, &config.data.shards)?;
+        let (vs, model) = setup::build_model(
+            config,
+            setup::LabelCounts::of(&loaded.manifest),
+            &loaded.model_dir,
+            entity_table,
+            device,
+        )?;
+        if let Some(ckpt) = &resume_from {
+            heartbeat.phase(format!("loading {}", ckpt.dir.display()));
+            checkpoint::load_model(&vs, ckpt)?;
+        }
+        let mut params = FlatParams::new(&vs, setup::compute_kind(config, device));
+
+        // optimizer (the schedule is a pure function of the step)
+        let mut optimizer = AdamW::new(&params, config.optim.clone());
+        let start_step = resume_from.as_ref().map_or(0, |c| c.state.step);
+        if let Some(ckpt) = &resume_from {
+            restore_optimizer(&mut optimizer, ckpt)?;
+            let state = checksum(&[&optimizer.exp_avg, &optimizer.exp_avg_sq, &Tensor::from(optimizer.step as f64)]);
+            same_on_every_rank(collective, "the restored optimizer state", &state, &describe_checksums)?;
+            if main_rank {
+                tracing::info!("resuming from {} (step {start_step})", ckpt.dir.display());
+            }
+        }
+        heartbeat.phase("broadcasting the parameters");
+        tch::no_grad(|| collective.broadcast(&mut params.values, 0))?;
+        same_on_every_rank(collective, "the parameters after the broadcast", &checksum(&[&params.values]), &describe_checksums)?;
+        params.refresh_compute_copy();
+
+        // checkpointer, metrics, signals
+        let run_dir = config.train.run_dir.clone();
+        let checkpoints = Checkpointer {
+            writer: CheckpointWriter::new(&run_dir, config.checkpoint.keep)?,
+            // A resumed run competes with the best checkpoint the run has so far.
+            best: resume_from.as_ref().and_then(|_| Best::read(&run_dir)),
+            last: None,
+            main_rank,
+            run_dir,
+        };
+        let metrics = MetricsLogger::open(config, main_rank, start_step)?;
+        if main_rank {
+            tracing::info!(
+                world = collective.placement().world_size,
+                backend = collective.backend(),
+                ?device,
+                samples = data.sampler.index().len(),
+                steps_per_epoch,
+                parameters = params.len,
+                shared = params.shared_len(),
+                "training {} steps from step {start_step}",
+                config.train.max_steps
+            );
+        }
+        let stop = StopSignal::register()?;
+        Ok(Trainer {
+            config,
+            collective,
+            heartbeat,
+            device,
+            data,
+            _vs: vs,
+            model,
+            params,
+            optimizer,
+            start_step,
+            checkpoints,
+            metrics,
+            stop,
+        })
+    }
+
+    /// The loop: steps from the input pipeline, then logging, evaluation, checkpoint and stop.
+    fn run(mut self) -> Result<TrainSummary, TrainError> {
+        let (config, collective, heartbeat) = (self.config, self.collective, self.heartbeat);
+        let max_steps = config.train.max_steps;
+        let placement = collective.placement();
+        let started = Instant::now();
+        let mut final_eval = None;
+        let mut stopped = None;
+        let data = &self.data;
+        std::thread::scope(|scope| -> Result<(), TrainError> {
+            let batches = spawn_input_pipeline(scope, config, data, self.start_step, placement, self.device);
+            for (step, batch) in batches {
+                let step_number = step + 1;
+                heartbeat.phase(format!("step {step_number}"));
+                let lr_scale = schedule(step_number, config.optim.warmup_steps, max_steps);
+                let (stats, _) = train_step(
+                    &self.model,
+                    &mut self.params,
+                    &mut self.optimizer,
+                    collective,
+                    &batch,
+                    &config.mtl,
+                    lr_scale,
+                    mix_seed(&[config.train.seed, step_number, 0x9C]),
+                    false,
+                )?;
+                let last = step_number == max_steps;
+                self.metrics.record(stats, batch.news.titles.tokens as u64 * placement.world_size as u64);
+                if self.metrics.due(step_number, last) {
+                    self.metrics.write(step_number, data.steps_per_epoch, lr_scale, collective)?;
+                }
+
+                let mut signal = self.stop.agreed(collective)?;
+                let mut evaluation = None;
+                let eval_due = last || (config.eval.every > 0 && step_number % config.eval.every == 0);
+                if let (None, Some(impressions), true) = (signal, &data.eval, eval_due) {
+                    heartbeat.phase(format!("evaluation after step {step_number}"));
+                    let tick = || -> Result<(), TrainError> {
+                        heartbeat.beat();
+                        self.stop.agreed(collective)?.map_or(Ok(()), |s| Err(TrainError::Stopped(s)))
+                    };
+                    let news = &data.loaded.news;
+                    match evaluate(&self.model, news, impressions, config, self.device, collective, &tick) {
+                        Ok(metrics) => {
+                            self.metrics.write_eval(step_number, &metrics)?;
+                            evaluation = Some(metrics);
+                        }
+                        Err(TrainError::Stopped(s)) => signal = Some(s),
+                        Err(e) => return Err(e),
+                    }
+                }
+                let checkpoint_due = last
+                    || evaluation.is_some()
+                    || signal.is_some()
+                    || (config.checkpoint.every > 0 && step_number % config.checkpoint.every == 0);
+                if checkpoint_due && placement.is_main() {
+                    heartbeat.phase(format!("checkpoint at step {step_number}"));
+                    let state = trainer_state(config, data.steps_per_epoch, placement.world_size, step_number, evaluation.as_ref());
+                    self.checkpoints.save(state, &self.params, &self.optimizer, evaluation.as_ref())?;
+                }
+                if evaluation.is_some() {
+                    final_eval = evaluation;
+                }
+                self.metrics.window_starts(); // after evaluation and checkpoint
+                if let Some(signal) = signal {
+                    heartbeat.phase(format!("stopping after step {step_number} on {signal}"));
+                    let checkpoint = self.checkpoints.stop_at(step_number)?;
+                    // Every rank waits until rank 0's checkpoint is on disk, then all stop.
+                    collective.all_reduce_sum_f64(&mut [0.0])?;
+                    stopped = Some(Stopped { step: step_number, signal, checkpoint });
+                    return Ok(());
+                }
+            }
+            Ok(())
+        })?;
+        self.checkpoints.writer.finish()?;
+        self.metrics.bar.finish_and_clear();
+
+        let seconds = started.elapsed().as_secs_f64();
+        let end = stopped.as_ref().map_or(max_steps, |s| s.step);
+        let steps = end.saturating_sub(self.start_step);
+        Ok(TrainSummary {
+            steps,
+            seconds,
+            samples_per_second: (steps * config.train.batch_size as u64) as f64 / seconds.max(1e-9),
+            final_eval,
+            best: self.checkpoints.best.map(|b| (b.step, b.auc)),
+            last_checkpoint: self.checkpoints.last,
+            stopped,
+        })
+    }
+}
+
+/// Assembles and uploads the batches of steps `start_step..max_steps` in a background thread,
+/// ahead of the step that runs (`data.prefetch` of them).
+fn spawn_input_pipeline<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    config: &'scope Config,
+    data: &'scope TrainData<'_>,
+    start_step: u64,
+    placement: mtrec_dist::Placement,
+    device: Device,
+) -> std::sync::mpsc::Receiver<(u64, DeviceBatch)> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(config.data.prefetch.max(1));
+    let (rank, world, batch_size) = (placement.rank, placement.world_size, config.train.batch_size);
+    scope.spawn(move || {
+        let mut epoch_order: Option<(u64, Vec<u32>)> = None;
+        for step in start_step..config.train.max_steps {
+            let epoch = step / data.steps_per_epoch;
+            if epoch_order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                epoch_order = Some((epoch, data.sampler.epoch_order(epoch)));
+            }
+            let order = &epoch_order.as_ref().expect("set above").1;
+            let in_epoch = step % data.steps_per_epoch;
+            let samples = data.sampler.rank_samples(order, in_epoch, batch_size, rank, world);
+            let host = data.sampler.assemble(epoch, &samples);
+            let global = data.sampler.global_counts(epoch, order, in_epoch, batch_size, &data.labelled_tokens);
+            if tx.send((step, DeviceBatch::new(&host, &data.loaded.news, global, world, device))).is_err() {
+                return; // the loop ended
+            }
+        }
+    });
+    rx
+}
+
+/// `trainer.json` of the checkpoint at `step`.
+fn trainer_state(
+    config: &Config,
+    steps_per_epoch: u64,
+    world_size: usize,
+    step: u64,
+    evaluation: Option<&RankingMetrics>,
+) -> TrainerState {
+    TrainerState {
+        step,
+        epoch: step / steps_per_epoch,
+        sample_cursor: step * config.train.batch_size as u64,
+        seed: config.train.seed,
+        config_digest: config_digest(config),
+        world_size,
+        metrics: evaluation.map(|m| eval_record(step, &config.eval.split, m)),
+        model_sha256: String::new(),
+        optimizer_sha256: String::new(),
+        max_steps: Some(config.train.max_steps),
+        warmup_steps: Some(config.optim.warmup_steps),
+    }
+}
+
+fn eval_record(step: u64, split: &str, m: &RankingMetrics) -> serde_json::Value {
+    json!({"step": step, "eval": split, "auc": m.auc, "mrr": m.mrr, "ndcg5": m.ndcg5,
+        "ndcg10": m.ndcg10, "impressions": m.impressions})
+}
+
+/// Rank 0's checkpoints: written in the background, the best by evaluation AUC kept.
+struct Checkpointer {
+    writer: CheckpointWriter,
+    run_dir: PathBuf,
+    best: Option<Best>,
+    last: Option<PathBuf>,
+    main_rank: bool,
+}
+
+impl Checkpointer {
+    fn save(
+        &mut self,
+        state: TrainerState,
+        params: &FlatParams,
+        optimizer: &AdamW,
+        evaluation: Option<&RankingMetrics>,
+    ) -> Result<(), TrainError> {
+        let step = state.step;
+        let improved = evaluation.filter(|m| self.best.as_ref().is_none_or(|b| m.auc > b.auc));
+        if let Some(m) = improved {
+            self.best = Some(Best::at(step, m.auc));
+        }
+        let protect = self.best.as_ref().map(|b| self.run_dir.join(&b.checkpoint));
+        let dir = self.writer.submit(&params.master_tensors(), &optimizer_tensors(optimizer), state, protect)?;
+        if improved.is_some() {
+            self.writer.finish()?; // best.json only ever names a complete checkpoint
+            self.best.as_ref().expect("set above").write(&self.run_dir)?;
+        }
+        self.last = Some(dir);
         Ok(())
     }
+
+    /// Waits for the checkpoint of `step` and marks the run as interrupted there (rank 0).
+    fn stop_at(&mut self, step: u64) -> Result<PathBuf, TrainError> {
+        if self.main_rank {
+            self.writer.finish()?;
+            checkpoint::mark_interrupted(&self.run_dir, step)?;
+        }
+        Ok(checkpoint::step_dir(&self.run_dir, step))
+    }
 }
 
-/// Running totals between log steps, and over the run.
-struct LogWindow {
+/// `metrics.jsonl` (rank 0), the progress bar, and the running totals between log steps.
+struct MetricsLogger {
+    file: Option<std::fs::File>,
+    every: u64,
+    lr: (f64, f64),
+    bar: indicatif::ProgressBar,
     pending: Vec<StepStats>,
     samples: u64,
+    batch_size: u64,
     tokens: u64,
     /// When the window's first step began (evaluation and checkpoints excluded).
     started: Instant,
     conflicts: f64,
     surgery_steps: f64,
+    main_rank: bool,
+    split: String,
 }
 
 fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
     let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
     (n > 0).then(|| sum / n as f64)
+}
+
+impl MetricsLogger {
+    /// Opens `metrics.jsonl` for appending, keeping only the records up to `start_step`: a
+    /// resumed run logs the steps after it once.
+    fn open(config: &Config, main_rank: bool, start_step: u64) -> Result<MetricsLogger, TrainError> {
+        let path = config.train.run_dir.join("metrics.jsonl");
+        let file = if main_rank {
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                let kept: String = text
+                    .lines()
+                    .filter(|line| {
+                        serde_json::from_str::<serde_json::Value>(line)
+                            .ok()
+                            .and_then(|r| r["step"].as_u64())
+                            .is_some_and(|step| step <= start_step)
+                    })
+                    .map(|line| format!("{line}\n"))
+                    .collect();
+                checkpoint::write_durably(&path, kept.as_bytes())?;
+            }
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(&path);
+            Some(file.map_err(|e| TrainError::io(&path, e))?)
+        } else {
+            None
+        };
+        let bar = progress(config.train.max_steps, "train", main_rank);
+        bar.set_position(start_step);
+        bar.reset_eta(); // the steps before a resume took no time in this process
+        Ok(MetricsLogger {
+            file,
+            every: config.log.every.max(1),
+            lr: (config.optim.lr_bert, config.optim.lr_task),
+            bar,
+            pending: Vec::new(),
+            samples: 0,
+            batch_size: config.train.batch_size as u64,
+            tokens: 0,
+            started: Instant::now(),
+            conflicts: 0.0,
+            surgery_steps: 0.0,
+            main_rank,
+            split: config.eval.split.clone(),
+        })
+    }
+
+    fn record(&mut self, stats: StepStats, global_tokens: u64) {
+        self.pending.push(stats);
+        self.samples += self.batch_size;
+        self.tokens += global_tokens;
+        self.bar.inc(1);
+    }
+
+    fn due(&self, step: u64, last: bool) -> bool {
+        last || step.is_multiple_of(self.every)
+    }
+
+    fn append(&mut self, record: &serde_json::Value) -> Result<(), TrainError> {
+        if let Some(file) = &mut self.file {
+            writeln!(file, "{record}").map_err(|e| TrainError::Checkpoint(format!("metrics.jsonl: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// The window's record: losses of the global batch (one all-reduce), gradient statistics,
+    /// learning rates and throughput.
+    fn write(
+        &mut self,
+        step: u64,
+        steps_per_epoch: u64,
+        lr_scale: f64,
+        collective: &dyn Collective,
+    ) -> Result<(), TrainError> {
+        let pending = std::mem::take(&mut self.pending);
+        let losses = all_rank_losses(&pending, collective)?;
+        let conflicts: Vec<f64> =
+            pending.iter().filter_map(|s| s.surgery.as_ref().map(|g| scalar(&g.conflict))).collect();
+        self.conflicts += conflicts.iter().sum::<f64>();
+        self.surgery_steps += conflicts.len() as f64;
+        // Read after the losses: the device has finished the window's steps.
+        let elapsed = self.started.elapsed().as_secs_f64().max(1e-9);
+        let record = json!({
+            "step": step,
+            "epoch": (step - 1) / steps_per_epoch,
+            "loss_main": losses.main,
+            "loss_category": losses.category,
+            "loss_ner": losses.ner,
+            "cos_main_aux": mean(pending.iter().filter_map(|s| s.surgery.as_ref().map(|g| scalar(&g.cosine)))),
+            "conflict": mean(conflicts.iter().copied()),
+            "conflict_rate": (self.surgery_steps > 0.0).then(|| self.conflicts / self.surgery_steps),
+            "grad_norm_main": mean(pending.iter().map(|s| scalar(&s.grad_norm_main))),
+            "grad_norm_aux": mean(pending.iter().filter_map(|s| s.grad_norm_aux.as_ref().map(scalar))),
+            "grad_norm": mean(pending.iter().map(|s| scalar(&s.grad_norm))),
+            "lr_bert": self.lr.0 * lr_scale,
+            "lr_task": self.lr.1 * lr_scale,
+            "samples_per_s": self.samples as f64 / elapsed,
+            "tokens_per_s": self.tokens as f64 / elapsed,
+        });
+        self.samples = 0;
+        self.tokens = 0;
+        if self.main_rank {
+            self.bar.set_message(format!("loss {:.4}", record["loss_main"].as_f64().unwrap_or(f64::NAN)));
+            if self.bar.is_hidden() {
+                tracing::info!("{record}");
+            }
+        }
+        self.append(&record)
+    }
+
+    fn write_eval(&mut self, step: u64, metrics: &RankingMetrics) -> Result<(), TrainError> {
+        if self.main_rank {
+            let line = format!("step {step}: {}: {metrics}", self.split);
+            if self.bar.is_hidden() {
+                tracing::info!("{line}");
+            } else {
+                self.bar.println(line);
+            }
+        }
+        let record = eval_record(step, &self.split, metrics);
+        self.append(&record)
+    }
+
+    /// The next window's time starts now, after a log step's evaluation and checkpoint.
+    fn window_starts(&mut self) {
+        if self.pending.is_empty() {
+            self.started = Instant::now();
+        }
+    }
 }
 
 /// Mean losses of a log window over its steps, of the whole global batch.
@@ -129,438 +794,6 @@ fn all_rank_losses(pending: &[StepStats], collective: &dyn Collective) -> Result
         main: Some(means[0]),
         category: first.loss_category.is_some().then_some(means[1]),
         ner: first.loss_ner.is_some().then_some(means[2]),
-    })
-}
-
-/// Ends the process when no step finishes within the timeout: a collective that waits on a dead
-/// or stuck peer would otherwise hang the job. Under mpirun/srun a rank exiting non-zero makes
-/// the launcher end the other ranks.
-struct Watchdog {
-    last_beat: Arc<AtomicU64>,
-    finished: Arc<AtomicBool>,
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-impl Watchdog {
-    fn start(rank: usize, timeout_s: u64) -> Watchdog {
-        let last_beat = Arc::new(AtomicU64::new(now_secs()));
-        let finished = Arc::new(AtomicBool::new(false));
-        let (seen, done) = (Arc::clone(&last_beat), Arc::clone(&finished));
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                std::thread::sleep(std::time::Duration::from_secs(1));
-                let idle = now_secs().saturating_sub(seen.load(Ordering::Relaxed));
-                if idle > timeout_s {
-                    eprintln!(
-                        "error: rank {rank}: no training progress for {idle} s (dist.timeout_s = {timeout_s}): \
-                         a collective is stalled or another rank died; ending the job"
-                    );
-                    std::process::exit(crate::EXIT_STALLED);
-                }
-            }
-        });
-        Watchdog { last_beat, finished }
-    }
-
-    fn beat(&self) {
-        self.last_beat.store(now_secs(), Ordering::Relaxed);
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.finished.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Names and tensors of the optimizer state, for `optimizer.safetensors`.
-fn optimizer_tensors(optimizer: &AdamW) -> Vec<(String, Tensor)> {
-    vec![
-        ("exp_avg".into(), optimizer.exp_avg.shallow_clone()),
-        ("exp_avg_sq".into(), optimizer.exp_avg_sq.shallow_clone()),
-        ("step".into(), Tensor::from_slice(&[optimizer.step as i64])),
-    ]
-}
-
-fn restore_optimizer(optimizer: &mut AdamW, checkpoint: &Checkpoint) -> Result<(), TrainError> {
-    let tensors: std::collections::HashMap<String, Tensor> =
-        checkpoint.optimizer_tensors()?.into_iter().collect();
-    let get = |name: &str| {
-        tensors.get(name).ok_or_else(|| {
-            TrainError::Checkpoint(format!(
-                "{}: optimizer.safetensors has no {name}",
-                checkpoint.dir.display()
-            ))
-        })
-    };
-    let (m, v) = (get("exp_avg")?, get("exp_avg_sq")?);
-    if m.size() != optimizer.exp_avg.size() || v.size() != optimizer.exp_avg_sq.size() {
-        return Err(TrainError::Checkpoint(format!(
-            "{}: optimizer state has {:?} elements, the model {:?}",
-            checkpoint.dir.display(),
-            m.size(),
-            optimizer.exp_avg.size()
-        )));
-    }
-    tch::no_grad(|| {
-        optimizer.exp_avg.copy_(m);
-        optimizer.exp_avg_sq.copy_(v);
-    });
-    optimizer.step = get("step")?.int64_value(&[0]) as u64;
-    Ok(())
-}
-
-/// Makes the parameters identical on all ranks (rank 0's) and proves it with a checksum.
-fn synchronise_parameters(params: &mut FlatParams, collective: &dyn Collective) -> Result<(), TrainError> {
-    tch::no_grad(|| collective.broadcast(&mut params.values, 0))?;
-    let mine = params.values.to_kind(tch::Kind::Double).sum(tch::Kind::Double);
-    let mut reference = mine.copy();
-    collective.broadcast(&mut reference, 0)?;
-    let mut mismatches = [f64::from(mine.ne_tensor(&reference).int64_value(&[]) as i32)];
-    collective.all_reduce_sum_f64(&mut mismatches)?;
-    if mismatches[0] > 0.0 {
-        return Err(TrainError::Dist(format!(
-            "parameters differ on {} rank(s) after the broadcast",
-            mismatches[0]
-        )));
-    }
-    Ok(())
-}
-
-/// Trains per `config`; returns the summary (rank 0 has written everything to `train.run_dir`).
-pub fn train(
-    config: &Config,
-    resume: Resume,
-    collective: &dyn Collective,
-) -> Result<TrainSummary, TrainError> {
-    // dist
-    let placement = collective.placement();
-    config.validate_for_world(placement.world_size)?;
-    let main_rank = placement.is_main();
-    let device = setup::device(config.train.device, placement.local_rank)?;
-    let run_dir = config.train.run_dir.clone();
-    if main_rank {
-        std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::io(&run_dir, e))?;
-        let path = run_dir.join("config.toml");
-        std::fs::write(&path, config.to_toml()).map_err(|e| TrainError::io(&path, e))?;
-    }
-
-    // data
-    let Loaded { model_dir, manifest, news } = setup::load(config)?;
-    let impressions = mtrec_data::read::read_train(&config.data.shards, &manifest)?;
-    // Periodic evaluation needs its split; the one at the end is skipped, with a warning, when the
-    // shards cannot give it (no dev split prepped, or a test split without labels).
-    let eval_impressions = match eval_impressions(config, &manifest) {
-        Ok(impressions) => Some(impressions),
-        Err(e) if config.eval.every == 0 => {
-            if main_rank {
-                tracing::warn!("no evaluation in this run: {e}");
-            }
-            None
-        }
-        Err(e) => return Err(e),
-    };
-    let sampler = Sampler::new(&impressions, config.train.seed, config.data.negatives, config.data.history);
-    if main_rank && sampler.index().skipped_without_negatives > 0 {
-        tracing::warn!(
-            "{} clicks of impressions without a non-clicked news item form no sample and are skipped",
-            sampler.index().skipped_without_negatives
-        );
-    }
-    let steps_per_epoch = sampler.steps_per_epoch(config.train.batch_size);
-    if steps_per_epoch == 0 {
-        return Err(TrainError::Config(format!(
-            "train.batch_size = {} exceeds the {} training samples in {}",
-            config.train.batch_size,
-            sampler.index().len(),
-            config.data.shards.display()
-        )));
-    }
-
-    // model
-    let entity_table = setup::entity_table(config, &config.data.shards)?;
-    let (vs, model) =
-        setup::build_model(config, setup::LabelCounts::of(&manifest), &model_dir, entity_table, device)?;
-    // checkpointer: a resumed run loads its weights before they move into the flat buffer
-    let digest = config_digest(config);
-    let resume_from = match &resume {
-        Resume::No => None,
-        Resume::Auto => checkpoint::latest(&run_dir),
-        Resume::From(dir) => Some(Checkpoint::open(dir)?),
-    };
-    if let Some(ckpt) = &resume_from {
-        if ckpt.state.config_digest != digest {
-            return Err(TrainError::Checkpoint(format!(
-                "{}: written with a different model configuration (digest {} vs {digest}); refusing to resume",
-                ckpt.dir.display(),
-                ckpt.state.config_digest
-            )));
-        }
-        // The data order is a function of the seed and the step (`sample_cursor` = step x batch):
-        // either changed, the resumed run would not continue the interrupted one.
-        let refuse = |what: String| {
-            Err(TrainError::Checkpoint(format!("{}: {what}; refusing to resume", ckpt.dir.display())))
-        };
-        if ckpt.state.seed != config.train.seed {
-            return refuse(format!(
-                "written with train.seed = {}, this run has {}",
-                ckpt.state.seed, config.train.seed
-            ));
-        }
-        if ckpt.state.sample_cursor != ckpt.state.step * config.train.batch_size as u64 {
-            return refuse(format!(
-                "written with train.batch_size = {}, this run has {}",
-                ckpt.state.sample_cursor / ckpt.state.step.max(1),
-                config.train.batch_size
-            ));
-        }
-        checkpoint::load_model(&vs, ckpt)?;
-    }
-    let mut params = FlatParams::new(&vs, setup::compute_kind(config, device));
-
-    // optimizer, schedule (a pure function of the step)
-    let mut optimizer = AdamW::new(&params, config.optim.clone());
-    let mut start_step = 0;
-    if let Some(ckpt) = &resume_from {
-        restore_optimizer(&mut optimizer, ckpt)?;
-        start_step = ckpt.state.step;
-        if main_rank {
-            tracing::info!("resuming from {} (step {start_step})", ckpt.dir.display());
-        }
-    }
-    synchronise_parameters(&mut params, collective)?;
-    params.refresh_compute_copy();
-
-    // metrics
-    let mut log = MetricsLog::open(&run_dir, main_rank)?;
-    if main_rank {
-        tracing::info!(
-            world = placement.world_size,
-            backend = collective.backend(),
-            ?device,
-            samples = sampler.index().len(),
-            steps_per_epoch,
-            parameters = params.len,
-            shared = params.shared_len(),
-            "training {} steps from step {start_step}",
-            config.train.max_steps
-        );
-    }
-
-    let stop_requested = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGUSR1] {
-        signal_hook::flag::register(signal, Arc::clone(&stop_requested))
-            .map_err(|e| TrainError::Dist(format!("signal handler: {e}")))?;
-    }
-    let heartbeat = Watchdog::start(placement.rank, config.dist.timeout_s);
-
-    let max_steps = config.train.max_steps;
-    let bar = progress(max_steps, "train", main_rank);
-    bar.set_position(start_step);
-    bar.reset_eta(); // the steps before a resume took no time in this process
-    let mut window = LogWindow {
-        pending: Vec::new(),
-        samples: 0,
-        tokens: 0,
-        started: Instant::now(),
-        conflicts: 0.0,
-        surgery_steps: 0.0,
-    };
-    // A resumed run competes with the best checkpoint the run has so far.
-    let mut best = resume_from.as_ref().and_then(|_| Best::read(&run_dir));
-    let mut last_checkpoint = None;
-    let mut final_eval = None;
-    let started = Instant::now();
-    let (rank, world) = (placement.rank, placement.world_size);
-
-    let mut writer = checkpoint::CheckpointWriter::new(&run_dir, config.checkpoint.keep)?;
-    let state_at = |step: u64, metrics: Option<serde_json::Value>| TrainerState {
-        step,
-        epoch: step / steps_per_epoch,
-        sample_cursor: step * config.train.batch_size as u64,
-        seed: config.train.seed,
-        config_digest: digest.clone(),
-        world_size: world,
-        metrics,
-        model_sha256: String::new(),
-        optimizer_sha256: String::new(),
-    };
-
-    std::thread::scope(|scope| -> Result<(), TrainError> {
-        // Input pipeline: assembles and uploads the next batches while the current step runs.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, DeviceBatch, u64)>(config.data.prefetch.max(1));
-        let sampler = &sampler;
-        let news = &news;
-        let labelled_tokens: Vec<u32> =
-            news.ner_tags.iter().map(|tags| tags.iter().filter(|&&t| t >= 0).count() as u32).collect();
-        scope.spawn(move || {
-            let mut epoch_order: Option<(u64, Vec<u32>)> = None;
-            for step in start_step..max_steps {
-                let epoch = step / steps_per_epoch;
-                if epoch_order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                    epoch_order = Some((epoch, sampler.epoch_order(epoch)));
-                }
-                let order = &epoch_order.as_ref().expect("set above").1;
-                let in_epoch = step % steps_per_epoch;
-                let samples = sampler.rank_samples(order, in_epoch, config.train.batch_size, rank, world);
-                let host = sampler.assemble(epoch, &samples);
-                let global =
-                    sampler.global_counts(epoch, order, in_epoch, config.train.batch_size, &labelled_tokens);
-                let batch = DeviceBatch::new(&host, news, global, world, device);
-                let tokens = batch.news.titles.tokens as u64;
-                if tx.send((step, batch, tokens)).is_err() {
-                    return;
-                }
-            }
-        });
-
-        for (step, batch, tokens) in rx {
-            let step_number = step + 1;
-            let lr_scale = schedule(step_number, config.optim.warmup_steps, max_steps);
-            let (stats, _) = train_step(
-                &model,
-                &mut params,
-                &mut optimizer,
-                collective,
-                &batch,
-                &config.mtl,
-                lr_scale,
-                mix_seed(&[config.train.seed, step_number, 0x9C]),
-                false,
-            )?;
-            heartbeat.beat();
-            window.pending.push(stats);
-            window.samples += config.train.batch_size as u64;
-            window.tokens += tokens * world as u64;
-            bar.inc(1);
-
-            let last = step_number == max_steps;
-            let log_now = step_number % config.log.every.max(1) == 0 || last;
-            if log_now {
-                let pending = std::mem::take(&mut window.pending);
-                let losses = all_rank_losses(&pending, collective)?;
-                let conflicts: Vec<f64> =
-                    pending.iter().filter_map(|s| s.surgery.as_ref().map(|g| scalar(&g.conflict))).collect();
-                window.conflicts += conflicts.iter().sum::<f64>();
-                window.surgery_steps += conflicts.len() as f64;
-                // Read after the losses: the device has finished the window's steps.
-                let elapsed = window.started.elapsed().as_secs_f64().max(1e-9);
-                let record = json!({
-                    "step": step_number,
-                    "epoch": step / steps_per_epoch,
-                    "loss_main": losses.main,
-                    "loss_category": losses.category,
-                    "loss_ner": losses.ner,
-                    "cos_main_aux": mean(pending.iter().filter_map(|s| s.surgery.as_ref().map(|g| scalar(&g.cosine)))),
-                    "conflict": mean(conflicts.iter().copied()),
-                    "conflict_rate": (window.surgery_steps > 0.0).then(|| window.conflicts / window.surgery_steps),
-                    "grad_norm_main": mean(pending.iter().map(|s| scalar(&s.grad_norm_main))),
-                    "grad_norm_aux": mean(pending.iter().filter_map(|s| s.grad_norm_aux.as_ref().map(scalar))),
-                    "grad_norm": mean(pending.iter().map(|s| scalar(&s.grad_norm))),
-                    "lr_bert": config.optim.lr_bert * lr_scale,
-                    "lr_task": config.optim.lr_task * lr_scale,
-                    "samples_per_s": window.samples as f64 / elapsed,
-                    "tokens_per_s": window.tokens as f64 / elapsed,
-                });
-                window.samples = 0;
-                window.tokens = 0;
-                if main_rank {
-                    bar.set_message(format!("loss {:.4}", record["loss_main"].as_f64().unwrap_or(f64::NAN)));
-                    if bar.is_hidden() {
-                        tracing::info!("{record}");
-                    }
-                }
-                log.write(record)?;
-            }
-
-            // Stop on a signal that reached any rank: all ranks agree at this step boundary.
-            let mut stop = [f64::from(u8::from(stop_requested.load(Ordering::Relaxed)))];
-            collective.all_reduce_sum_f64(&mut stop)?;
-            let interrupted = stop[0] > 0.0;
-
-            let eval_now = !interrupted
-                && eval_impressions.is_some()
-                && (last || (config.eval.every > 0 && step_number % config.eval.every == 0));
-            let mut eval_record = None;
-            if eval_now {
-                let metrics = evaluate(
-                    &model,
-                    news,
-                    eval_impressions.as_deref().expect("checked"),
-                    config,
-                    device,
-                    collective,
-                    &|| heartbeat.beat(),
-                )?;
-                let record = json!({"step": step_number, "eval": config.eval.split, "auc": metrics.auc,
-                    "mrr": metrics.mrr, "ndcg5": metrics.ndcg5, "ndcg10": metrics.ndcg10,
-                    "impressions": metrics.impressions});
-                if main_rank {
-                    let line = format!("step {step_number}: {}: {metrics}", config.eval.split);
-                    if bar.is_hidden() {
-                        tracing::info!("{line}");
-                    } else {
-                        bar.println(line);
-                    }
-                }
-                log.write(record.clone())?;
-                eval_record = Some(record);
-                final_eval = Some(metrics);
-                heartbeat.beat();
-            }
-            let checkpoint_now = last
-                || eval_now
-                || interrupted
-                || (config.checkpoint.every > 0 && step_number % config.checkpoint.every == 0);
-            if checkpoint_now && main_rank {
-                let dir = checkpoint::step_dir(&run_dir, step_number);
-                if let Some(auc) = eval_record.as_ref().and_then(|r| r["auc"].as_f64())
-                    && best.as_ref().is_none_or(|b| auc > b.auc)
-                {
-                    best = Some(Best { step: step_number, auc, checkpoint: dir.clone() });
-                }
-                writer.submit(
-                    &params.master_tensors(),
-                    &optimizer_tensors(&optimizer),
-                    state_at(step_number, eval_record.clone()),
-                    best.as_ref().map(|b| b.checkpoint.clone()),
-                )?;
-                if let Some(b) = best.as_ref().filter(|b| b.step == step_number) {
-                    writer.finish()?; // best.json only ever names a complete checkpoint
-                    b.write(&run_dir)?;
-                }
-                last_checkpoint = Some(dir);
-            }
-            if log_now {
-                window.started = Instant::now(); // the next window starts after evaluation and checkpoint
-            }
-            if interrupted {
-                writer.finish()?;
-                // Every rank waits until rank 0's checkpoint is on disk, then all stop.
-                collective.all_reduce_sum_f64(&mut [0.0])?;
-                return Err(TrainError::Interrupted {
-                    step: step_number,
-                    checkpoint: checkpoint::step_dir(&run_dir, step_number).display().to_string(),
-                });
-            }
-        }
-        Ok(())
-    })?;
-    writer.finish()?;
-    bar.finish_and_clear();
-
-    let seconds = started.elapsed().as_secs_f64();
-    let steps = max_steps.saturating_sub(start_step);
-    Ok(TrainSummary {
-        steps,
-        seconds,
-        samples_per_second: (steps * config.train.batch_size as u64) as f64 / seconds.max(1e-9),
-        final_eval,
-        best: best.map(|b| (b.step, b.auc)),
-        last_checkpoint,
     })
 }
 

@@ -3,48 +3,61 @@ use crate::ConfigArgs;
 use anyhow::{Context, bail};
 use mtrec_data::manifest::Split;
 use mtrec_data::write::write_atomically;
-use mtrec_dist::{Backend, Collective, Local};
+use mtrec_dist::{Backend, Collective, Job, Local, Watchdog};
 use mtrec_train::config::{Config, DeviceChoice};
 use mtrec_train::eval::{encode_all_news, eval_impressions, evaluate, score_impressions};
 use mtrec_train::metrics::ranks_in_input_order;
 use mtrec_train::setup::{self, LabelCounts};
 use mtrec_train::train::load_checkpoint_into;
-use mtrec_train::{Resume, bench};
+use mtrec_train::agree::agree_on_config;
+use mtrec_train::{Resume, Start, bench};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-/// This process's rank as the launcher set it (before MPI starts), for log filtering.
-pub fn launcher_rank() -> usize {
-    ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok()?.parse().ok())
-        .unwrap_or(0)
-}
 
 fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {
     Ok(Config::load(&args.config, &args.overrides)?)
 }
 
+/// The watchdog of a command, from before it connects to its end (`dist.timeout_s`).
+fn watch(config: &Config) -> Watchdog {
+    Watchdog::start(std::time::Duration::from_secs(config.dist.timeout_s))
+}
+
 /// The collective for this job: NCCL when training on CUDA, else MPI (or a world of one).
-fn connect(config: &Config) -> anyhow::Result<Box<dyn Collective>> {
+fn connect<'a>(job: &'a Job, config: &Config) -> anyhow::Result<&'a dyn Collective> {
     let cuda = match config.train.device {
         DeviceChoice::Cpu => false,
         DeviceChoice::Cuda => true,
         DeviceChoice::Auto => tch::Cuda::is_available(),
     };
     let backend = if cuda { Backend::Cuda } else { Backend::Cpu };
-    mtrec_dist::connect(backend).context("connecting to the other ranks")
+    job.collective(backend).context("connecting to the other ranks")
 }
 
-pub fn train(args: &ConfigArgs, resume: Option<&str>) -> anyhow::Result<()> {
+/// Trains; the exit code is [`mtrec_train::EXIT_INTERRUPTED`] when a signal stopped the run.
+pub fn train(job: &Job, args: &ConfigArgs, resume: Option<&str>, reschedule: bool) -> anyhow::Result<i32> {
     let config = load_config(args)?;
     let resume = match resume {
         None => Resume::No,
         Some("auto") => Resume::Auto,
         Some(dir) => Resume::From(PathBuf::from(dir)),
     };
-    let collective = connect(&config)?;
-    let summary = mtrec_train::train(&config, resume, collective.as_ref())?;
+    let watchdog = watch(&config);
+    let heartbeat = watchdog.heartbeat();
+    heartbeat.phase("connecting to the other ranks");
+    let collective = connect(job, &config)?;
+    let summary = mtrec_train::train(&config, &Start { resume, reschedule }, collective, &heartbeat)?;
+    if let Some(stop) = &summary.stopped {
+        if collective.placement().is_main() {
+            println!(
+                "stopped at step {} ({}); checkpoint {}; continue with --resume auto",
+                stop.step,
+                stop.signal,
+                stop.checkpoint.display()
+            );
+        }
+        return Ok(mtrec_train::EXIT_INTERRUPTED);
+    }
     if collective.placement().is_main() {
         println!(
             "trained {} steps in {:.1} s ({:.2} samples/s) on {} rank(s); run dir {}",
@@ -66,6 +79,16 @@ pub fn train(args: &ConfigArgs, resume: Option<&str>) -> anyhow::Result<()> {
         if let Some(dir) = summary.last_checkpoint {
             println!("last checkpoint: {}", dir.display());
         }
+    }
+    Ok(0)
+}
+
+/// The resolved config, or one field of it (`--get section.key`; strings bare).
+pub fn show_config(args: &ConfigArgs, get: Option<&str>) -> anyhow::Result<()> {
+    let config = load_config(args)?;
+    match get {
+        None => print!("{}", config.to_toml()),
+        Some(key) => println!("{}", config.field(key)?),
     }
     Ok(())
 }
@@ -91,15 +114,26 @@ fn model_from_checkpoint(
     Ok((vs, model))
 }
 
-pub fn eval(args: &ConfigArgs, checkpoint: &Path) -> anyhow::Result<()> {
+pub fn eval(job: &Job, args: &ConfigArgs, checkpoint: &Path) -> anyhow::Result<()> {
     let config = load_config(args)?;
-    let collective = connect(&config)?;
+    let watchdog = watch(&config);
+    let heartbeat = watchdog.heartbeat();
+    heartbeat.phase("connecting to the other ranks");
+    let collective = connect(job, &config)?;
+    agree_on_config(&config, collective)?;
     let placement = collective.placement();
     let device = setup::device(config.train.device, placement.local_rank)?;
-    let loaded = setup::load(&config)?;
+    heartbeat.phase("loading the shards");
+    let loaded = setup::load(&config, collective)?;
+    heartbeat.phase("loading the checkpoint");
     let (_vs, model) = model_from_checkpoint(&config, &loaded, Some(checkpoint), device)?;
     let impressions = eval_impressions(&config, &loaded.manifest)?;
-    let metrics = evaluate(&model, &loaded.news, &impressions, &config, device, collective.as_ref(), &|| {})?;
+    heartbeat.phase("evaluation");
+    let tick = || {
+        heartbeat.beat();
+        Ok(())
+    };
+    let metrics = evaluate(&model, &loaded.news, &impressions, &config, device, collective, &tick)?;
     if placement.is_main() {
         println!("{}: {metrics}", config.eval.split);
         let path = checkpoint.join("metrics.json");
@@ -120,13 +154,21 @@ pub fn predict(args: &ConfigArgs, checkpoint: &Path, split: &str, out: &Path) ->
         "test" => Split::Test,
         other => bail!("--split {other:?}: expected dev or test"),
     };
+    let watchdog = watch(&config);
+    let heartbeat = watchdog.heartbeat();
+    let tick = || {
+        heartbeat.beat();
+        Ok(())
+    };
     let device = setup::device(config.train.device, 0)?;
-    let loaded = setup::load(&config)?;
+    let loaded = setup::load(&config, &Local)?;
     let (_vs, model) = model_from_checkpoint(&config, &loaded, Some(checkpoint), device)?;
     let impressions = mtrec_data::read::read_eval(&config.data.shards, &loaded.manifest, split)?;
-    let news_vectors = encode_all_news(&model, &loaded.news, config.eval.news_batch, device, &Local, &|| {})?;
+    heartbeat.phase("prediction");
+    let news_vectors = encode_all_news(&model, &loaded.news, config.eval.news_batch, device, &Local, &tick)?;
     let (history, batch) = (config.data.history, config.eval.user_batch);
-    let scores = score_impressions(&model, &news_vectors, &impressions, history, batch, true, &|| {});
+    let rounds = impressions.len().div_ceil(batch.max(1));
+    let scores = score_impressions(&model, &news_vectors, &impressions, history, batch, rounds, true, &tick)?;
     write_prediction_zip(
         out,
         impressions.iter().map(|i| i.impression_id).zip(scores.iter().map(|s| s.as_slice())),
@@ -172,9 +214,9 @@ pub fn embed(
         config.data.shards = shards;
     }
     let device = setup::device(config.train.device, 0)?;
-    let loaded = setup::load(&config)?;
+    let loaded = setup::load(&config, &Local)?;
     let (_vs, model) = model_from_checkpoint(&config, &loaded, checkpoint, device)?;
-    let vectors = encode_all_news(&model, &loaded.news, config.eval.news_batch, device, &Local, &|| {})?;
+    let vectors = encode_all_news(&model, &loaded.news, config.eval.news_batch, device, &Local, &|| Ok(()))?;
     let dim = vectors.size()[1] as usize;
     let values: Vec<f32> =
         Vec::try_from(vectors.to_device(tch::Device::Cpu).to_kind(tch::Kind::Float).view([-1]))?;

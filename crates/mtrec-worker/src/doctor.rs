@@ -21,7 +21,7 @@ fn libtorch_version(lib_dir: &Path) -> Option<String> {
     std::fs::read_to_string(root.join("build-version")).ok().map(|v| v.trim().to_string())
 }
 
-pub fn run() -> anyhow::Result<()> {
+pub fn run(job: &mtrec_dist::Job) -> anyhow::Result<()> {
     let mut problems = Vec::new();
     println!("mtrec-worker {}", env!("CARGO_PKG_VERSION"));
 
@@ -58,8 +58,7 @@ pub fn run() -> anyhow::Result<()> {
 
     println!("MPI         {}", mtrec_dist::mpi_library_version());
     if mtrec_dist::launched_by_mpi() {
-        let collective = mtrec_dist::connect(mtrec_dist::Backend::Cpu)?;
-        let p = collective.placement();
+        let p = job.placement();
         println!(
             "rank        {} of {} (local rank {} of {} on this node)",
             p.rank, p.world_size, p.local_rank, p.local_size

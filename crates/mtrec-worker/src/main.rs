@@ -1,12 +1,19 @@
 //! `mtrec-worker`: one process per GPU (or CPU rank) of an mtrec job.
 //!
 //! `train`, `eval`, `predict` (the MIND leaderboard file), `embed` (news vectors to Parquet),
-//! `bench` (step time on the reference workload) and `doctor` (what this binary found).
+//! `bench` (step time on the reference workload), `config` (the resolved config) and `doctor`
+//! (what this binary found).
+//!
+//! One failure path for every command and phase ([`fail`]): an error or a panic on any rank is
+//! printed by that rank at once, with its rank, and the rank then ends the whole job
+//! ([`mtrec_dist::abort_job`]: NCCL abort, `MPI_Abort`, `_exit`). Only a command that succeeded
+//! drops the [`Job`] (and so finalises MPI).
 
 mod commands;
 mod doctor;
 
 use clap::{Parser, Subcommand};
+use mtrec_dist::Job;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -36,6 +43,10 @@ enum Command {
         /// `auto` or a checkpoint folder.
         #[arg(long)]
         resume: Option<String>,
+        /// On resume, switch to this run's learning-rate schedule (`train.max_steps`,
+        /// `optim.warmup_steps`) when it differs from the checkpoint's (refused otherwise).
+        #[arg(long, requires = "resume")]
+        reschedule: bool,
     },
     /// Evaluate a checkpoint on the config's eval split: prints AUC, MRR, nDCG@5/10, writes metrics.json.
     Eval {
@@ -85,18 +96,63 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         warmup: u32,
     },
+    /// Print the resolved config (file, `--set` overrides and defaults) as TOML, or one field.
+    Config {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print only this field's value, for example `train.run_dir`.
+        #[arg(long, value_name = "SECTION.KEY")]
+        get: Option<String>,
+    },
     /// Print what this binary found: libtorch, CUDA devices, MPI, rank/world, NCCL.
     Doctor,
 }
 
 fn main() {
     keep_freed_memory();
-    let result = run(Cli::parse());
-    if let Err(e) = result {
-        eprintln!("error: {e:#}");
-        let interrupted = matches!(e.downcast_ref(), Some(mtrec_train::TrainError::Interrupted { .. }));
-        std::process::exit(if interrupted { mtrec_train::EXIT_INTERRUPTED } else { 1 });
+    let cli = Cli::parse();
+    init_logging();
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("error: {}panic: {info}", rank_prefix());
+        if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
+            eprintln!("{}", std::backtrace::Backtrace::force_capture());
+        }
+        mtrec_dist::abort_job(101);
+    }));
+    let job = Job::start().unwrap_or_else(|e| fail(e.into()));
+    match run(cli, &job) {
+        Ok(code) => {
+            drop(job);
+            std::process::exit(code);
+        }
+        Err(e) => fail(e),
     }
+}
+
+/// `rank N: ` in a job launched by mpirun or srun, nothing in a plain run.
+fn rank_prefix() -> String {
+    if mtrec_dist::launched_by_mpi() { format!("rank {}: ", mtrec_dist::rank()) } else { String::new() }
+}
+
+/// The one failure path: this rank's message, then the whole job ends (exit code 1).
+fn fail(error: anyhow::Error) -> ! {
+    eprintln!("error: {}{}", rank_prefix(), one_message(&error));
+    mtrec_dist::abort_job(1)
+}
+
+/// The error and its causes, each said once: a cause whose text its parent already ends with
+/// (an OS error that an I/O error also displays) is left out.
+fn one_message(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain().map(ToString::to_string) {
+        if !message.ends_with(&cause) {
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&cause);
+        }
+    }
+    message
 }
 
 /// Keeps freed memory in the process for reuse. glibc's defaults hand every allocation above
@@ -113,8 +169,9 @@ fn keep_freed_memory() {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    let rank = commands::launcher_rank();
+/// Rank 0 logs at `info`, the others at `warn` (what every rank would say alike, rank 0 says).
+fn init_logging() {
+    let rank = mtrec_dist::launcher_rank();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -122,16 +179,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Runs the command; returns the exit code of a command that did not fail.
+fn run(cli: Cli, job: &Job) -> anyhow::Result<i32> {
+    let done = |result: anyhow::Result<()>| result.map(|()| 0);
     match cli.command {
-        Command::Train { config, resume } => commands::train(&config, resume.as_deref()),
-        Command::Eval { config, checkpoint } => commands::eval(&config, &checkpoint),
+        Command::Train { config, resume, reschedule } => commands::train(job, &config, resume.as_deref(), reschedule),
+        Command::Eval { config, checkpoint } => done(commands::eval(job, &config, &checkpoint)),
         Command::Predict { config, checkpoint, split, out } => {
-            commands::predict(&config, &checkpoint, &split, &out)
+            done(commands::predict(&config, &checkpoint, &split, &out))
         }
         Command::Embed { model, shards, checkpoint, config, overrides, out } => {
-            commands::embed(model, shards, checkpoint.as_deref(), config.as_deref(), &overrides, &out)
+            done(commands::embed(model, shards, checkpoint.as_deref(), config.as_deref(), &overrides, &out))
         }
-        Command::Bench { config, steps, warmup } => commands::bench(&config, warmup as usize, steps as usize),
-        Command::Doctor => doctor::run(),
+        Command::Bench { config, steps, warmup } => done(commands::bench(&config, warmup as usize, steps as usize)),
+        Command::Config { config, get } => done(commands::show_config(&config, get.as_deref())),
+        Command::Doctor => done(doctor::run(job)),
     }
 }

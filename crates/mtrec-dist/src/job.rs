@@ -1,0 +1,135 @@
+//! The job a process belongs to, and how a failing rank ends it.
+//!
+//! [`Job::start`] initialises MPI first thing (when a launcher started the process), so that a
+//! failure in any later phase can end every rank: [`abort_job`] prints nothing itself, aborts
+//! the NCCL communicator if one is up (`ncclCommAbort`, which never waits on peers), calls
+//! `MPI_Abort` (mpirun and srun then end every rank), and ends the process with `_exit`: no
+//! `MPI_Finalize` (a barrier over every rank), no atexit handlers or C++/CUDA static teardown
+//! (which can wait behind a stuck kernel). A backstop thread `_exit`s after
+//! [`ABORT_BACKSTOP`] if any of that hangs.
+//!
+//! The communicators live in the [`Job`], which the binary's `main` owns until the very end: an
+//! error returned from a command leaves them alive for the abort, and only a run that succeeded
+//! drops them (`ncclCommDestroy`, then `MPI_Finalize`, which every rank then reaches).
+use crate::{Backend, Collective, DistError, Local, MpiCollective, NcclCollective, Placement};
+use std::io::Write;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// How long [`abort_job`] waits for `ncclCommAbort` and `MPI_Abort` before `_exit`.
+pub const ABORT_BACKSTOP: Duration = Duration::from_secs(10);
+
+static RANK: AtomicUsize = AtomicUsize::new(usize::MAX);
+static WORLD_SIZE: AtomicUsize = AtomicUsize::new(1);
+static MPI_UP: AtomicBool = AtomicBool::new(false);
+/// The NCCL communicator to abort, null when none is up.
+static NCCL_COMM: AtomicPtr<std::ffi::c_void> = AtomicPtr::new(std::ptr::null_mut());
+
+/// This process's rank: MPI's once it is up, else what the launcher set in the environment
+/// (0 in a plain run).
+pub fn rank() -> usize {
+    match RANK.load(Ordering::Relaxed) {
+        usize::MAX => launcher_rank(),
+        rank => rank,
+    }
+}
+
+/// The rank a launcher (mpirun, srun) set in the environment, before MPI starts.
+pub fn launcher_rank() -> usize {
+    ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
+pub(crate) fn register_nccl(comm: *mut std::ffi::c_void) {
+    NCCL_COMM.store(comm, Ordering::SeqCst);
+}
+
+/// Takes the communicator out of the abort path (it is being destroyed).
+pub(crate) fn unregister_nccl() -> *mut std::ffi::c_void {
+    NCCL_COMM.swap(std::ptr::null_mut(), Ordering::SeqCst)
+}
+
+/// Ends the whole job from this rank, at once, with `code` (see the module documentation).
+/// The caller prints the reason first.
+pub fn abort_job(code: i32) -> ! {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    std::thread::spawn(move || {
+        std::thread::sleep(ABORT_BACKSTOP);
+        // SAFETY: `_exit` ends the process without running any handler.
+        unsafe { libc::_exit(code) }
+    });
+    let comm = unregister_nccl();
+    if !comm.is_null() {
+        // SAFETY: a communicator made by ncclCommInitRank and not destroyed (it was unregistered
+        // before any destroy); abort is NCCL's way out of a failed job.
+        let _ = unsafe { cudarc::nccl::result::comm_abort(comm as cudarc::nccl::sys::ncclComm_t) };
+    }
+    if MPI_UP.load(Ordering::SeqCst) && WORLD_SIZE.load(Ordering::SeqCst) > 1 {
+        // SAFETY: MPI is initialised and not finalised (the job never finalises after an error).
+        unsafe {
+            mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, code);
+        }
+    }
+    // SAFETY: as above.
+    unsafe { libc::_exit(code) }
+}
+
+/// The job of this process: MPI (when launched by mpirun or srun) and the collectives built on
+/// it. Owned by `main` for the whole run (see the module documentation).
+pub struct Job {
+    placement: Placement,
+    nccl: OnceLock<NcclCollective>,
+    mpi: Option<MpiCollective>,
+    // Declared last: `MPI_Finalize` after the collectives above are released.
+    _universe: Option<mpi::environment::Universe>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("placement", &self.placement).finish()
+    }
+}
+
+impl Job {
+    /// Initialises MPI when a launcher started this process ([`crate::launched_by_mpi`]);
+    /// otherwise a world of one.
+    pub fn start() -> Result<Job, DistError> {
+        if !crate::launched_by_mpi() {
+            RANK.store(0, Ordering::Relaxed);
+            return Ok(Job { placement: Placement::SINGLE, nccl: OnceLock::new(), mpi: None, _universe: None });
+        }
+        let universe = mpi::initialize().ok_or(DistError::MpiInit)?;
+        let mpi = MpiCollective::world();
+        let placement = mpi.placement();
+        RANK.store(placement.rank, Ordering::Relaxed);
+        WORLD_SIZE.store(placement.world_size, Ordering::SeqCst);
+        MPI_UP.store(true, Ordering::SeqCst);
+        Ok(Job { placement, nccl: OnceLock::new(), mpi: Some(mpi), _universe: Some(universe) })
+    }
+
+    /// Where this process sits.
+    pub fn placement(&self) -> Placement {
+        self.placement
+    }
+
+    /// The collective for `backend`: a world of one is [`Local`] (no NCCL needed); CPU tensors
+    /// reduce over MPI; CUDA tensors over NCCL, bootstrapped over MPI (built on first use).
+    pub fn collective(&self, backend: Backend) -> Result<&dyn Collective, DistError> {
+        match (backend, &self.mpi) {
+            (_, None) => Ok(&Local),
+            (_, Some(_)) if self.placement.world_size == 1 => Ok(&Local),
+            (Backend::Cpu, Some(mpi)) => Ok(mpi),
+            (Backend::Cuda, Some(_)) => {
+                if let Some(nccl) = self.nccl.get() {
+                    return Ok(nccl);
+                }
+                let nccl = NcclCollective::new(MpiCollective::world())?;
+                Ok(self.nccl.get_or_init(|| nccl))
+            }
+        }
+    }
+}
