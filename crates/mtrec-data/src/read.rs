@@ -199,7 +199,12 @@ impl NewsTable {
     /// category, subcategory or NER tag the manifest does not list, an entity row beyond the
     /// entity table, a word-piece id beyond the model's `vocab_size`. The model would index out
     /// of range (a panic on the CPU, a device-side assert on CUDA).
-    pub fn check_ranges(&self, shards_dir: &Path, manifest: &Manifest, vocab_size: i64) -> Result<(), DataError> {
+    pub fn check_ranges(
+        &self,
+        shards_dir: &Path,
+        manifest: &Manifest,
+        vocab_size: i64,
+    ) -> Result<(), DataError> {
         let path = shards_dir.join("news.parquet");
         let invalid = |nid: usize, field: &str, reason: String| DataError::Invalid {
             path: path.clone(),
@@ -207,19 +212,25 @@ impl NewsTable {
             field: field.into(),
             reason,
         };
-        let (categories, subcategories) = (manifest.categories.len() as i64, manifest.subcategories.len() as i64);
+        let (categories, subcategories) =
+            (manifest.categories.len() as i64, manifest.subcategories.len() as i64);
         let tags = manifest.ner_tags.len() as i64;
         for nid in 1..self.len() {
             if !(0..categories).contains(&self.category[nid]) {
-                let reason = format!("{} is outside the manifest's {categories} categories", self.category[nid]);
+                let reason =
+                    format!("{} is outside the manifest's {categories} categories", self.category[nid]);
                 return Err(invalid(nid, "category", reason));
             }
             if !(0..subcategories).contains(&self.subcategory[nid]) {
-                let reason =
-                    format!("{} is outside the manifest's {subcategories} subcategories", self.subcategory[nid]);
+                let reason = format!(
+                    "{} is outside the manifest's {subcategories} subcategories",
+                    self.subcategory[nid]
+                );
                 return Err(invalid(nid, "subcategory", reason));
             }
-            if let Some(&id) = self.input_ids[nid].iter().find(|&&id| !(0..vocab_size).contains(&i64::from(id))) {
+            if let Some(&id) =
+                self.input_ids[nid].iter().find(|&&id| !(0..vocab_size).contains(&i64::from(id)))
+            {
                 let reason = format!("token id {id} is outside the model's vocabulary of {vocab_size}");
                 return Err(invalid(nid, "input_ids", reason));
             }
@@ -228,7 +239,8 @@ impl NewsTable {
                 return Err(invalid(nid, "ner_tags", reason));
             }
             let entities = manifest.num_entities as i64;
-            if let Some(&row) = self.entities[nid].iter().find(|&&e| !(1..=entities).contains(&i64::from(e))) {
+            if let Some(&row) = self.entities[nid].iter().find(|&&e| !(1..=entities).contains(&i64::from(e)))
+            {
                 let reason = format!("entity row {row} is outside 1..={entities}");
                 return Err(invalid(nid, "entities", reason));
             }

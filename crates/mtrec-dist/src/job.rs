@@ -52,6 +52,12 @@ pub(crate) fn unregister_nccl() -> *mut std::ffi::c_void {
     NCCL_COMM.swap(std::ptr::null_mut(), Ordering::SeqCst)
 }
 
+/// Writes `line` and a newline to stderr in one write, so that a launcher that merges the
+/// ranks' output (mpirun, srun) never interleaves another rank's text into it.
+pub fn say(line: &str) {
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+}
+
 /// Ends the whole job from this rank, at once, with `code` (see the module documentation).
 /// The caller prints the reason first.
 pub fn abort_job(code: i32) -> ! {
@@ -100,7 +106,12 @@ impl Job {
     pub fn start() -> Result<Job, DistError> {
         if !crate::launched_by_mpi() {
             RANK.store(0, Ordering::Relaxed);
-            return Ok(Job { placement: Placement::SINGLE, nccl: OnceLock::new(), mpi: None, _universe: None });
+            return Ok(Job {
+                placement: Placement::SINGLE,
+                nccl: OnceLock::new(),
+                mpi: None,
+                _universe: None,
+            });
         }
         let universe = mpi::initialize().ok_or(DistError::MpiInit)?;
         let mpi = MpiCollective::world();

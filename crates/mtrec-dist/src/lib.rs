@@ -18,7 +18,7 @@ mod mpi_collective;
 mod nccl;
 mod watchdog;
 
-pub use job::{ABORT_BACKSTOP, Job, abort_job, launcher_rank, rank};
+pub use job::{ABORT_BACKSTOP, Job, abort_job, launcher_rank, rank, say};
 pub use local::Local;
 pub use mpi_collective::MpiCollective;
 pub use mpi_collective::mpi_library_version;

@@ -130,7 +130,9 @@ impl Collective for MpiCollective {
         let mut len = [bytes.len() as u64];
         self.world.process_at_rank(root as i32).broadcast_into(&mut len[..]);
         bytes.resize(len[0] as usize, 0);
-        self.broadcast_fixed(bytes, root);
+        if !bytes.is_empty() {
+            self.broadcast_fixed(bytes, root); // MPI refuses an empty buffer
+        }
         Ok(())
     }
 

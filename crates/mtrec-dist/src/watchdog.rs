@@ -63,16 +63,17 @@ impl Watchdog {
             while !watched.finished.load(Ordering::Relaxed) {
                 std::thread::sleep(tick);
                 let now = watched.origin.elapsed();
-                let idle = now.saturating_sub(Duration::from_millis(watched.last_beat_ms.load(Ordering::Relaxed)));
+                let idle =
+                    now.saturating_sub(Duration::from_millis(watched.last_beat_ms.load(Ordering::Relaxed)));
                 if idle > timeout && !watched.finished.load(Ordering::Relaxed) {
                     let phase = watched.phase.lock().map(|p| p.clone()).unwrap_or_default();
-                    eprintln!(
+                    crate::say(&format!(
                         "error: rank {}: no progress for {:.0} s in {phase} (dist.timeout_s = {}): a \
                          collective is stalled or another rank died; ending the job",
                         crate::rank(),
                         idle.as_secs_f64(),
                         timeout.as_secs()
-                    );
+                    ));
                     crate::abort_job(EXIT_STALLED);
                 }
             }

@@ -17,7 +17,10 @@ pub fn same_on_every_rank(
     let mut reference = mine.to_vec();
     collective.broadcast_bytes(&mut reference, 0)?;
     if reference != mine {
-        return Err(TrainError::Dist(format!("{what} differs from rank 0's: {}", describe(&reference, mine))));
+        return Err(TrainError::Dist(format!(
+            "{what} differs from rank 0's: {}",
+            describe(&reference, mine)
+        )));
     }
     Ok(())
 }
@@ -26,7 +29,8 @@ pub fn same_on_every_rank(
 pub fn rank_zero_value(collective: &dyn Collective, value: String) -> Result<String, TrainError> {
     let mut bytes = value.into_bytes();
     collective.broadcast_bytes(&mut bytes, 0)?;
-    String::from_utf8(bytes).map_err(|e| TrainError::Dist(format!("rank 0 sent a value that is not UTF-8: {e}")))
+    String::from_utf8(bytes)
+        .map_err(|e| TrainError::Dist(format!("rank 0 sent a value that is not UTF-8: {e}")))
 }
 
 /// Every rank resolved the same config (file, `--set` overrides, defaults).
@@ -66,7 +70,11 @@ pub fn config_differences(rank0: &str, mine: &str) -> String {
         .into_iter()
         .filter(|k| theirs.get(*k) != ours.get(*k))
         .map(|k| {
-            format!("{k} = {} here, {} on rank 0", ours.get(k).unwrap_or(&missing), theirs.get(k).unwrap_or(&missing))
+            format!(
+                "{k} = {} here, {} on rank 0",
+                ours.get(k).unwrap_or(&missing),
+                theirs.get(k).unwrap_or(&missing)
+            )
         })
         .collect();
     if differences.is_empty() { "the same fields, in another form".into() } else { differences.join("; ") }
@@ -80,8 +88,12 @@ mod tests {
     fn config_differences_name_each_field_with_both_values() {
         let a = Config::parse("[train]\nseed = 7\n", &[]).unwrap().to_toml();
         let b = Config::parse("[train]\nseed = 8\n[data]\nnegatives = 2\n", &[]).unwrap().to_toml();
-        assert_eq!(config_differences(&a, &b), "data.negatives = 2 here, 4 on rank 0; train.seed = 8 here, 7 on rank 0");
-        let lstur = Config::parse("", &["model.user_encoder={ kind = \"lstur\", mode = \"con\" }".into()]).unwrap();
+        assert_eq!(
+            config_differences(&a, &b),
+            "data.negatives = 2 here, 4 on rank 0; train.seed = 8 here, 7 on rank 0"
+        );
+        let lstur =
+            Config::parse("", &["model.user_encoder={ kind = \"lstur\", mode = \"con\" }".into()]).unwrap();
         let diff = config_differences(&a, &lstur.to_toml());
         assert!(diff.starts_with("model.user_encoder = { kind = \"lstur\""), "{diff}");
     }

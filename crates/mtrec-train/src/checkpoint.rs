@@ -256,12 +256,15 @@ impl Checkpoint {
     /// Opens `dir`, refusing it when a file is missing or a checksum does not match.
     pub fn open(dir: &Path) -> Result<Checkpoint, TrainError> {
         let checkpoint = Checkpoint::open_unverified(dir)?;
-        for (file, expected) in
-            [(MODEL_FILE, &checkpoint.state.model_sha256), (OPTIMIZER_FILE, &checkpoint.state.optimizer_sha256)]
-        {
+        for (file, expected) in [
+            (MODEL_FILE, &checkpoint.state.model_sha256),
+            (OPTIMIZER_FILE, &checkpoint.state.optimizer_sha256),
+        ] {
             let actual = sha256_file(&dir.join(file))?;
             if &actual != expected {
-                return Err(checkpoint.refuse(format!("{file} has sha256 {actual}, trainer.json says {expected}")));
+                return Err(
+                    checkpoint.refuse(format!("{file} has sha256 {actual}, trainer.json says {expected}"))
+                );
             }
         }
         Ok(checkpoint)
@@ -448,7 +451,11 @@ mod tests {
         // None verifying is an error that says why each was rejected; none at all is no error.
         std::fs::write(run.path().join("step-00000010").join(TRAINER_FILE), b"{").unwrap();
         let err = latest(run.path()).unwrap_err().to_string();
-        for reason in ["step-00000030: optimizer.safetensors is missing", "step-00000020: model.safetensors has sha256", "step-00000010: trainer.json"] {
+        for reason in [
+            "step-00000030: optimizer.safetensors is missing",
+            "step-00000020: model.safetensors has sha256",
+            "step-00000010: trainer.json",
+        ] {
             assert!(err.contains(reason), "{reason} not in {err}");
         }
         assert!(latest(&run.path().join("nothing-here")).unwrap().is_none());

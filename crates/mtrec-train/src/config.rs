@@ -304,12 +304,21 @@ impl Config {
         for (field, value, low, high, open) in ranges {
             let inside = value.is_finite() && value >= low && if open { value < high } else { value <= high };
             if !inside {
-                let upper = if high.is_infinite() { "finite".to_string() } else if open { format!("below {high}") } else { format!("at most {high}") };
+                let upper = if high.is_infinite() {
+                    "finite".to_string()
+                } else if open {
+                    format!("below {high}")
+                } else {
+                    format!("at most {high}")
+                };
                 return fail(format!("{field} = {value} must be at least {low} and {upper}"));
             }
         }
         if self.model.trainable_layers < 0 {
-            return fail(format!("model.trainable_layers = {} must not be negative", self.model.trainable_layers));
+            return fail(format!(
+                "model.trainable_layers = {} must not be negative",
+                self.model.trainable_layers
+            ));
         }
         if !matches!(self.eval.split.as_str(), "dev" | "test") {
             return fail(format!("eval.split = {:?}: expected \"dev\" or \"test\"", self.eval.split));
@@ -335,9 +344,9 @@ impl Config {
     pub fn field(&self, key: &str) -> Result<String, TrainError> {
         let mut value = &toml::Value::Table(toml::from_str(&self.to_toml()).expect("the config's own TOML"));
         for part in key.split('.') {
-            value = value
-                .get(part)
-                .ok_or_else(|| TrainError::Config(format!("{key}: the config has no field {part:?} there")))?;
+            value = value.get(part).ok_or_else(|| {
+                TrainError::Config(format!("{key}: the config has no field {part:?} there"))
+            })?;
         }
         Ok(match value {
             toml::Value::String(s) => s.clone(),

@@ -1,9 +1,9 @@
 //! What train, eval, predict and embed share: the model folder, the shards, the device and the
 //! model built from them.
 use crate::TrainError;
+use crate::agree::same_on_every_rank;
 use crate::config::{Config, DeviceChoice, ModelInit};
 use mtrec_data::manifest::Manifest;
-use crate::agree::same_on_every_rank;
 use mtrec_data::read::NewsTable;
 use mtrec_dist::Collective;
 use mtrec_model::{BertConfig, ModelSpec, NewsRecModel};
@@ -194,7 +194,12 @@ pub fn load(config: &Config, collective: &dyn Collective) -> Result<Loaded, Trai
         format!("here {}, on rank 0 {}", String::from_utf8_lossy(mine), String::from_utf8_lossy(rank0))
     };
     let identity = shards_identity(shards, &manifest)?;
-    same_on_every_rank(collective, &format!("the shards in {}", shards.display()), identity.as_bytes(), &describe)?;
+    same_on_every_rank(
+        collective,
+        &format!("the shards in {}", shards.display()),
+        identity.as_bytes(),
+        &describe,
+    )?;
     check_tokenizer(&manifest, shards, &model_dir)?;
     if config.data.history > manifest.max_history as usize {
         return Err(TrainError::Config(format!(

@@ -47,7 +47,10 @@ impl StopSignal {
     /// collective: every rank calls it at the same points.
     pub fn agreed(&self, collective: &dyn Collective) -> Result<Option<Signal>, TrainError> {
         let received = self.received.load(Ordering::Relaxed);
-        let mut votes = [f64::from(u8::from(received == SIGTERM as usize)), f64::from(u8::from(received == SIGUSR1 as usize))];
+        let mut votes = [
+            f64::from(u8::from(received == SIGTERM as usize)),
+            f64::from(u8::from(received == SIGUSR1 as usize)),
+        ];
         collective.all_reduce_sum_f64(&mut votes)?;
         Ok(if votes[0] > 0.0 {
             Some(Signal::Term)

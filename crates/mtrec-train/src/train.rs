@@ -138,8 +138,10 @@ fn prepare_run_dir(config: &Config, resume: &Resume) -> Result<Option<Checkpoint
         Resume::No => {
             let existing = checkpoint::list(run_dir);
             if !existing.is_empty() {
-                let names: Vec<String> =
-                    existing.iter().map(|(_, d)| d.file_name().unwrap_or_default().to_string_lossy().into()).collect();
+                let names: Vec<String> = existing
+                    .iter()
+                    .map(|(_, d)| d.file_name().unwrap_or_default().to_string_lossy().into())
+                    .collect();
                 return Err(TrainError::Config(format!(
                     "train.run_dir {} already holds checkpoints ({}): continue that run with --resume auto, \
                      or give this run another train.run_dir",
@@ -152,7 +154,10 @@ fn prepare_run_dir(config: &Config, resume: &Resume) -> Result<Option<Checkpoint
         Resume::Auto => {
             let latest = checkpoint::latest(run_dir)?;
             if latest.is_none() {
-                tracing::info!("--resume auto: {} has no checkpoint yet; starting at step 0", run_dir.display());
+                tracing::info!(
+                    "--resume auto: {} has no checkpoint yet; starting at step 0",
+                    run_dir.display()
+                );
             }
             latest
         }
@@ -175,7 +180,11 @@ fn open_chosen_checkpoint(
     let checkpoint = match chosen {
         Some(checkpoint) => checkpoint,
         None => Checkpoint::open_unverified(Path::new(&path)).map_err(|e| {
-            TrainError::Checkpoint(format!("cannot read the checkpoint rank 0 resumes, {path}: {e}"))
+            let reason = match e {
+                TrainError::Checkpoint(reason) => reason,
+                other => other.to_string(),
+            };
+            TrainError::Checkpoint(format!("cannot read the checkpoint rank 0 resumes: {reason}"))
         })?,
     };
     let identity = checkpoint.identity()?;
@@ -188,8 +197,15 @@ fn open_chosen_checkpoint(
 
 /// Refuses a checkpoint that this config cannot continue: another model shape, data order
 /// (seed, batch size) or, unless asked for, learning-rate schedule.
-fn check_resumable(ckpt: &Checkpoint, config: &Config, reschedule: bool, log: bool) -> Result<(), TrainError> {
-    let refuse = |what: String| Err(TrainError::Checkpoint(format!("{}: {what}; refusing to resume", ckpt.dir.display())));
+fn check_resumable(
+    ckpt: &Checkpoint,
+    config: &Config,
+    reschedule: bool,
+    log: bool,
+) -> Result<(), TrainError> {
+    let refuse = |what: String| {
+        Err(TrainError::Checkpoint(format!("{}: {what}; refusing to resume", ckpt.dir.display())))
+    };
     let (state, digest) = (&ckpt.state, config_digest(config));
     if state.config_digest != digest {
         return refuse(format!(
@@ -199,7 +215,10 @@ fn check_resumable(ckpt: &Checkpoint, config: &Config, reschedule: bool, log: bo
     }
     // The data order is a function of the seed and the step (`sample_cursor` = step x batch).
     if state.seed != config.train.seed {
-        return refuse(format!("written with train.seed = {}, this run has {}", state.seed, config.train.seed));
+        return refuse(format!(
+            "written with train.seed = {}, this run has {}",
+            state.seed, config.train.seed
+        ));
     }
     if state.sample_cursor != state.step * config.train.batch_size as u64 {
         return refuse(format!(
@@ -244,7 +263,10 @@ fn restore_optimizer(optimizer: &mut AdamW, checkpoint: &Checkpoint) -> Result<(
         checkpoint.optimizer_tensors()?.into_iter().collect();
     let get = |name: &str| {
         tensors.get(name).ok_or_else(|| {
-            TrainError::Checkpoint(format!("{}: optimizer.safetensors has no {name}", checkpoint.dir.display()))
+            TrainError::Checkpoint(format!(
+                "{}: optimizer.safetensors has no {name}",
+                checkpoint.dir.display()
+            ))
         })
     };
     let (m, v) = (get("exp_avg")?, get("exp_avg_sq")?);
@@ -305,6 +327,46 @@ struct Trainer<'a> {
     checkpoints: Checkpointer,
     metrics: MetricsLogger,
     stop: StopSignal,
+    fault: Option<Fault>,
+}
+
+/// A failure injected on purpose, to try how a cluster and its scripts handle a failing rank
+/// (`MTREC_FAULT=error@STEP` or `panic@STEP` in one rank's environment): after step STEP the
+/// rank fails with an error, or panics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    Error(u64),
+    Panic(u64),
+}
+
+impl Fault {
+    const VARIABLE: &str = "MTREC_FAULT";
+
+    fn from_env() -> Result<Option<Fault>, TrainError> {
+        let Ok(value) = std::env::var(Fault::VARIABLE) else { return Ok(None) };
+        let bad = || {
+            TrainError::Config(format!("{}={value:?}: expected error@STEP or panic@STEP", Fault::VARIABLE))
+        };
+        let (kind, step) = value.split_once('@').ok_or_else(bad)?;
+        let step = step.parse().map_err(|_| bad())?;
+        match kind {
+            "error" => Ok(Some(Fault::Error(step))),
+            "panic" => Ok(Some(Fault::Panic(step))),
+            _ => Err(bad()),
+        }
+    }
+
+    fn strike(fault: Option<Fault>, step: u64) -> Result<(), TrainError> {
+        match fault {
+            Some(Fault::Error(at)) if at == step => {
+                Err(TrainError::Dist(format!("{} asked for an error after step {step}", Fault::VARIABLE)))
+            }
+            Some(Fault::Panic(at)) if at == step => {
+                panic!("{} asked for a panic after step {step}", Fault::VARIABLE)
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl<'a> Trainer<'a> {
@@ -320,7 +382,8 @@ impl<'a> Trainer<'a> {
         resume_from: Option<Checkpoint>,
     ) -> Result<Trainer<'a>, TrainError> {
         let main_rank = collective.placement().is_main();
-        let sampler = Sampler::new(impressions, config.train.seed, config.data.negatives, config.data.history);
+        let sampler =
+            Sampler::new(impressions, config.train.seed, config.data.negatives, config.data.history);
         if main_rank && sampler.index().skipped_without_negatives > 0 {
             tracing::warn!(
                 "{} clicks of impressions without a non-clicked news item form no sample and are skipped",
@@ -361,7 +424,8 @@ impl<'a> Trainer<'a> {
         let start_step = resume_from.as_ref().map_or(0, |c| c.state.step);
         if let Some(ckpt) = &resume_from {
             restore_optimizer(&mut optimizer, ckpt)?;
-            let state = checksum(&[&optimizer.exp_avg, &optimizer.exp_avg_sq, &Tensor::from(optimizer.step as f64)]);
+            let state =
+                checksum(&[&optimizer.exp_avg, &optimizer.exp_avg_sq, &Tensor::from(optimizer.step as f64)]);
             same_on_every_rank(collective, "the restored optimizer state", &state, &describe_checksums)?;
             if main_rank {
                 tracing::info!("resuming from {} (step {start_step})", ckpt.dir.display());
@@ -369,7 +433,12 @@ impl<'a> Trainer<'a> {
         }
         heartbeat.phase("broadcasting the parameters");
         tch::no_grad(|| collective.broadcast(&mut params.values, 0))?;
-        same_on_every_rank(collective, "the parameters after the broadcast", &checksum(&[&params.values]), &describe_checksums)?;
+        same_on_every_rank(
+            collective,
+            "the parameters after the broadcast",
+            &checksum(&[&params.values]),
+            &describe_checksums,
+        )?;
         params.refresh_compute_copy();
 
         // checkpointer, metrics, signals
@@ -382,6 +451,9 @@ impl<'a> Trainer<'a> {
             main_rank,
             run_dir,
         };
+        // Signals are answered from here on (before, their default action ends the process: there
+        // is nothing to checkpoint); metrics.jsonl appearing tells a script so.
+        let stop = StopSignal::register()?;
         let metrics = MetricsLogger::open(config, main_rank, start_step)?;
         if main_rank {
             tracing::info!(
@@ -396,7 +468,7 @@ impl<'a> Trainer<'a> {
                 config.train.max_steps
             );
         }
-        let stop = StopSignal::register()?;
+        let fault = Fault::from_env()?;
         Ok(Trainer {
             config,
             collective,
@@ -411,6 +483,7 @@ impl<'a> Trainer<'a> {
             checkpoints,
             metrics,
             stop,
+            fault,
         })
     }
 
@@ -440,6 +513,7 @@ impl<'a> Trainer<'a> {
                     mix_seed(&[config.train.seed, step_number, 0x9C]),
                     false,
                 )?;
+                Fault::strike(self.fault, step_number)?;
                 let last = step_number == max_steps;
                 self.metrics.record(stats, batch.news.titles.tokens as u64 * placement.world_size as u64);
                 if self.metrics.due(step_number, last) {
@@ -471,7 +545,13 @@ impl<'a> Trainer<'a> {
                     || (config.checkpoint.every > 0 && step_number % config.checkpoint.every == 0);
                 if checkpoint_due && placement.is_main() {
                     heartbeat.phase(format!("checkpoint at step {step_number}"));
-                    let state = trainer_state(config, data.steps_per_epoch, placement.world_size, step_number, evaluation.as_ref());
+                    let state = trainer_state(
+                        config,
+                        data.steps_per_epoch,
+                        placement.world_size,
+                        step_number,
+                        evaluation.as_ref(),
+                    );
                     self.checkpoints.save(state, &self.params, &self.optimizer, evaluation.as_ref())?;
                 }
                 if evaluation.is_some() {
@@ -530,7 +610,8 @@ fn spawn_input_pipeline<'scope>(
             let in_epoch = step % data.steps_per_epoch;
             let samples = data.sampler.rank_samples(order, in_epoch, batch_size, rank, world);
             let host = data.sampler.assemble(epoch, &samples);
-            let global = data.sampler.global_counts(epoch, order, in_epoch, batch_size, &data.labelled_tokens);
+            let global =
+                data.sampler.global_counts(epoch, order, in_epoch, batch_size, &data.labelled_tokens);
             if tx.send((step, DeviceBatch::new(&host, &data.loaded.news, global, world, device))).is_err() {
                 return; // the loop ended
             }
@@ -590,7 +671,8 @@ impl Checkpointer {
             self.best = Some(Best::at(step, m.auc));
         }
         let protect = self.best.as_ref().map(|b| self.run_dir.join(&b.checkpoint));
-        let dir = self.writer.submit(&params.master_tensors(), &optimizer_tensors(optimizer), state, protect)?;
+        let dir =
+            self.writer.submit(&params.master_tensors(), &optimizer_tensors(optimizer), state, protect)?;
         if improved.is_some() {
             self.writer.finish()?; // best.json only ever names a complete checkpoint
             self.best.as_ref().expect("set above").write(&self.run_dir)?;

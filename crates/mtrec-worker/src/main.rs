@@ -113,10 +113,11 @@ fn main() {
     let cli = Cli::parse();
     init_logging();
     std::panic::set_hook(Box::new(|info| {
-        eprintln!("error: {}panic: {info}", rank_prefix());
+        let mut message = format!("error: {}panic: {info}", rank_prefix());
         if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
-            eprintln!("{}", std::backtrace::Backtrace::force_capture());
+            message.push_str(&format!("\n{}", std::backtrace::Backtrace::force_capture()));
         }
+        mtrec_dist::say(&message);
         mtrec_dist::abort_job(101);
     }));
     let job = Job::start().unwrap_or_else(|e| fail(e.into()));
@@ -136,7 +137,7 @@ fn rank_prefix() -> String {
 
 /// The one failure path: this rank's message, then the whole job ends (exit code 1).
 fn fail(error: anyhow::Error) -> ! {
-    eprintln!("error: {}{}", rank_prefix(), one_message(&error));
+    mtrec_dist::say(&format!("error: {}{}", rank_prefix(), one_message(&error)));
     mtrec_dist::abort_job(1)
 }
 
@@ -185,7 +186,9 @@ fn init_logging() {
 fn run(cli: Cli, job: &Job) -> anyhow::Result<i32> {
     let done = |result: anyhow::Result<()>| result.map(|()| 0);
     match cli.command {
-        Command::Train { config, resume, reschedule } => commands::train(job, &config, resume.as_deref(), reschedule),
+        Command::Train { config, resume, reschedule } => {
+            commands::train(job, &config, resume.as_deref(), reschedule)
+        }
         Command::Eval { config, checkpoint } => done(commands::eval(job, &config, &checkpoint)),
         Command::Predict { config, checkpoint, split, out } => {
             done(commands::predict(&config, &checkpoint, &split, &out))
@@ -193,7 +196,9 @@ fn run(cli: Cli, job: &Job) -> anyhow::Result<i32> {
         Command::Embed { model, shards, checkpoint, config, overrides, out } => {
             done(commands::embed(model, shards, checkpoint.as_deref(), config.as_deref(), &overrides, &out))
         }
-        Command::Bench { config, steps, warmup } => done(commands::bench(&config, warmup as usize, steps as usize)),
+        Command::Bench { config, steps, warmup } => {
+            done(commands::bench(&config, warmup as usize, steps as usize))
+        }
         Command::Config { config, get } => done(commands::show_config(&config, get.as_deref())),
         Command::Doctor => done(doctor::run(job)),
     }
