@@ -179,6 +179,8 @@ mod tests {
             metrics: None,
             model_sha256: String::new(),
             optimizer_sha256: String::new(),
+            max_steps: None,
+            warmup_steps: None,
         };
         let dir = checkpoint::save(run.path(), &saved, &saved, state).unwrap();
         let fresh = nn::VarStore::new(tch::Device::Cpu);

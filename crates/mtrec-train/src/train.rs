@@ -884,3 +884,30 @@ pub fn load_checkpoint_into(vs: &tch::nn::VarStore, dir: &Path) -> Result<(), Tr
     let ckpt = Checkpoint::open(dir)?;
     checkpoint::load_model(vs, &ckpt)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resumed_run_keeps_the_metrics_up_to_its_checkpoint_and_logs_each_step_once() {
+        let run = tempfile::tempdir().unwrap();
+        let path = run.path().join("metrics.jsonl");
+        let lines: String = (1..=5).map(|s| format!("{{\"step\":{s},\"loss_main\":1.0}}\n")).collect();
+        std::fs::write(&path, lines + "{\"step\":3,\"auc\":0.6}\n").unwrap();
+        let config = Config::parse("", &[format!("train.run_dir={}", run.path().display())]).unwrap();
+        let mut log = MetricsLogger::open(&config, true, 3).unwrap();
+        log.append(&json!({"step": 4, "loss_main": 0.5})).unwrap();
+        let steps: Vec<(u64, bool)> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|r| (r["step"].as_u64().unwrap(), r["auc"].is_number()))
+            .collect();
+        assert_eq!(steps, [(1, false), (2, false), (3, false), (3, true), (4, false)]);
+
+        // Rank 0 alone writes it.
+        drop(MetricsLogger::open(&config, false, 0).unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 5);
+    }
+}
