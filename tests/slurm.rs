@@ -130,6 +130,18 @@ fn mpirun_sh_spreads_ranks_over_the_hosts_and_forwards_the_environment() {
     }
 }
 
+/// One run of the SLURM test at a time on this machine: another `cargo test` of this file would
+/// share the cluster (and stop it under this one) and the folders. Held until dropped.
+fn exclusive() -> std::fs::File {
+    let path = repo_root().join("target/slurm-test.lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).unwrap();
+    if file.try_lock().is_err() {
+        println!("waiting for another run of this test to finish ({})", path.display());
+        file.lock().unwrap();
+    }
+    file
+}
+
 /// The local cluster, stopped when dropped (also when a test panics).
 struct Cluster {
     conf: PathBuf,
@@ -201,6 +213,17 @@ impl Cluster {
         Some((field("JobState=")?, field("Restarts=")?.parse().ok()?))
     }
 
+    /// Panics, with the job's output, when job `id` ended (a phase waiting on it would hang).
+    fn assert_not_ended(&self, id: &str, output: &Path) {
+        if let Some((state, restarts)) = self.job(id) {
+            assert!(
+                !ENDED.contains(&state.as_str()),
+                "job {id} ended ({state}, {restarts} restarts) too early; its output:\n{}",
+                read(output)
+            );
+        }
+    }
+
     fn signal(&self, args: &[&str]) {
         println!("-> {}", args.join(" "));
         let program = args[0];
@@ -245,10 +268,13 @@ print(max(float(abs(a[k].astype("float64") - b[k].astype("float64")).max()) for 
 fn last_interrupted_step(output: &str) -> Option<u64> {
     output
         .lines()
-        .filter_map(|l| l.split("checkpoint at step ").nth(1))
-        .last()
+        .rev()
+        .find_map(|l| l.split("checkpoint at step ").nth(1))
         .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
 }
+
+/// The final job states.
+const ENDED: [&str; 6] = ["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"];
 
 /// Waits until job `id` ended (a final state, not pending again); returns that state.
 fn wait_until_ended(cluster: &Cluster, id: &str, output: &Path) -> (String, u32) {
@@ -257,8 +283,7 @@ fn wait_until_ended(cluster: &Cluster, id: &str, output: &Path) -> (String, u32)
         PHASE,
         || {
             let (state, restarts) = cluster.job(id)?;
-            let done = ["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"];
-            done.contains(&state.as_str()).then_some((state, restarts))
+            ENDED.contains(&state.as_str()).then_some((state, restarts))
         },
         || read(output),
     )
@@ -293,6 +318,7 @@ const SETS: [&str; 5] =
 /// inside the allocation is interrupted, requeued and finishes.
 #[test]
 fn slurm_job_requeues_on_interruption_resumes_and_matches_an_uninterrupted_run() {
+    let _exclusive = exclusive();
     let started = Instant::now();
     let root = tmp("job");
     let shards = synthetic_shards(&root);
@@ -349,6 +375,7 @@ fn slurm_job_requeues_on_interruption_resumes_and_matches_an_uninterrupted_run()
             &format!("job {id} running (restart {restarts}) with a checkpoint past step {last_step}"),
             PHASE,
             || {
+                cluster.assert_not_ended(&id, &output);
                 let (state, r) = cluster.job(&id)?;
                 assert!(r <= restarts, "job {id} was requeued without being interrupted:\n{}", log());
                 let newest = newest_checkpoint(&run_dir)?;
@@ -366,7 +393,10 @@ fn slurm_job_requeues_on_interruption_resumes_and_matches_an_uninterrupted_run()
         wait_for(
             &format!("job {id} requeued after {}", command.join(" ")),
             PHASE,
-            || cluster.job(&id).filter(|(_, r)| *r == restarts + 1),
+            || {
+                cluster.assert_not_ended(&id, &output);
+                cluster.job(&id).filter(|(_, r)| *r == restarts + 1)
+            },
             log,
         );
         let step = wait_for(
@@ -415,7 +445,10 @@ fn slurm_job_requeues_on_interruption_resumes_and_matches_an_uninterrupted_run()
     wait_for(
         &format!("job {id} with a checkpoint"),
         PHASE,
-        || newest_checkpoint(&run_dir).filter(|s| *s > 0),
+        || {
+            cluster.assert_not_ended(&id, &output);
+            newest_checkpoint(&run_dir).filter(|s| *s > 0)
+        },
         log,
     );
     cluster.signal(&["scancel", "--signal=USR1", "--batch", &id]);
@@ -443,7 +476,10 @@ fn slurm_job_requeues_on_interruption_resumes_and_matches_an_uninterrupted_run()
     wait_for(
         &format!("job {id} (mpirun) with a checkpoint"),
         PHASE,
-        || newest_checkpoint(&run_dir).filter(|s| *s > 0),
+        || {
+            cluster.assert_not_ended(&id, &output);
+            newest_checkpoint(&run_dir).filter(|s| *s > 0)
+        },
         log,
     );
     assert!(newest_checkpoint(&run_dir).unwrap() < 40, "finished before it was interrupted:\n{}", log());

@@ -46,8 +46,8 @@ munged_pid() { pid_of munged "$socket"; }
 slurmctld_pid() { pid_of slurmctld "$conf"; }
 slurmd_pid() { pid_of slurmd "$conf"; }
 
-# slurmstepd processes of our node (job steps outlive slurmd): their working directory is our
-# spool folder, or their command line names a job of ours.
+# slurmstepd processes of our node (job steps outlive slurmd): their working directory is in our
+# folder (slurmd's log folder).
 stepd_pids() {
   local p
   for p in $(pgrep -x slurmstepd 2>/dev/null || true); do
@@ -205,8 +205,8 @@ status() {
     fi
   done
   if slurmctld_pid >/dev/null; then
-    sinfo -N -o '%N %t %c CPUs %m MB' 2>/dev/null || true
-    squeue -O 'JobID:8,Name:16,State:12,RestartCnt:10,ReasonList:40' 2>/dev/null || true
+    sinfo -N -o '%10N %8t %5c %10m %P' 2>/dev/null || true
+    squeue -O 'JobID:8,Name:12,State:12,RestartCnt:14,TimeUsed:10,ReasonList:30' 2>/dev/null || true
   fi
   say "SLURM_CONF=$conf"
   return "$ok"

@@ -36,9 +36,9 @@ fn nccl_err(what: &str, err: impl std::fmt::Debug) -> DistError {
 pub fn nccl_library_status() -> Result<String, String> {
     // SAFETY: only tries to open the library by name.
     if !unsafe { sys::is_culib_present() } {
-        return Err("libnccl.so not found on the loader path: install NCCL, or put a directory holding \
-                    libnccl.so (a link to the libnccl.so.2 of the nvidia-nccl wheel) on LD_LIBRARY_PATH \
-                    (launch/mpirun.sh does this for the venv's PyTorch)"
+        return Err("libnccl.so not found: the build links the venv's nvidia-nccl wheel when it has \
+                    one; otherwise install NCCL, or put a directory holding libnccl.so (a link to a \
+                    libnccl.so.2) on LD_LIBRARY_PATH"
             .into());
     }
     let code = nccl::get_nccl_version().map_err(|e| format!("ncclGetVersion failed: {e:?}"))?;
@@ -51,6 +51,10 @@ impl NcclCollective {
     pub(crate) fn new(mpi: MpiCollective) -> Result<Self, DistError> {
         let placement = mpi.placement();
         nccl_library_status().map_err(DistError::Nccl)?;
+        // SAFETY: only tries to open the driver library by name (cudarc panics on a missing one).
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(DistError::Nccl("the CUDA driver library (libcuda.so) is not installed".into()));
+        }
         cuda::init().map_err(|e| nccl_err("cuInit", e))?;
         let visible = cuda::device::get_count().map_err(|e| nccl_err("cuDeviceGetCount", e))?;
         let device = crate::local_gpu(placement.local_rank, visible as usize).map_err(DistError::Nccl)?;

@@ -4,6 +4,7 @@
 //! Reference: `transformers/models/bert/modeling_bert.py` (Devlin et al. 2019).
 use crate::ModelError;
 use crate::dropout::Dropout;
+use crate::precision::Precision;
 use serde::Deserialize;
 use std::path::Path;
 use tch::{Kind, Tensor, nn, nn::Module};
@@ -29,6 +30,9 @@ pub struct BertConfig {
     pub layer_norm_eps: f64,
     #[serde(default)]
     pub pad_token_id: i64,
+    /// Not in `config.json`: the run's precision policy ([`Precision`]).
+    #[serde(skip)]
+    pub precision: Precision,
 }
 
 fn default_act() -> String {
@@ -92,6 +96,11 @@ fn layer_norm(p: nn::Path, cfg: &BertConfig) -> nn::LayerNorm {
     nn::layer_norm(p, vec![cfg.hidden_size], config)
 }
 
+/// LayerNorm in f32, whatever the input's kind ([`Precision`]).
+fn normalise(layer_norm: &nn::LayerNorm, x: &Tensor) -> Tensor {
+    layer_norm.forward(&x.to_kind(Kind::Float))
+}
+
 /// Word + position + token-type embeddings, then LayerNorm and dropout.
 #[derive(Debug)]
 pub struct BertEmbeddings {
@@ -129,7 +138,7 @@ impl BertEmbeddings {
         // Token type 0 everywhere: row 0 of the token-type table, broadcast.
         let token_type = self.token_type_embeddings.ws.get(0);
         let x = words + self.position_embeddings.forward(positions) + token_type;
-        dropout.apply(&self.layer_norm.forward(&x), self.dropout)
+        dropout.apply(&normalise(&self.layer_norm, &x), self.dropout)
     }
 }
 
@@ -141,6 +150,7 @@ pub struct BertSelfAttention {
     value: nn::Linear,
     heads: i64,
     dropout: f64,
+    precision: Precision,
 }
 
 impl BertSelfAttention {
@@ -152,6 +162,7 @@ impl BertSelfAttention {
             value: linear(p / "value", d, d),
             heads: cfg.num_attention_heads,
             dropout: cfg.attention_probs_dropout_prob,
+            precision: cfg.precision,
         }
     }
 
@@ -163,10 +174,11 @@ impl BertSelfAttention {
     pub fn forward(&self, x: &Tensor, groups: &[(i64, i64)], dropout: &Dropout) -> Tensor {
         let d = x.size()[1];
         let (heads, d_k) = (self.heads, d / self.heads);
-        let weight = Tensor::cat(&[&self.query.ws, &self.key.ws, &self.value.ws], 0);
+        let kind = self.precision.matmul_kind();
+        let weight = Tensor::cat(&[&self.query.ws, &self.key.ws, &self.value.ws], 0).to_kind(kind);
         let bias = [&self.query.bs, &self.key.bs, &self.value.bs]
             .map(|b| b.as_ref().expect("BERT linears have a bias"));
-        let qkv = x.linear(&weight, Some(Tensor::cat(&bias, 0)));
+        let qkv = x.to_kind(kind).linear(&weight, Some(Tensor::cat(&bias, 0).to_kind(kind)));
         let sizes: Vec<i64> = groups.iter().map(|&(n, len)| n * len).collect();
         let contexts: Vec<Tensor> = qkv
             .split_with_sizes(&sizes, 0)
@@ -192,6 +204,7 @@ pub struct BertSelfOutput {
     dense: nn::Linear,
     layer_norm: nn::LayerNorm,
     dropout: f64,
+    precision: Precision,
 }
 
 impl BertSelfOutput {
@@ -200,14 +213,15 @@ impl BertSelfOutput {
             dense: linear(p / "dense", cfg.hidden_size, cfg.hidden_size),
             layer_norm: layer_norm(p / "LayerNorm", cfg),
             dropout: cfg.hidden_dropout_prob,
+            precision: cfg.precision,
         }
     }
 
     /// # Shapes
-    /// `hidden [T, d]`, `residual [T, d]` -> `[T, d]`.
+    /// `hidden [T, d]`, `residual [T, d]` -> `[T, d]` (f32).
     pub fn forward(&self, hidden: &Tensor, residual: &Tensor, dropout: &Dropout) -> Tensor {
-        let h = dropout.apply(&self.dense.forward(hidden), self.dropout);
-        self.layer_norm.forward(&(h + residual))
+        let h = dropout.apply(&self.precision.linear(hidden, &self.dense), self.dropout);
+        normalise(&self.layer_norm, &(h.to_kind(Kind::Float) + residual))
     }
 }
 
@@ -232,6 +246,7 @@ impl BertAttention {
 pub struct BertIntermediate {
     dense: nn::Linear,
     act: String,
+    precision: Precision,
 }
 
 impl BertIntermediate {
@@ -239,13 +254,14 @@ impl BertIntermediate {
         BertIntermediate {
             dense: linear(p / "dense", cfg.hidden_size, cfg.intermediate_size),
             act: cfg.hidden_act.clone(),
+            precision: cfg.precision,
         }
     }
 
     /// # Shapes
-    /// `[T, d]` -> `[T, d_ff]`.
+    /// `[T, d]` -> `[T, d_ff]` (in the matmul kind).
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let h = self.dense.forward(x);
+        let h = self.precision.linear(x, &self.dense);
         match self.act.as_str() {
             "relu" => h.relu(),
             "gelu_new" => h.gelu("tanh"),
@@ -260,6 +276,7 @@ pub struct BertOutput {
     dense: nn::Linear,
     layer_norm: nn::LayerNorm,
     dropout: f64,
+    precision: Precision,
 }
 
 impl BertOutput {
@@ -268,14 +285,15 @@ impl BertOutput {
             dense: linear(p / "dense", cfg.intermediate_size, cfg.hidden_size),
             layer_norm: layer_norm(p / "LayerNorm", cfg),
             dropout: cfg.hidden_dropout_prob,
+            precision: cfg.precision,
         }
     }
 
     /// # Shapes
-    /// `hidden [T, d_ff]`, `residual [T, d]` -> `[T, d]`.
+    /// `hidden [T, d_ff]`, `residual [T, d]` -> `[T, d]` (f32).
     pub fn forward(&self, hidden: &Tensor, residual: &Tensor, dropout: &Dropout) -> Tensor {
-        let h = dropout.apply(&self.dense.forward(hidden), self.dropout);
-        self.layer_norm.forward(&(h + residual))
+        let h = dropout.apply(&self.precision.linear(hidden, &self.dense), self.dropout);
+        normalise(&self.layer_norm, &(h.to_kind(Kind::Float) + residual))
     }
 }
 
@@ -335,11 +353,6 @@ impl BertModel {
             layers: (0..cfg.num_hidden_layers).map(|i| BertLayer::new(&(&layer / i), cfg)).collect(),
             config: cfg.clone(),
         }
-    }
-
-    /// The element type the encoder computes in (its weights' kind).
-    pub fn kind(&self) -> Kind {
-        self.embeddings.word_embeddings.ws.kind()
     }
 
     /// Final hidden states of the token rows in each of `read` (one result per index set).
@@ -425,5 +438,86 @@ pub fn load_bert_weights(vs: &nn::VarStore, prefix: &str, path: &Path) -> Result
         Ok(loaded)
     } else {
         Err(ModelError::WeightsMismatch { path: path.to_path_buf(), problems })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    fn tiny(vs: &nn::VarStore, precision: Precision) -> BertModel {
+        let config = BertConfig {
+            vocab_size: 50,
+            hidden_size: 8,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            intermediate_size: 16,
+            hidden_act: "gelu".into(),
+            hidden_dropout_prob: 0.1,
+            attention_probs_dropout_prob: 0.1,
+            max_position_embeddings: 16,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+            pad_token_id: 0,
+            precision,
+        };
+        BertModel::new(&vs.root(), &config)
+    }
+
+    /// The policy of [`Precision`], op class by op class, on a forward and a backward pass.
+    #[test]
+    fn each_op_class_computes_in_the_kind_of_the_precision_policy() {
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let bert = tiny(&vs, Precision::Bf16);
+        // Two titles of 3 and 4 tokens, packed by length.
+        let ids = Tensor::from_slice(&[1i64, 7, 2, 1, 5, 6, 2]);
+        let positions = Tensor::from_slice(&[0i64, 1, 2, 0, 1, 2, 3]);
+        let groups = [(1, 3), (1, 4)];
+        let x = bert.embeddings.forward(&ids, &positions, &Dropout::Off);
+        assert_eq!(x.kind(), Kind::Float, "embeddings + LayerNorm");
+        let layer = &bert.layers[0];
+        for dropout in [Dropout::Off, Dropout::training(Device::Cpu, 1)] {
+            // SDPA, and the host-dropout path whose softmax is explicitly f32.
+            assert_eq!(layer.context(&x, &groups, &dropout).kind(), Kind::BFloat16, "attention");
+        }
+        assert_eq!(layer.intermediate.forward(&x).kind(), Kind::BFloat16, "feed-forward matmul + GELU");
+        let context = layer.context(&x, &groups, &Dropout::Off);
+        assert_eq!(layer.per_token(&context, &x, &Dropout::Off).kind(), Kind::Float, "residual + LayerNorm");
+        let cls = Tensor::from_slice(&[0i64, 3]);
+        let states = bert.forward(&ids, &positions, &groups, &[&cls], &Dropout::training(Device::Cpu, 2));
+        assert_eq!(states[0].kind(), Kind::Float, "final states");
+        let logits = states[0].matmul(&Tensor::ones([8, 3], (Kind::Float, Device::Cpu)));
+        let loss = crate::loss::category_loss(
+            &logits,
+            &Tensor::from_slice(&[0i64, 2]),
+            &Tensor::ones([2], (Kind::Float, Device::Cpu)),
+            2.0,
+        );
+        assert_eq!(loss.kind(), Kind::Float, "log-softmax loss");
+        loss.backward();
+        for (name, var) in vs.variables() {
+            assert_eq!(var.kind(), Kind::Float, "{name}: master weights stay f32");
+            let grad = var.grad();
+            if grad.defined() {
+                assert_eq!(grad.kind(), Kind::Float, "{name}: its gradient is f32");
+            }
+        }
+        assert!(
+            vs.variables()["encoder.layer.0.intermediate.dense.weight"]
+                .grad()
+                .abs()
+                .sum(Kind::Float)
+                .double_value(&[])
+                > 0.0
+        );
+
+        // f32: everything f32.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let bert = tiny(&vs, Precision::F32);
+        let x = bert.embeddings.forward(&ids, &positions, &Dropout::Off);
+        assert_eq!(bert.layers[0].intermediate.forward(&x).kind(), Kind::Float);
+        assert_eq!(bert.layers[0].context(&x, &groups, &Dropout::Off).kind(), Kind::Float);
     }
 }

@@ -6,8 +6,9 @@
 //! xoshiro256++ streams in Rust, filled on every core (about 2 ns per element there), seeded per
 //! step, so a resumed run draws the same masks as an uninterrupted one. On CUDA, torch's own
 //! kernels (Philox, and SDPA's in-kernel attention dropout) are already fast and keep the masks on
-//! the device; they draw from torch's CUDA generator, which checkpoints do not hold, so there
-//! resume is exact only without dropout.
+//! the device; they draw from torch's CUDA generator, which is seeded with the same per-step seed
+//! (seed, step, rank) at the start of every training forward pass, so there too the masks are a
+//! function of the step and a resumed run draws what an uninterrupted one would.
 use rand::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use rayon::prelude::*;
@@ -26,11 +27,15 @@ pub enum Dropout {
 }
 
 impl Dropout {
-    /// Dropout for a training forward pass on `device`; `seed` picks the CPU masks.
+    /// Dropout for a training forward pass on `device`; `seed` picks the masks (the CPU
+    /// stream's seed, or the CUDA generator's).
     pub fn training(device: Device, seed: u64) -> Self {
         match device {
             Device::Cpu => Dropout::Host(RefCell::new(Xoshiro256PlusPlus::seed_from_u64(seed))),
-            _ => Dropout::Device,
+            _ => {
+                tch::Cuda::manual_seed_all(seed);
+                Dropout::Device
+            }
         }
     }
 
@@ -52,9 +57,11 @@ impl Dropout {
         let sdpa = |p| Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, p, false, None, false);
         match self {
             Dropout::Host(_) if p > 0.0 => {
+                // Scores in q's kind (bf16 under the precision policy), softmax in f32, the
+                // probabilities rounded back for the value matmul.
                 let d_k = *q.size().last().expect("q has a head dimension") as f64;
-                let probs = (q.matmul(&k.transpose(-2, -1)) / d_k.sqrt()).softmax(-1, q.kind());
-                self.apply(&probs, p).matmul(v)
+                let probs = (q.matmul(&k.transpose(-2, -1)) / d_k.sqrt()).softmax(-1, Kind::Float);
+                self.apply(&probs, p).to_kind(v.kind()).matmul(v)
             }
             Dropout::Device => sdpa(p),
             _ => sdpa(0.0),

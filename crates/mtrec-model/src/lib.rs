@@ -10,15 +10,24 @@ pub mod dropout;
 pub mod loss;
 pub mod model;
 pub mod news;
+pub mod precision;
 pub mod user;
 
 pub use bert::{BertConfig, BertModel};
 pub use dropout::Dropout;
 pub use model::{ModelSpec, NewsInputs, NewsOutputs, NewsRecModel, SHARED_PREFIX};
 pub use news::TitleBatch;
+pub use precision::Precision;
 pub use user::{LsturMode, UserEncoderKind};
 
 use std::path::PathBuf;
+
+/// A host tensor on `device`. On CUDA it is copied from pinned (page-locked) memory without
+/// blocking the host (on the stream, after the kernels before it), so the input pipeline's thread
+/// goes on assembling the next batch while the copy runs.
+pub fn upload(host: tch::Tensor, device: tch::Device) -> tch::Tensor {
+    if device.is_cuda() { host.pin_memory(device).to_device_(device, host.kind(), true, false) } else { host }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

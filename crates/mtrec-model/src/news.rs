@@ -59,7 +59,7 @@ impl TitleBatch {
                 labels.extend((1..tokens.len()).map(|col| ner[i].get(col).map_or(-1, |&tag| tag as i64)));
             }
         }
-        let tensor = |values: &[i64]| Tensor::from_slice(values).to_device(device);
+        let tensor = |values: &[i64]| crate::upload(Tensor::from_slice(values), device);
         TitleBatch {
             input_ids: tensor(&ids),
             positions: tensor(&positions),
@@ -162,6 +162,7 @@ mod tests {
             type_vocab_size: 2,
             layer_norm_eps: 1e-12,
             pad_token_id: 0,
+            precision: Default::default(),
         };
         BertModel::new(&vs.root(), &config)
     }

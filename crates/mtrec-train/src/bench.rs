@@ -126,7 +126,7 @@ impl Runner {
         let model_dir = setup::model_dir(config)?;
         let device = setup::device(config.train.device, 0)?;
         let (vs, model) = setup::build_model(config, LABELS, &model_dir, None, device)?;
-        let params = FlatParams::new(&vs, setup::compute_kind(config, device));
+        let params = FlatParams::new(&vs);
         let optimizer = AdamW::new(&params, config.optim.clone());
         let (table, host) = reference_batch(model.bert.config.vocab_size, config.train.seed);
         let labelled: u64 = table.ner_tags.iter().flatten().filter(|&&t| t >= 0).count() as u64;

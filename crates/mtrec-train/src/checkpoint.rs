@@ -303,18 +303,114 @@ impl Checkpoint {
         Ok(identity)
     }
 
-    /// The named tensors of `model.safetensors`.
-    pub fn model_tensors(&self) -> Result<Vec<(String, Tensor)>, TrainError> {
-        let path = self.dir.join(MODEL_FILE);
-        Tensor::read_safetensors(&path)
-            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
+    pub fn model_file(&self) -> PathBuf {
+        self.dir.join(MODEL_FILE)
     }
 
-    pub fn optimizer_tensors(&self) -> Result<Vec<(String, Tensor)>, TrainError> {
-        let path = self.dir.join(OPTIMIZER_FILE);
-        Tensor::read_safetensors(&path)
-            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
+    pub fn optimizer_file(&self) -> PathBuf {
+        self.dir.join(OPTIMIZER_FILE)
     }
+}
+
+/// Bytes moved per piece by [`read_safetensors_into`].
+const READ_PIECE_BYTES: usize = 64 << 20;
+
+/// One tensor's entry in a safetensors header.
+#[derive(Debug, Deserialize)]
+struct SafetensorsEntry {
+    dtype: String,
+    shape: Vec<i64>,
+    data_offsets: [u64; 2],
+}
+
+/// Where each tensor of a safetensors file is: name -> (kind, shape, absolute byte range).
+type SafetensorsIndex = std::collections::BTreeMap<String, (tch::Kind, Vec<i64>, [u64; 2])>;
+
+/// The tensors a safetensors file holds.
+fn safetensors_index(path: &Path) -> Result<SafetensorsIndex, TrainError> {
+    use std::io::Read;
+    let bad = |reason: String| TrainError::Checkpoint(format!("{}: {reason}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(|e| TrainError::io(path, e))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| TrainError::io(path, e))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        return Err(bad(format!("a safetensors header of {len} bytes")));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).map_err(|e| TrainError::io(path, e))?;
+    let mut entries: std::collections::BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("safetensors header: {e}")))?;
+    entries.remove("__metadata__");
+    let mut index = std::collections::BTreeMap::new();
+    for (name, value) in entries {
+        let entry: SafetensorsEntry =
+            serde_json::from_value(value).map_err(|e| bad(format!("safetensors header, {name}: {e}")))?;
+        let kind = match entry.dtype.as_str() {
+            "F32" => tch::Kind::Float,
+            "F64" => tch::Kind::Double,
+            "BF16" => tch::Kind::BFloat16,
+            "F16" => tch::Kind::Half,
+            "I64" => tch::Kind::Int64,
+            "I32" => tch::Kind::Int,
+            other => return Err(bad(format!("{name}: dtype {other} is not one this crate writes"))),
+        };
+        let [begin, end] = entry.data_offsets.map(|o| o + 8 + len);
+        let numel: i64 = entry.shape.iter().product();
+        if end - begin != numel as u64 * kind.elt_size_in_bytes() as u64 {
+            return Err(bad(format!(
+                "{name}: {} bytes for shape {:?} of {}",
+                end - begin,
+                entry.shape,
+                entry.dtype
+            )));
+        }
+        index.insert(name, (kind, entry.shape, [begin, end]));
+    }
+    Ok(index)
+}
+
+/// Copies the tensors of the safetensors file `path` into `targets` (name, contiguous tensor of
+/// the same shape; any device and float kind) [`READ_PIECE_BYTES`] at a time: memory stays
+/// bounded, where loading the file whole would hold a second copy of every tensor. Every name
+/// must be in the file with its shape; problems are listed together.
+pub fn read_safetensors_into(path: &Path, targets: &[(String, Tensor)]) -> Result<(), TrainError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let index = safetensors_index(path)?;
+    let problems: Vec<String> = targets
+        .iter()
+        .filter_map(|(name, target)| match index.get(name) {
+            Some((_, shape, _)) if *shape == target.size() && target.is_contiguous() => None,
+            Some((_, shape, _)) => Some(format!("{name}: checkpoint {shape:?}, model {:?}", target.size())),
+            None => Some(format!("{name}: missing")),
+        })
+        .collect();
+    if !problems.is_empty() {
+        return Err(TrainError::Checkpoint(format!(
+            "{}: does not fit the configured model (a config change that changes the model?):\n  {}",
+            path.display(),
+            problems.join("\n  ")
+        )));
+    }
+    let mut file = std::fs::File::open(path).map_err(|e| TrainError::io(path, e))?;
+    let mut piece = vec![0u8; READ_PIECE_BYTES];
+    tch::no_grad(|| -> Result<(), TrainError> {
+        for (name, target) in targets {
+            let (kind, _, [begin, _]) = &index[name];
+            let elt = kind.elt_size_in_bytes();
+            let (flat, numel) = (target.view([-1]), target.numel());
+            file.seek(SeekFrom::Start(*begin)).map_err(|e| TrainError::io(path, e))?;
+            let per_piece = READ_PIECE_BYTES / elt;
+            for start in (0..numel).step_by(per_piece) {
+                let count = per_piece.min(numel - start);
+                let bytes = &mut piece[..count * elt];
+                file.read_exact(bytes).map_err(|e| TrainError::io(path, e))?;
+                let source = Tensor::f_from_data_size(bytes, &[count as i64], *kind)?;
+                flat.narrow(0, start as i64, count as i64).copy_(&source);
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Complete checkpoint folders of a run, oldest first.
@@ -372,31 +468,11 @@ pub fn prune(run_dir: &Path, keep: usize, protect: Option<&Path>) {
     }
 }
 
-/// Loads `model.safetensors` into the variables of `vs` by name (all must be present, same shapes).
+/// Loads `model.safetensors` into the variables of `vs` by name (all must be present, same
+/// shapes), piece by piece ([`read_safetensors_into`]).
 pub fn load_model(vs: &tch::nn::VarStore, checkpoint: &Checkpoint) -> Result<(), TrainError> {
-    let tensors: std::collections::HashMap<String, Tensor> =
-        checkpoint.model_tensors()?.into_iter().collect();
-    let mut problems = Vec::new();
-    tch::no_grad(|| {
-        for (name, mut var) in vs.variables() {
-            match tensors.get(&name) {
-                Some(t) if t.size() == var.size() => var.copy_(t),
-                Some(t) => {
-                    problems.push(format!("{name}: checkpoint {:?}, model {:?}", t.size(), var.size()))
-                }
-                None => problems.push(format!("{name}: missing")),
-            }
-        }
-    });
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(TrainError::Checkpoint(format!(
-            "{}: does not fit the configured model (a config change that changes the model?):\n  {}",
-            checkpoint.dir.display(),
-            problems.join("\n  ")
-        )))
-    }
+    let targets: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    read_safetensors_into(&checkpoint.model_file(), &targets)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use crate::TrainError;
 use crate::optim::OptimConfig;
 use crate::surgery::SurgeryMode;
-use mtrec_model::UserEncoderKind;
+use mtrec_model::{Precision, UserEncoderKind};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -117,8 +117,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// `auto` (CUDA when available, the GPU of the local rank), `cpu` or `cuda`.
     pub device: DeviceChoice,
-    /// bf16 autocast on CUDA (ignored on CPU).
-    pub bf16: bool,
+    /// `f32`, or `bf16`: BERT's matmuls in bf16, LayerNorm, softmax, heads, losses and the
+    /// weights in f32 (the policy: `mtrec_model::Precision`); on CPU and CUDA alike.
+    pub precision: Precision,
 }
 
 impl Default for TrainConfig {
@@ -129,7 +130,7 @@ impl Default for TrainConfig {
             max_steps: 1000,
             seed: 42,
             device: DeviceChoice::Auto,
-            bf16: true,
+            precision: Precision::F32,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! A host batch turned into tensors on the training device.
 use mtrec_data::batch::{GlobalCounts, HostBatch, titles};
 use mtrec_data::read::NewsTable;
-use mtrec_model::{NewsInputs, TitleBatch};
+use mtrec_model::{NewsInputs, TitleBatch, upload};
 use tch::{Device, Tensor};
 
 /// Everything one step needs, on the device.
@@ -39,13 +39,13 @@ pub fn news_inputs(table: &NewsTable, nids: &[i32], device: Device) -> NewsInput
         }
     }
     let column = |values: &[i64]| {
-        Tensor::from_slice(&nids.iter().map(|&n| values[n as usize]).collect::<Vec<_>>()).to_device(device)
+        upload(Tensor::from_slice(&nids.iter().map(|&n| values[n as usize]).collect::<Vec<_>>()), device)
     };
     NewsInputs {
         titles: TitleBatch::new(&title_ids, Some(&ner), device),
         category: column(&table.category),
         subcategory: column(&table.subcategory),
-        entities: Tensor::from_slice(&entities).view([nids.len() as i64, width as i64]).to_device(device),
+        entities: upload(Tensor::from_slice(&entities).view([nids.len() as i64, width as i64]), device),
     }
 }
 
@@ -64,14 +64,15 @@ impl DeviceBatch {
         let weights: Vec<f32> = host.occurrences.iter().map(|&c| c as f32).collect();
         DeviceBatch {
             news: news_inputs(table, &host.news, device),
-            history: Tensor::from_slice(&host.history).view([b, host.history_len as i64]).to_device(device),
-            history_mask: Tensor::from_slice(&host.history_mask)
-                .view([b, host.history_len as i64])
-                .to_device(device),
-            candidates: Tensor::from_slice(&host.candidates).view([b, -1]).to_device(device),
-            users: Tensor::from_slice(&host.users).to_device(device),
+            history: upload(Tensor::from_slice(&host.history).view([b, host.history_len as i64]), device),
+            history_mask: upload(
+                Tensor::from_slice(&host.history_mask).view([b, host.history_len as i64]),
+                device,
+            ),
+            candidates: upload(Tensor::from_slice(&host.candidates).view([b, -1]), device),
+            users: upload(Tensor::from_slice(&host.users), device),
             size: host.size,
-            news_weights: Tensor::from_slice(&weights).to_device(device),
+            news_weights: upload(Tensor::from_slice(&weights), device),
             category_denominator: (global.news.max(1) as f64) / world as f64,
             ner_denominator: (global.labelled_tokens.max(1) as f64) / world as f64,
         }

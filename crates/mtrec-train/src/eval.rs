@@ -30,7 +30,7 @@ pub fn progress(len: u64, what: &str, visible: bool) -> ProgressBar {
     bar
 }
 
-/// News vectors of every news item: `[num_news + 1, d]` in the model's compute kind, row `nid`,
+/// News vectors of every news item: `[num_news + 1, d]` f32, row `nid`,
 /// row 0 zeros. Titles are sorted by length and dealt round-robin to the ranks (equal work); each
 /// rank encodes its share `batch` titles at a time (almost no padding), and the shares are
 /// gathered so every rank ends with the whole table.
@@ -50,7 +50,7 @@ pub fn encode_all_news(
     let mine = share(rank);
     let rows_per_rank = sorted.len().div_ceil(world);
     let d = model.bert.config.hidden_size;
-    let kind = model.bert.kind();
+    let kind = Kind::Float;
     let local = Tensor::zeros([rows_per_rank as i64, d], (kind, device));
     let bar = progress(mine.len() as u64, "news", placement.is_main());
     let batch = batch.max(1);

@@ -4,9 +4,9 @@
 //! gathered into buffers of the same layout, so an all-reduce, the surgery and the optimizer step
 //! are a few large kernels instead of hundreds of small ones.
 //!
-//! Mixed precision (bf16 on CUDA): the flat buffer stays f32 (the master weights AdamW updates),
-//! and the model's variables are views into a bf16 copy of it, refreshed after each step; the
-//! forward and backward passes run in bf16 and the gathered gradients are f32 again.
+//! The buffer is f32 whatever `train.precision` says: the variables are the master weights, and
+//! the bf16 matmuls round them as they run (`mtrec_model::Precision`), so the gradients gathered
+//! here are f32 too.
 //!
 //! Frozen variables (`model.trainable_layers`) stay outside the buffer; they are kept too, so a
 //! checkpoint holds every variable of the model.
@@ -15,14 +15,12 @@ use tch::{Kind, Tensor, nn};
 
 #[derive(Debug)]
 pub struct FlatParams {
-    /// Trainable variables in buffer order: `(name, variable)`.
+    /// Trainable variables in buffer order: `(name, variable)`, each a view into `values`.
     pub vars: Vec<(String, Tensor)>,
-    /// Frozen variables: `(name, f32 value)` (with f32 compute, the variable itself).
+    /// Frozen variables: `(name, variable)`.
     frozen: Vec<(String, Tensor)>,
-    /// `[P]` f32 master values; with f32 compute each variable is a view into it.
+    /// `[P]` f32 values of the trainable variables.
     pub values: Tensor,
-    /// `[P]` reduced-precision copy the variables view when computing in bf16.
-    compute: Option<Tensor>,
     /// Contiguous runs of variables with the same learning-rate group and weight decay.
     pub segments: Vec<Segment>,
     /// Total number of elements `P`.
@@ -45,22 +43,10 @@ fn decays(name: &str) -> bool {
 }
 
 impl FlatParams {
-    /// Moves every trainable variable of `vs` into one buffer (same values), shared ones first;
-    /// with `compute_kind` other than f32 the variables (frozen ones too) view a copy of that kind.
-    pub fn new(vs: &nn::VarStore, compute_kind: Kind) -> Self {
+    /// Moves every trainable variable of `vs` into one buffer (same values), shared ones first.
+    pub fn new(vs: &nn::VarStore) -> Self {
         let (mut vars, frozen): (Vec<_>, Vec<_>) =
             vs.variables().into_iter().partition(|(_, t)| t.requires_grad());
-        let frozen = frozen
-            .into_iter()
-            .map(|(name, mut var)| {
-                if compute_kind == Kind::Float {
-                    return (name, var);
-                }
-                let master = var.to_kind(Kind::Float).copy();
-                tch::no_grad(|| var.set_data(&var.to_kind(compute_kind)));
-                (name, master)
-            })
-            .collect();
         // Shared first, decayed first, then by name: a layout every rank derives identically.
         let key = |name: &String| (!name.starts_with(SHARED_PREFIX), !decays(name), name.clone());
         vars.sort_by_key(|(name, _)| key(name));
@@ -83,17 +69,7 @@ impl FlatParams {
                 offset += n;
             }
         });
-        let compute = (compute_kind != Kind::Float).then(|| {
-            let compute = values.to_kind(compute_kind);
-            let mut offset = 0;
-            for (_, var) in vars.iter_mut() {
-                let n = var.numel() as i64;
-                var.set_data(&compute.narrow(0, offset, n).view(var.size().as_slice()));
-                offset += n;
-            }
-            compute
-        });
-        FlatParams { vars, frozen, values, compute, segments, len }
+        FlatParams { vars, frozen, values, segments, len }
     }
 
     /// Number of leading elements that belong to shared (BERT) parameters.
@@ -117,25 +93,9 @@ impl FlatParams {
         Tensor::cat(&parts, 0).to_kind(Kind::Float)
     }
 
-    /// The f32 master value of every variable, trainable and frozen, by name (what checkpoints
-    /// store).
+    /// Every variable, trainable and frozen, by name (what checkpoints store).
     pub fn master_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut offset = 0;
-        let trainable = self.vars.iter().map(|(name, var)| {
-            let n = var.numel() as i64;
-            let view = self.values.narrow(0, offset, n).view(var.size().as_slice());
-            offset += n;
-            (name.clone(), view)
-        });
-        let frozen = self.frozen.iter().map(|(name, value)| (name.clone(), value.shallow_clone()));
-        trainable.chain(frozen).collect()
-    }
-
-    /// After the optimizer changed `values`: refreshes the reduced-precision copy the model reads.
-    pub fn refresh_compute_copy(&mut self) {
-        if let Some(compute) = &mut self.compute {
-            tch::no_grad(|| compute.copy_(&self.values));
-        }
+        self.vars.iter().chain(&self.frozen).map(|(name, var)| (name.clone(), var.shallow_clone())).collect()
     }
 }
 
@@ -163,7 +123,7 @@ mod tests {
         };
 
         let vs = build();
-        let flat = FlatParams::new(&vs, Kind::Float);
+        let flat = FlatParams::new(&vs);
         assert_eq!(flat.len, 2, "only the trainable variable is in the buffer");
         let saved = flat.master_tensors();
         assert_eq!(names(&saved), ["bert.frozen", "bert.trained"]);
@@ -188,14 +148,5 @@ mod tests {
         let _ = (fresh.root() / "bert").var("frozen", &[3], nn::Init::Const(0.0));
         checkpoint::load_model(&fresh, &Checkpoint::open(&dir).unwrap()).unwrap();
         assert_eq!(Vec::<f32>::try_from(&fresh.variables()["bert.frozen"]).unwrap(), [3.0, 4.0, 5.0]);
-
-        // Reduced-precision compute: the frozen variable computes in bf16 like the rest, and the
-        // checkpoint keeps its exact f32 value.
-        let vs = build();
-        let flat = FlatParams::new(&vs, Kind::BFloat16);
-        assert_eq!(vs.variables()["bert.frozen"].kind(), Kind::BFloat16);
-        let saved: std::collections::HashMap<String, Tensor> = flat.master_tensors().into_iter().collect();
-        assert_eq!(saved["bert.frozen"].kind(), Kind::Float);
-        assert_eq!(Vec::<f32>::try_from(&saved["bert.frozen"]).unwrap(), [3.0, 4.0, 5.0]);
     }
 }

@@ -108,7 +108,6 @@ impl AdamW {
                 }
             }
         });
-        params.refresh_compute_copy();
     }
 }
 
@@ -148,7 +147,7 @@ mod tests {
             let (path, leaf) = name.rsplit_once('.').unwrap();
             let _ = path.split('.').fold(ours_vs.root(), |p, part| p / part).var_copy(leaf, &init(i));
         }
-        let mut flat = FlatParams::new(&ours_vs, tch::Kind::Float);
+        let mut flat = FlatParams::new(&ours_vs);
         assert_eq!(flat.segments.len(), 4, "{:?}", flat.segments);
         let mut ours = AdamW::new(&flat, config.clone());
 

@@ -57,11 +57,6 @@ pub fn device(choice: DeviceChoice, local_rank: usize) -> Result<Device, TrainEr
     }
 }
 
-/// The kind forward and backward passes compute in: bf16 on CUDA when `train.bf16`, else f32.
-pub fn compute_kind(config: &Config, device: Device) -> tch::Kind {
-    if config.train.bf16 && device.is_cuda() { tch::Kind::BFloat16 } else { tch::Kind::Float }
-}
-
 /// Refuses shards tokenized with another tokenizer than the model's.
 fn check_tokenizer(manifest: &Manifest, shards: &Path, model_dir: &Path) -> Result<(), TrainError> {
     let ours = mtrec_data::manifest::tokenizer_identity(model_dir)?;
@@ -105,6 +100,7 @@ pub fn bert_config(config: &Config, model_dir: &Path) -> Result<BertConfig, Trai
     }
     bert.hidden_dropout_prob = m.dropout;
     bert.attention_probs_dropout_prob = m.dropout;
+    bert.precision = config.train.precision;
     Ok(bert)
 }
 
@@ -150,9 +146,8 @@ pub fn build_model(
         trainable_layers: (config.model.trainable_layers > 0).then_some(config.model.trainable_layers),
     };
     tch::manual_seed(config.train.seed as i64);
-    let kind = compute_kind(config, device);
     let vs = nn::VarStore::new(device);
-    let model = NewsRecModel::new(&vs, &bert, &spec, entity_table.map(|t| t.to_kind(kind)));
+    let model = NewsRecModel::new(&vs, &bert, &spec, entity_table);
     if config.model.init == ModelInit::Pretrained {
         NewsRecModel::load_pretrained_bert(&vs, model_dir)?;
     }

@@ -259,39 +259,32 @@ fn optimizer_tensors(optimizer: &AdamW) -> Vec<(String, Tensor)> {
 }
 
 fn restore_optimizer(optimizer: &mut AdamW, checkpoint: &Checkpoint) -> Result<(), TrainError> {
-    let tensors: std::collections::HashMap<String, Tensor> =
-        checkpoint.optimizer_tensors()?.into_iter().collect();
-    let get = |name: &str| {
-        tensors.get(name).ok_or_else(|| {
-            TrainError::Checkpoint(format!(
-                "{}: optimizer.safetensors has no {name}",
-                checkpoint.dir.display()
-            ))
-        })
-    };
-    let (m, v) = (get("exp_avg")?, get("exp_avg_sq")?);
-    if m.size() != optimizer.exp_avg.size() || v.size() != optimizer.exp_avg_sq.size() {
-        return Err(TrainError::Checkpoint(format!(
-            "{}: optimizer state has {:?} elements, the model {:?}",
-            checkpoint.dir.display(),
-            m.size(),
-            optimizer.exp_avg.size()
-        )));
-    }
-    tch::no_grad(|| {
-        optimizer.exp_avg.copy_(m);
-        optimizer.exp_avg_sq.copy_(v);
-    });
-    optimizer.step = get("step")?.int64_value(&[0]) as u64;
+    let step = Tensor::zeros([1], (tch::Kind::Int64, Device::Cpu));
+    let targets = [
+        ("exp_avg".to_string(), optimizer.exp_avg.shallow_clone()),
+        ("exp_avg_sq".to_string(), optimizer.exp_avg_sq.shallow_clone()),
+        ("step".to_string(), step.shallow_clone()),
+    ];
+    checkpoint::read_safetensors_into(&checkpoint.optimizer_file(), &targets)?;
+    optimizer.step = step.int64_value(&[0]) as u64;
     Ok(())
 }
 
-/// f64 sums of tensors, as bytes: a checksum ranks compare.
+/// f64 sums of tensors, as bytes: a checksum ranks compare. Summed in pieces of 4M elements,
+/// so no f64 copy of a whole tensor is made.
 fn checksum(tensors: &[&Tensor]) -> Vec<u8> {
-    tensors
-        .iter()
-        .flat_map(|t| t.to_kind(tch::Kind::Double).sum(tch::Kind::Double).double_value(&[]).to_le_bytes())
-        .collect()
+    let sum = |t: &Tensor| -> f64 {
+        let flat = t.view([-1]);
+        let numel = flat.size()[0];
+        (0..numel)
+            .step_by(1 << 22)
+            .map(|start| {
+                let piece = flat.narrow(0, start, (1 << 22).min(numel - start));
+                piece.to_kind(tch::Kind::Double).sum(tch::Kind::Double).double_value(&[])
+            })
+            .sum()
+    };
+    tensors.iter().flat_map(|t| sum(t).to_le_bytes()).collect()
 }
 
 fn describe_checksums(rank0: &[u8], mine: &[u8]) -> String {
@@ -417,7 +410,7 @@ impl<'a> Trainer<'a> {
             heartbeat.phase(format!("loading {}", ckpt.dir.display()));
             checkpoint::load_model(&vs, ckpt)?;
         }
-        let mut params = FlatParams::new(&vs, setup::compute_kind(config, device));
+        let mut params = FlatParams::new(&vs);
 
         // optimizer (the schedule is a pure function of the step)
         let mut optimizer = AdamW::new(&params, config.optim.clone());
@@ -439,7 +432,6 @@ impl<'a> Trainer<'a> {
             &checksum(&[&params.values]),
             &describe_checksums,
         )?;
-        params.refresh_compute_copy();
 
         // checkpointer, metrics, signals
         let run_dir = config.train.run_dir.clone();

@@ -5,7 +5,7 @@ use mtrec_data::manifest::Split;
 use mtrec_data::write::write_atomically;
 use mtrec_dist::{Backend, Collective, Job, Local, Watchdog};
 use mtrec_train::agree::agree_on_config;
-use mtrec_train::config::{Config, DeviceChoice};
+use mtrec_train::config::Config;
 use mtrec_train::eval::{encode_all_news, eval_impressions, evaluate, score_impressions};
 use mtrec_train::metrics::ranks_in_input_order;
 use mtrec_train::setup::{self, LabelCounts};
@@ -25,11 +25,8 @@ fn watch(config: &Config) -> Watchdog {
 
 /// The collective for this job: NCCL when training on CUDA, else MPI (or a world of one).
 fn connect<'a>(job: &'a Job, config: &Config) -> anyhow::Result<&'a dyn Collective> {
-    let cuda = match config.train.device {
-        DeviceChoice::Cpu => false,
-        DeviceChoice::Cuda => true,
-        DeviceChoice::Auto => tch::Cuda::is_available(),
-    };
+    // A CUDA device that is not there (no driver, no GPU, too few) is refused here, before NCCL.
+    let cuda = setup::device(config.train.device, job.placement().local_rank)?.is_cuda();
     let backend = if cuda { Backend::Cuda } else { Backend::Cpu };
     job.collective(backend).context("connecting to the other ranks")
 }
