@@ -2,7 +2,8 @@
 # The main job on the bundled defaults, from nothing to a trained, evaluated model:
 #   setup -> build -> synthetic MIND data -> shards -> data-parallel MTRec training of
 #   the pretrained all-MiniLM-L6-v2 on 2 ranks (mpirun, CPU) -> interrupted with SIGUSR1 after
-#   its first checkpoint and resumed with --resume auto -> dev metrics -> test predictions.
+#   its first checkpoint and resumed with --resume auto -> dev metrics -> test predictions ->
+#   the run report (figures and report.md in runs/minilm/report).
 # Re-running reuses the data and starts a fresh run. Extra arguments go to every `train` call
 # (for example `--set train.max_steps=40`).
 set -euo pipefail
@@ -52,3 +53,4 @@ echo "== predict the test split (MIND leaderboard format)"
 "$worker" predict --config configs/minilm.toml --checkpoint "$last" --split test --out "$run/prediction.zip"
 echo
 echo "run directory: $run (config.toml, metrics.jsonl, checkpoints, best.json, prediction.zip)"
+echo "run report: $run/report/report.md (figures beside it; mtrec-worker report $run writes it again)"

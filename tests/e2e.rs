@@ -1,5 +1,7 @@
 //! prep -> train -> eval -> predict -> embed with the real binaries on synthetic MIND data.
-use mtrec_e2e::{binary, mpirun, python, repo_root, run, stdout, synthetic_shards};
+use mtrec_e2e::{
+    binary, max_param_diff, mpirun, python, repo_root, run, signal_a_rank, stdout, synthetic_shards,
+};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -60,6 +62,24 @@ fn tiny_model_learns_the_planted_signal() {
     let auc = dev_auc(&text);
     println!("{text}");
     assert!(auc > 0.60, "dev AUC {auc} is not clearly above chance:\n{text}");
+
+    // Not a terminal: each log step is one short line (the JSON goes to metrics.jsonl only).
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    let line = log
+        .lines()
+        .find(|l| l.contains("step 40/80 | "))
+        .unwrap_or_else(|| panic!("no step 40 line:\n{log}"));
+    let parts: Vec<&str> = line[line.find("step 40/80").unwrap()..].split(" | ").collect();
+    assert_eq!(parts.len(), 5, "{line}");
+    assert!(
+        parts[1].starts_with("loss ") && parts[1].contains(" cat ") && parts[1].contains(" ner "),
+        "{line}"
+    );
+    assert!(
+        parts[2].starts_with("lr ") && parts[3].ends_with(" samples/s") && parts[4].starts_with("eta "),
+        "{line}"
+    );
+    assert!(!log.contains("{\"step\""), "JSON records in the log:\n{log}");
 
     // metrics.jsonl has the per-step records the issue asks for.
     let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
@@ -223,19 +243,6 @@ print("ok")
         true,
     );
     assert!(stdout(&out).starts_with("ok"));
-}
-
-/// Max |a - b| over every tensor of two model.safetensors files (read by the venv's safetensors).
-fn max_param_diff(a: &Path, b: &Path) -> f64 {
-    let script = r#"
-import sys
-from safetensors.numpy import load_file
-a, b = load_file(sys.argv[1]), load_file(sys.argv[2])
-assert a.keys() == b.keys(), set(a) ^ set(b)
-print(max(float(abs(a[k].astype("float64") - b[k].astype("float64")).max()) for k in a))
-"#;
-    let out = run(Command::new(python()).arg("-c").arg(script).arg(a).arg(b), true);
-    stdout(&out).trim().parse().unwrap()
 }
 
 /// Two ranks with per-rank batch b end with the same parameters as one rank with batch 2b, for
@@ -444,6 +451,18 @@ fn sigterm_leaves_a_loadable_checkpoint() {
         .collect();
     assert_eq!(steps, (1..=step + 2).collect::<Vec<_>>(), "{metrics}");
 
+    // The run's report, written by `train` at its end: every figure, one continuous run across
+    // the resume, and the final metrics.
+    let report = run_dir.join("report");
+    for figure in ["losses", "gradients", "dev", "learning_rate", "throughput"] {
+        let bytes = std::fs::read(report.join(format!("{figure}.png"))).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000, "{figure}.png: {} bytes", bytes.len());
+    }
+    let summary = std::fs::read_to_string(report.join("report.md")).unwrap();
+    let auc = logged(&run_dir, "auc").last().copied().expect("an evaluation at the end");
+    assert!(summary.contains(&format!("{auc:.4}")), "AUC {auc:.4} not in report.md:\n{summary}");
+    assert!(summary.contains(&format!("{} of {}", step + 2, step + 2)), "{summary}");
+
     // A config that changes the model, or the data order, is refused, naming the checkpoint.
     for (change, refusal) in [
         ("mtl.ner=false", "different model configuration"),
@@ -468,9 +487,7 @@ fn a_killed_rank_ends_the_job() {
         .unwrap();
     wait_for(&run_dir.join("metrics.jsonl"), 120);
     // The ranks are mpirun's children; kill one of them.
-    let out = run(Command::new("pgrep").args(["-P", &job.id().to_string()]), true);
-    let rank_pid = stdout(&out).lines().last().expect("a rank process").trim().to_string();
-    run(Command::new("kill").args(["-KILL", &rank_pid]), true);
+    signal_a_rank(job.id(), "KILL");
     let killed_at = std::time::Instant::now();
     loop {
         if let Some(status) = job.try_wait().unwrap() {
@@ -560,6 +577,19 @@ fn bf16_tracks_f32_and_every_command_runs_in_bf16_with_amf() {
     }
     run(embed.arg("--checkpoint").arg(&checkpoint).arg("--out").arg(&vectors).current_dir(repo_root()), true);
     assert!(vectors.is_file());
+
+    // `compare` prints a row per run.
+    let mut compare = Command::new(binary("mtrec-worker"));
+    compare.arg("compare").args(&runs).arg("--out").arg(fixture().root.join("compare"));
+    let table = stdout(&run(&mut compare, true));
+    for dir in &runs {
+        assert!(
+            table.lines().any(|l| l.starts_with('|') && l.contains(&*dir.to_string_lossy())),
+            "{}:\n{table}",
+            dir.display()
+        );
+    }
+    assert!(fixture().root.join("compare/dev_auc.png").is_file());
 }
 
 /// NCCL loads with no LD_LIBRARY_PATH: the build links the venv's nvidia-nccl wheel.

@@ -3,7 +3,7 @@
 //! out is made with an MPMD launch (`mpirun -n 1 A : -n 1 B`): B is the same worker in another
 //! environment, with other `--set`s, or behind `unshare -m` with an empty folder bind-mounted
 //! over a path (a node without the mount).
-use mtrec_e2e::{binary, mpirun, python, repo_root, run, stdout, synthetic_shards};
+use mtrec_e2e::{binary, mpirun, python, repo_root, run, signal_a_rank, stdout, synthetic_shards};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -124,6 +124,7 @@ fn rank_1_without_its_shards_ends_the_job() {
         format!("error: rank 1: {}/manifest.json: No such file or directory", fixture().shards.display());
     let (output, _) = fails_with(mpmd(&a, Rank1::Without(fixture().shards.clone())), &message);
     assert_eq!(output.matches("No such file or directory").count(), 1, "said once:\n{output}");
+    assert_eq!(output.matches("manifest.json").count(), 1, "the path named once:\n{output}");
 }
 
 #[test]
@@ -169,9 +170,7 @@ fn a_hung_rank_ends_the_job_after_the_timeout() {
     let child =
         job.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     wait_for_line(&run_dir.join("metrics.jsonl"), "\"step\":");
-    let ranks = stdout(&run(Command::new("pgrep").args(["-P", &child.id().to_string()]), true));
-    let rank_pid = ranks.lines().last().expect("a rank process").trim().to_string();
-    run(Command::new("kill").args(["-STOP", &rank_pid]), true);
+    signal_a_rank(child.id(), "STOP");
     let stopped_at = Instant::now();
     let out = child.wait_with_output().unwrap();
     let (output, seconds) = (text(&out), stopped_at.elapsed().as_secs_f64());
@@ -277,9 +276,7 @@ fn sigterm_during_evaluation_checkpoints_and_exits_75() {
         job.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     // Step 5 logged: its evaluation runs now.
     wait_for_line(&run_dir.join("metrics.jsonl"), "\"step\":5,");
-    let ranks = stdout(&run(Command::new("pgrep").args(["-P", &child.id().to_string()]), true));
-    let rank_pid = ranks.lines().last().expect("a rank process").trim().to_string();
-    run(Command::new("kill").args(["-TERM", &rank_pid]), true);
+    signal_a_rank(child.id(), "TERM");
     let signalled = Instant::now();
     let out = child.wait_with_output().unwrap();
     let (output, seconds) = (text(&out), signalled.elapsed().as_secs_f64());

@@ -6,7 +6,7 @@
 //!   (the time-limit warning, SIGTERM to the tasks, `scontrol requeue`), requeued on the marker the
 //!   ranks write, resumed with `--resume auto`, and finished with the weights of an uninterrupted
 //!   run; jobs that fail for real end instead of requeueing.
-use mtrec_e2e::{binary, mpirun, python, repo_root, run, stdout, synthetic_shards};
+use mtrec_e2e::{binary, max_param_diff, mpirun, repo_root, run, stdout, synthetic_shards};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -249,19 +249,6 @@ fn newest_checkpoint(run_dir: &Path) -> Option<u64> {
         .flatten()
         .filter_map(|e| e.file_name().to_string_lossy().strip_prefix("step-")?.parse().ok())
         .max()
-}
-
-/// Max |a - b| over every tensor of two model.safetensors files (read by the venv's safetensors).
-fn max_param_diff(a: &Path, b: &Path) -> f64 {
-    let script = r#"
-import sys
-from safetensors.numpy import load_file
-a, b = load_file(sys.argv[1]), load_file(sys.argv[2])
-assert a.keys() == b.keys(), set(a) ^ set(b)
-print(max(float(abs(a[k].astype("float64") - b[k].astype("float64")).max()) for k in a))
-"#;
-    let out = run(Command::new(python()).arg("-c").arg(script).arg(a).arg(b), true);
-    stdout(&out).trim().parse().unwrap()
 }
 
 /// The step in the last "checkpoint at step S" line of the batch script's output.

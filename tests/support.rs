@@ -82,3 +82,25 @@ pub fn mpirun(ranks: usize, inner: Command) -> Command {
         .current_dir(repo_root());
     cmd
 }
+
+/// Max |a - b| over every tensor of two model.safetensors files (read by the venv's safetensors).
+pub fn max_param_diff(a: &Path, b: &Path) -> f64 {
+    let script = r#"
+import sys
+from safetensors.numpy import load_file
+a, b = load_file(sys.argv[1]), load_file(sys.argv[2])
+assert a.keys() == b.keys(), set(a) ^ set(b)
+print(max(float(abs(a[k].astype("float64") - b[k].astype("float64")).max()) for k in a))
+"#;
+    let out = run(Command::new(python()).arg("-c").arg(script).arg(a).arg(b), true);
+    stdout(&out).trim().parse().unwrap()
+}
+
+/// Sends `signal` (`TERM`, `KILL`, `STOP`, ...) to the last-started rank of the mpirun whose
+/// process id is `mpirun`; returns that rank's process id.
+pub fn signal_a_rank(mpirun: u32, signal: &str) -> String {
+    let ranks = stdout(&run(Command::new("pgrep").args(["-P", &mpirun.to_string()]), true));
+    let rank = ranks.lines().last().expect("a rank process").trim().to_string();
+    run(Command::new("kill").args([&format!("-{signal}"), &rank]), true);
+    rank
+}

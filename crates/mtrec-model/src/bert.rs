@@ -75,6 +75,28 @@ impl BertConfig {
     }
 }
 
+#[cfg(test)]
+impl BertConfig {
+    /// A 8-wide BERT over a 50-token vocabulary, for unit tests.
+    pub(crate) fn tiny_for_tests(layers: i64) -> Self {
+        BertConfig {
+            vocab_size: 50,
+            hidden_size: 8,
+            num_hidden_layers: layers,
+            num_attention_heads: 2,
+            intermediate_size: 16,
+            hidden_act: "gelu".into(),
+            hidden_dropout_prob: 0.1,
+            attention_probs_dropout_prob: 0.1,
+            max_position_embeddings: 16,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+            pad_token_id: 0,
+            precision: Precision::F32,
+        }
+    }
+}
+
 /// HF's initializer: normal(0, 0.02) weights, zero biases.
 fn linear(p: nn::Path, input: i64, output: i64) -> nn::Linear {
     let config = nn::LinearConfig {
@@ -447,22 +469,7 @@ mod tests {
     use tch::Device;
 
     fn tiny(vs: &nn::VarStore, precision: Precision) -> BertModel {
-        let config = BertConfig {
-            vocab_size: 50,
-            hidden_size: 8,
-            num_hidden_layers: 2,
-            num_attention_heads: 2,
-            intermediate_size: 16,
-            hidden_act: "gelu".into(),
-            hidden_dropout_prob: 0.1,
-            attention_probs_dropout_prob: 0.1,
-            max_position_embeddings: 16,
-            type_vocab_size: 2,
-            layer_norm_eps: 1e-12,
-            pad_token_id: 0,
-            precision,
-        };
-        BertModel::new(&vs.root(), &config)
+        BertModel::new(&vs.root(), &BertConfig { precision, ..BertConfig::tiny_for_tests(2) })
     }
 
     /// The policy of [`Precision`], op class by op class, on a forward and a backward pass.

@@ -149,22 +149,7 @@ mod tests {
     }
 
     fn tiny_bert(vs: &tch::nn::VarStore) -> BertModel {
-        let config = crate::BertConfig {
-            vocab_size: 50,
-            hidden_size: 8,
-            num_hidden_layers: 1,
-            num_attention_heads: 2,
-            intermediate_size: 16,
-            hidden_act: "gelu".into(),
-            hidden_dropout_prob: 0.1,
-            attention_probs_dropout_prob: 0.1,
-            max_position_embeddings: 16,
-            type_vocab_size: 2,
-            layer_norm_eps: 1e-12,
-            pad_token_id: 0,
-            precision: Default::default(),
-        };
-        BertModel::new(&vs.root(), &config)
+        BertModel::new(&vs.root(), &crate::BertConfig::tiny_for_tests(1))
     }
 
     #[test]

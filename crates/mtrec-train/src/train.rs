@@ -699,6 +699,35 @@ struct MetricsLogger {
     surgery_steps: f64,
     main_rank: bool,
     split: String,
+    max_steps: u64,
+}
+
+/// Seconds since the Unix epoch (a record's wall-clock time, for the run report).
+fn unix_time() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// A log step in one short line, for a log that is not a terminal (the JSON record goes to
+/// metrics.jsonl): `step 30/200 | loss 0.6931 cat 2.3103 ner 0.4512 | lr 2.0e-5 | 12.3 samples/s | eta 1m20s`.
+fn progress_line(record: &serde_json::Value, max_steps: u64, eta_seconds: f64) -> String {
+    let mut losses = format!("loss {:.4}", record["loss_main"].as_f64().unwrap_or(f64::NAN));
+    for (key, name) in [("loss_category", "cat"), ("loss_ner", "ner")] {
+        if let Some(value) = record[key].as_f64() {
+            losses.push_str(&format!(" {name} {value:.4}"));
+        }
+    }
+    let eta = eta_seconds.round() as u64;
+    let eta = match eta {
+        0..60 => format!("{eta}s"),
+        60..3600 => format!("{}m{:02}s", eta / 60, eta % 60),
+        _ => format!("{}h{:02}m", eta / 3600, eta % 3600 / 60),
+    };
+    format!(
+        "step {}/{max_steps} | {losses} | lr {:.1e} | {:.1} samples/s | eta {eta}",
+        record["step"],
+        record["lr_bert"].as_f64().unwrap_or(f64::NAN),
+        record["samples_per_s"].as_f64().unwrap_or(f64::NAN)
+    )
 }
 
 fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
@@ -708,21 +737,31 @@ fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
 
 impl MetricsLogger {
     /// Opens `metrics.jsonl` for appending, keeping only the records up to `start_step`: a
-    /// resumed run logs the steps after it once.
+    /// resumed run logs the steps after it once, and its running conflict rate goes on from the
+    /// kept records (each window's `conflict` weighs by its steps).
     fn open(config: &Config, main_rank: bool, start_step: u64) -> Result<MetricsLogger, TrainError> {
         let path = config.train.run_dir.join("metrics.jsonl");
+        let (mut conflicts, mut surgery_steps) = (0.0, 0.0);
         let file = if main_rank {
             if let Ok(text) = std::fs::read_to_string(&path) {
-                let kept: String = text
-                    .lines()
-                    .filter(|line| {
-                        serde_json::from_str::<serde_json::Value>(line)
-                            .ok()
-                            .and_then(|r| r["step"].as_u64())
-                            .is_some_and(|step| step <= start_step)
-                    })
-                    .map(|line| format!("{line}\n"))
-                    .collect();
+                let mut kept = String::new();
+                let mut previous_step = 0;
+                for line in text.lines() {
+                    let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+                    let Some(step) = record["step"].as_u64().filter(|&step| step <= start_step) else {
+                        continue;
+                    };
+                    if let Some(conflict) = record["conflict"].as_f64() {
+                        let window = step.saturating_sub(previous_step) as f64;
+                        conflicts += conflict * window;
+                        surgery_steps += window;
+                    }
+                    if record["loss_main"].is_number() {
+                        previous_step = step;
+                    }
+                    kept.push_str(line);
+                    kept.push('\n');
+                }
                 checkpoint::write_durably(&path, kept.as_bytes())?;
             }
             let file = std::fs::OpenOptions::new().create(true).append(true).open(&path);
@@ -743,10 +782,11 @@ impl MetricsLogger {
             batch_size: config.train.batch_size as u64,
             tokens: 0,
             started: Instant::now(),
-            conflicts: 0.0,
-            surgery_steps: 0.0,
+            conflicts,
+            surgery_steps,
             main_rank,
             split: config.eval.split.clone(),
+            max_steps: config.train.max_steps,
         })
     }
 
@@ -801,13 +841,19 @@ impl MetricsLogger {
             "lr_task": self.lr.1 * lr_scale,
             "samples_per_s": self.samples as f64 / elapsed,
             "tokens_per_s": self.tokens as f64 / elapsed,
+            "time": unix_time(),
         });
         self.samples = 0;
         self.tokens = 0;
         if self.main_rank {
-            self.bar.set_message(format!("loss {:.4}", record["loss_main"].as_f64().unwrap_or(f64::NAN)));
+            let seconds_per_step = elapsed / pending.len().max(1) as f64;
+            let eta = self.max_steps.saturating_sub(step) as f64 * seconds_per_step;
+            let line = progress_line(&record, self.max_steps, eta);
             if self.bar.is_hidden() {
-                tracing::info!("{record}");
+                tracing::info!("{line}");
+            } else {
+                // The bar shows the step, the rate and the ETA itself.
+                self.bar.set_message(line.split(" | ").skip(1).take(2).collect::<Vec<_>>().join(" | "));
             }
         }
         self.append(&record)
@@ -822,7 +868,8 @@ impl MetricsLogger {
                 self.bar.println(line);
             }
         }
-        let record = eval_record(step, &self.split, metrics);
+        let mut record = eval_record(step, &self.split, metrics);
+        record["time"] = json!(unix_time());
         self.append(&record)
     }
 
@@ -885,10 +932,13 @@ mod tests {
     fn a_resumed_run_keeps_the_metrics_up_to_its_checkpoint_and_logs_each_step_once() {
         let run = tempfile::tempdir().unwrap();
         let path = run.path().join("metrics.jsonl");
-        let lines: String = (1..=5).map(|s| format!("{{\"step\":{s},\"loss_main\":1.0}}\n")).collect();
+        let lines: String =
+            (1..=5).map(|s| format!("{{\"step\":{s},\"loss_main\":1.0,\"conflict\":{}}}\n", s % 2)).collect();
         std::fs::write(&path, lines + "{\"step\":3,\"auc\":0.6}\n").unwrap();
         let config = Config::parse("", &[format!("train.run_dir={}", run.path().display())]).unwrap();
         let mut log = MetricsLogger::open(&config, true, 3).unwrap();
+        // Steps 1 and 3 of the three kept conflicted: the running rate goes on from 2 of 3.
+        assert_eq!((log.conflicts, log.surgery_steps), (2.0, 3.0));
         log.append(&json!({"step": 4, "loss_main": 0.5})).unwrap();
         let steps: Vec<(u64, bool)> = std::fs::read_to_string(&path)
             .unwrap()
@@ -897,6 +947,14 @@ mod tests {
             .map(|r| (r["step"].as_u64().unwrap(), r["auc"].is_number()))
             .collect();
         assert_eq!(steps, [(1, false), (2, false), (3, false), (3, true), (4, false)]);
+
+        // The one-line form of a log step.
+        let record = json!({"step": 30, "loss_main": 0.71234, "loss_category": 2.3, "loss_ner": null,
+            "lr_bert": 2e-5, "samples_per_s": 12.34});
+        assert_eq!(
+            progress_line(&record, 200, 80.4),
+            "step 30/200 | loss 0.7123 cat 2.3000 | lr 2.0e-5 | 12.3 samples/s | eta 1m20s"
+        );
 
         // Rank 0 alone writes it.
         drop(MetricsLogger::open(&config, false, 0).unwrap());

@@ -44,6 +44,9 @@ pub fn train(job: &Job, args: &ConfigArgs, resume: Option<&str>, reschedule: boo
     heartbeat.phase("connecting to the other ranks");
     let collective = connect(job, &config)?;
     let summary = mtrec_train::train(&config, &Start { resume, reschedule }, collective, &heartbeat)?;
+    if collective.placement().is_main() {
+        report(&config.train.run_dir, None)?;
+    }
     if let Some(stop) = &summary.stopped {
         if collective.placement().is_main() {
             println!(
@@ -78,6 +81,20 @@ pub fn train(job: &Job, args: &ConfigArgs, resume: Option<&str>, reschedule: boo
         }
     }
     Ok(0)
+}
+
+/// Writes the report of a run (default folder: `run_dir/report`); returns report.md's path.
+pub fn report(run_dir: &Path, out: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let out = out.map_or_else(|| run_dir.join("report"), Path::to_path_buf);
+    let summary = mtrec_report::write_report(run_dir, &out, &Config::default().to_toml())?;
+    println!("report: {}", summary.report.display());
+    Ok(summary.report)
+}
+
+pub fn compare(run_dirs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
+    print!("{}", mtrec_report::compare(run_dirs, out)?);
+    println!("wrote {} and {}", out.join("compare.md").display(), out.join("dev_auc.png").display());
+    Ok(())
 }
 
 /// The resolved config, or one field of it (`--get section.key`; strings bare).

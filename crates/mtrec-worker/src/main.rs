@@ -1,8 +1,9 @@
 //! `mtrec-worker`: one process per GPU (or CPU rank) of an mtrec job.
 //!
 //! `train`, `eval`, `predict` (the MIND leaderboard file), `embed` (news vectors to Parquet),
-//! `bench` (step time on the reference workload), `config` (the resolved config) and `doctor`
-//! (what this binary found).
+//! `bench` (step time on the reference workload), `report` (figures and a summary of a run),
+//! `compare` (runs side by side with the paper's Table 1), `config` (the resolved config) and
+//! `doctor` (what this binary found).
 //!
 //! One failure path for every command and phase ([`fail`]): an error or a panic on any rank is
 //! printed by that rank at once, with its rank, and the rank then ends the whole job
@@ -95,6 +96,22 @@ enum Command {
         /// Unmeasured steps of each kind before them.
         #[arg(long, default_value_t = 1)]
         warmup: u32,
+    },
+    /// Write a run's figures (losses, gradient conflict, dev metrics, learning rates, samples/s)
+    /// and report.md (`train` writes it at the end of every run).
+    Report {
+        run_dir: PathBuf,
+        /// Default: RUN_DIR/report.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Write the table of the runs' best dev metrics (with the paper's Table 1 where a run is one
+    /// of its rows) and their dev-AUC curves overlaid.
+    Compare {
+        #[arg(required = true)]
+        run_dirs: Vec<PathBuf>,
+        #[arg(long, default_value = "compare")]
+        out: PathBuf,
     },
     /// Print the resolved config (file, `--set` overrides and defaults) as TOML, or one field.
     Config {
@@ -199,6 +216,8 @@ fn run(cli: Cli, job: &Job) -> anyhow::Result<i32> {
         Command::Bench { config, steps, warmup } => {
             done(commands::bench(&config, warmup as usize, steps as usize))
         }
+        Command::Report { run_dir, out } => done(commands::report(&run_dir, out.as_deref()).map(|_| ())),
+        Command::Compare { run_dirs, out } => done(commands::compare(&run_dirs, &out)),
         Command::Config { config, get } => done(commands::show_config(&config, get.as_deref())),
         Command::Doctor => done(doctor::run(job)),
     }
