@@ -454,9 +454,27 @@ fn sigterm_leaves_a_loadable_checkpoint() {
     // The run's report, written by `train` at its end: every figure, one continuous run across
     // the resume, and the final metrics.
     let report = run_dir.join("report");
-    for figure in ["losses", "gradients", "dev", "learning_rate", "throughput"] {
-        let bytes = std::fs::read(report.join(format!("{figure}.png"))).unwrap();
-        assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000, "{figure}.png: {} bytes", bytes.len());
+    // Each figure decodes and is not blank: many colours, and its series drawn (lines: the first
+    // palette colours on more pixels than a legend sample has; `dev` has one evaluation here, a
+    // point per metric: its legend sample (~100 pixels) and its point).
+    for (figure, lines, least) in [
+        ("losses", 3, 300),
+        ("gradients", 2, 300),
+        ("dev", 4, 140),
+        ("learning_rate", 2, 300),
+        ("throughput", 1, 300),
+    ] {
+        let (rgb, width, height) = mtrec_report::read_rgb(&report.join(format!("{figure}.png"))).unwrap();
+        let colours: std::collections::HashSet<[u8; 3]> = rgb.iter().copied().collect();
+        assert!(
+            width >= 800 && height >= 500 && colours.len() > 20,
+            "{figure}.png: {width}x{height}, {} colours",
+            colours.len()
+        );
+        for &(r, g, b) in &mtrec_report::PALETTE[..lines] {
+            let n = rgb.iter().filter(|p| **p == [r, g, b]).count();
+            assert!(n > least, "{figure}.png: a series of colour ({r},{g},{b}) on {n} pixels only");
+        }
     }
     let summary = std::fs::read_to_string(report.join("report.md")).unwrap();
     let auc = logged(&run_dir, "auc").last().copied().expect("an evaluation at the end");

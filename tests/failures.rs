@@ -3,7 +3,9 @@
 //! out is made with an MPMD launch (`mpirun -n 1 A : -n 1 B`): B is the same worker in another
 //! environment, with other `--set`s, or behind `unshare -m` with an empty folder bind-mounted
 //! over a path (a node without the mount).
-use mtrec_e2e::{binary, mpirun, python, repo_root, run, signal_a_rank, stdout, synthetic_shards};
+use mtrec_e2e::{
+    binary, mpirun, mpirun_alone, python, repo_root, run, signal_a_rank, stdout, synthetic_shards,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -60,7 +62,7 @@ enum Rank1 {
 /// `mpirun -n 1 worker ARGS : -n 1 <rank 1>`.
 fn mpmd(args: &[String], rank1: Rank1) -> Command {
     let worker = binary("mtrec-worker");
-    let mut cmd = Command::new("mpirun");
+    let mut cmd = mpirun_alone();
     cmd.args(["--oversubscribe", "--allow-run-as-root", "-n", "1"])
         .arg(&worker)
         .args(args)

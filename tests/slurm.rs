@@ -6,7 +6,7 @@
 //!   (the time-limit warning, SIGTERM to the tasks, `scontrol requeue`), requeued on the marker the
 //!   ranks write, resumed with `--resume auto`, and finished with the weights of an uninterrupted
 //!   run; jobs that fail for real end instead of requeueing.
-use mtrec_e2e::{binary, max_param_diff, mpirun, repo_root, run, stdout, synthetic_shards};
+use mtrec_e2e::{binary, max_param_diff, mpirun, mpirun_alone, repo_root, run, stdout, synthetic_shards};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -76,12 +76,13 @@ fn mpirun_sh_spreads_ranks_over_the_hosts_and_forwards_the_environment() {
         format!("--hostfile {} --display-map --mca plm_rsh_agent {}", hostfile.display(), agent.display());
 
     // mpirun's own mapping, for contrast: 2 ranks fill localhost's 2 slots.
-    let out = run(
-        Command::new("mpirun")
-            .args(["-n", "2", "--allow-run-as-root", "--display-map", "--do-not-launch"])
-            .args(["--hostfile", hostfile.to_str().unwrap(), "hostname"]),
-        true,
-    );
+    let out =
+        run(
+            mpirun_alone()
+                .args(["-n", "2", "--allow-run-as-root", "--display-map", "--do-not-launch"])
+                .args(["--hostfile", hostfile.to_str().unwrap(), "hostname"]),
+            true,
+        );
     let default_map = job_map(&stdout(&out));
     println!("mpirun -n 2, default mapping: {default_map:?}");
     assert_eq!(default_map.iter().map(|(_, n)| n).sum::<usize>(), 2);

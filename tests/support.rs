@@ -75,11 +75,24 @@ pub fn synthetic_shards(root: &Path) -> PathBuf {
 
 /// `mpirun -n <ranks>` in front of a worker command (as root it needs the allow flags).
 pub fn mpirun(ranks: usize, inner: Command) -> Command {
-    let mut cmd = Command::new("mpirun");
+    let mut cmd = mpirun_alone();
     cmd.args(["-n", &ranks.to_string(), "--oversubscribe", "--allow-run-as-root"])
         .arg(inner.get_program())
         .args(inner.get_args())
         .current_dir(repo_root());
+    cmd
+}
+
+/// `mpirun` with a session folder of its own: OpenMPI 4 creates its per-user session folder
+/// under the temporary directory without a lock, and mpiruns started at the same moment (tests
+/// run in parallel) can fail with "mkdir ... File exists".
+pub fn mpirun_alone() -> Command {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = repo_root().join(format!("target/tmp/ompi/{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a session folder for mpirun");
+    let mut cmd = Command::new("mpirun");
+    cmd.env("OMPI_MCA_orte_tmpdir_base", dir);
     cmd
 }
 

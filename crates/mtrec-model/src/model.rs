@@ -17,8 +17,10 @@ pub const SHARED_PREFIX: &str = "bert.";
 #[derive(Debug, Clone)]
 pub struct ModelSpec {
     pub user_encoder: UserEncoderKind,
-    /// Attentive multi-field news vectors (category, subcategory, entities).
+    /// Attentive multi-field news vectors: the paper's fields title, category and entities.
     pub amf: bool,
+    /// With `amf`: a subcategory field as well (an extension; the paper lists no subcategory).
+    pub amf_subcategory: bool,
     /// Build the category head (the category task is on).
     pub category_head: bool,
     /// Build the NER head (the NER task is on).
@@ -72,7 +74,8 @@ impl NewsRecModel {
         let d = bert.hidden_size;
         let amf = spec.amf.then(|| {
             let entity_dim = entity_table.as_ref().map_or(100, |t| t.size()[1]);
-            Amf::new(&(&root / "amf"), d, spec.categories, spec.subcategories, entity_dim)
+            let subcategories = spec.amf_subcategory.then_some(spec.subcategories);
+            Amf::new(&(&root / "amf"), d, spec.categories, subcategories, entity_dim)
         });
         NewsRecModel {
             bert: BertModel::new(&(&root / "bert"), bert),
@@ -135,9 +138,12 @@ impl NewsRecModel {
         NewsOutputs { vectors, category_logits, ner_logits }
     }
 
+    /// User vectors. `dropout`: the training step's (the same object `encode_news` got: it draws
+    /// LSTUR's long-term masks), or `Dropout::Off` at evaluation (no masking).
+    ///
     /// # Shapes
     /// `history [B, H, d]`, `mask [B, H]` (bool), `users [B]` (int64) -> `[B, d]`.
-    pub fn encode_users(&self, history: &Tensor, mask: &Tensor, users: &Tensor) -> Tensor {
-        self.user_encoder.forward(history, mask, users)
+    pub fn encode_users(&self, history: &Tensor, mask: &Tensor, users: &Tensor, dropout: &Dropout) -> Tensor {
+        self.user_encoder.forward(history, mask, users, dropout)
     }
 }

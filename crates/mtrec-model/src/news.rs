@@ -99,8 +99,9 @@ pub fn encode_titles(
 }
 
 /// NER loss: per-token cross-entropy over the tokens with a label (-1 = ignored), each title
-/// weighted by how often it occurs in the batch, summed and divided by `denominator` (the
-/// labelled token occurrences the mean is over).
+/// weighted by how often it occurs in the batch, summed and divided by `denominator`: the news
+/// occurrences `I` for the paper's `L_NER = -(1/I) sum_i sum_l sum_k p log p_hat` (summed over a
+/// title's tokens, averaged over news), or the labelled token occurrences for a per-token mean.
 ///
 /// # Shapes
 /// `logits [T - N, tags]` (rows of `titles.token_rows`), `weights [N]` (float, input order) -> scalar.
@@ -146,6 +147,25 @@ mod tests {
             assert_eq!(label, ner[title as usize][col] as i64);
         }
         assert_eq!(batch.tokens, 17);
+    }
+
+    /// Uniform logits over 3 tags: ln 3 per labelled token. Title 0 has 2 labelled tokens and
+    /// occurs once, title 1 has 1 and occurs twice: 4 ln 3 summed over 3 news occurrences (the
+    /// paper's per-news loss) or over 4 labelled token occurrences (the per-token mean).
+    #[test]
+    fn ner_loss_sums_a_titles_tokens_and_divides_by_the_denominator() {
+        let titles: Vec<Vec<i32>> = vec![vec![101, 5, 6, 102], vec![101, 7, 102]];
+        let ner: Vec<Vec<i8>> = vec![vec![-1, 1, 2, -1], vec![-1, 0, -1]];
+        let refs: Vec<&[i32]> = titles.iter().map(|t| t.as_slice()).collect();
+        let tags: Vec<&[i8]> = ner.iter().map(|t| t.as_slice()).collect();
+        let batch = TitleBatch::new(&refs, Some(&tags), Device::Cpu);
+        let logits = Tensor::zeros([5, 3], (Kind::Float, Device::Cpu));
+        let weights = Tensor::from_slice(&[1.0f32, 2.0]);
+        let ln3 = 3f64.ln();
+        let per_news = token_cross_entropy(&logits, &batch, &weights, 3.0).double_value(&[]);
+        assert!((per_news - 4.0 * ln3 / 3.0).abs() < 1e-6, "{per_news}");
+        let per_token = token_cross_entropy(&logits, &batch, &weights, 4.0).double_value(&[]);
+        assert!((per_token - ln3).abs() < 1e-6, "{per_token}");
     }
 
     fn tiny_bert(vs: &tch::nn::VarStore) -> BertModel {

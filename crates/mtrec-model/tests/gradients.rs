@@ -1,6 +1,7 @@
 //! Finite-difference gradient checks (f64, central differences) of the user encoders and AMF on
 //! tiny sizes: autograd must agree with (f(x + h) - f(x - h)) / 2h on inputs and parameters,
 //! with padded and empty histories in the batch.
+use mtrec_model::Dropout;
 use mtrec_model::amf::Amf;
 use mtrec_model::user::{LsturMode, UserEncoder, UserEncoderKind};
 use tch::{Device, Kind, Tensor, nn};
@@ -55,11 +56,11 @@ fn check_user_encoder(kind: UserEncoderKind, name: &str) {
     vs.double();
     let (x, mask, users) = history();
     let weights = Tensor::randn([3, 8], (Kind::Double, Device::Cpu));
-    let out = encoder.forward(&x, &mask, &users);
+    let out = encoder.forward(&x, &mask, &users, &Dropout::Off);
     assert!(out.isfinite().all().int64_value(&[]) == 1, "{name}: non-finite output");
     let mut wrt = vec![x.shallow_clone()];
     wrt.extend(vs.trainable_variables());
-    check(name, &wrt, || (encoder.forward(&x, &mask, &users) * &weights).sum(Kind::Double));
+    check(name, &wrt, || (encoder.forward(&x, &mask, &users, &Dropout::Off) * &weights).sum(Kind::Double));
 }
 
 #[test]
@@ -74,24 +75,22 @@ fn nrms_gradients() {
 
 #[test]
 fn lstur_ini_gradients() {
-    check_user_encoder(UserEncoderKind::Lstur { mode: LsturMode::Ini }, "lstur-ini");
+    check_user_encoder(UserEncoderKind::lstur(LsturMode::Ini), "lstur-ini");
 }
 
 #[test]
 fn lstur_con_gradients() {
-    check_user_encoder(UserEncoderKind::Lstur { mode: LsturMode::Con }, "lstur-con");
+    check_user_encoder(UserEncoderKind::lstur(LsturMode::Con), "lstur-con");
 }
 
 #[test]
 fn empty_history_gives_defined_vectors() {
-    for kind in
-        [UserEncoderKind::Additive, UserEncoderKind::Nrms, UserEncoderKind::Lstur { mode: LsturMode::Con }]
-    {
+    for kind in [UserEncoderKind::Additive, UserEncoderKind::Nrms, UserEncoderKind::lstur(LsturMode::Con)] {
         let vs = nn::VarStore::new(Device::Cpu);
         let encoder = UserEncoder::new(&vs.root(), kind, 8, 2, 3);
         let x = Tensor::randn([2, 5, 8], (Kind::Float, Device::Cpu));
         let mask = Tensor::zeros([2, 5], (Kind::Bool, Device::Cpu));
-        let out = encoder.forward(&x, &mask, &Tensor::from_slice(&[0i64, 1]));
+        let out = encoder.forward(&x, &mask, &Tensor::from_slice(&[0i64, 1]), &Dropout::Off);
         assert_eq!(out.isnan().sum(Kind::Int64).int64_value(&[]), 0, "{kind:?} gave NaN on an empty history");
     }
 }
@@ -100,7 +99,7 @@ fn empty_history_gives_defined_vectors() {
 fn amf_gradients() {
     tch::manual_seed(5);
     let mut vs = nn::VarStore::new(Device::Cpu);
-    let amf = Amf::new(&vs.root(), 8, 4, 5, 6);
+    let amf = Amf::new(&vs.root(), 8, 4, Some(5), 6);
     vs.double();
     let title = Tensor::randn([3, 8], (Kind::Double, Device::Cpu)).set_requires_grad(true);
     let entities = Tensor::randn([3, 2, 6], (Kind::Double, Device::Cpu)).set_requires_grad(true);

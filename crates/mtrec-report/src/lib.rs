@@ -26,7 +26,7 @@ mod plot;
 
 pub use config::{ConfigDiff, PaperRow, TABLE1, config_diff, sha256_hex, table1_row};
 pub use metrics::{EvalRecord, Metrics, TrainRecord};
-pub use plot::PALETTE;
+pub use plot::{PALETTE, read_rgb};
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -278,3 +278,20 @@ fn register_font() -> Result<(), ReportError> {
         })
     }
 }
+
+/// The pixels of a figure this crate wrote, as RGB triples, with its width and height (for
+/// checking a figure without looking at it).
+pub fn read_rgb(path: &std::path::Path) -> Result<(Vec<[u8; 3]>, u32, u32), String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut buffer =
+        vec![0; reader.output_buffer_size().ok_or_else(|| format!("{}: no image size", path.display()))?];
+    let info = reader.next_frame(&mut buffer).map_err(|e| format!("{}: {e}", path.display()))?;
+    if info.color_type != png::ColorType::Rgb {
+        return Err(format!("{}: {:?} pixels, not RGB", path.display(), info.color_type));
+    }
+    let rgb = buffer[..info.buffer_size()].chunks(3).map(|c| [c[0], c[1], c[2]]).collect();
+    Ok((rgb, info.width, info.height))
+}

@@ -172,13 +172,7 @@ fn run_dir(root: &Path, name: &str, aux: bool, changes: &[(&str, &str)], seed: u
 
 /// The pixels of a PNG as RGB triples (and its size).
 fn pixels(path: &Path) -> (Vec<[u8; 3]>, u32, u32) {
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
-    let mut reader = decoder.read_info().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut buffer = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buffer).unwrap();
-    assert_eq!(info.color_type, png::ColorType::Rgb, "{}", path.display());
-    let rgb = buffer[..info.buffer_size()].chunks(3).map(|c| [c[0], c[1], c[2]]).collect();
-    (rgb, info.width, info.height)
+    mtrec_report::read_rgb(path).unwrap()
 }
 
 /// The figure decodes, is not blank, and each of the first `lines` palette colours covers more

@@ -21,7 +21,8 @@ pub const SAMPLES: usize = 8;
 pub const HISTORY: usize = 50;
 pub const NEGATIVES: usize = 4;
 /// MIND-small's label counts.
-const LABELS: LabelCounts = LabelCounts { categories: 17, subcategories: 264, ner_tags: 3, num_users: 1000 };
+pub const LABELS: LabelCounts =
+    LabelCounts { categories: 17, subcategories: 264, ner_tags: 3, num_users: 1000 };
 
 /// The measured steps of one configuration.
 #[derive(Debug, Clone)]

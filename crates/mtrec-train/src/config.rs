@@ -42,10 +42,16 @@ pub struct ModelConfig {
     pub init: ModelInit,
     /// Dropout of BERT's hidden states and attention probabilities (overrides config.json).
     pub dropout: f64,
-    /// User encoder: `{ kind = "additive" }`, `{ kind = "nrms" }`, `{ kind = "lstur", mode = "ini" | "con" }`.
+    /// User encoder: `{ kind = "additive" }`, `{ kind = "nrms" }`, or
+    /// `{ kind = "lstur", mode = "ini" | "con", mask_prob = 0.5 }` (An et al. 2019; `mode`
+    /// defaults to `ini`; `mask_prob`, in `[0, 1)`, default 0.5, is the probability of masking a
+    /// sample's long-term user representation in training; users unseen in training, id 0, get
+    /// none). See `mtrec_model::UserEncoderKind`.
     pub user_encoder: UserEncoderKind,
-    /// Attentive multi-field news vectors (title, category, subcategory, entities).
+    /// Attentive multi-field news vectors over the paper's fields: title, category, entities.
     pub amf: bool,
+    /// With `amf`: add a subcategory field (an extension; the paper has none). Default false.
+    pub amf_subcategory: bool,
     /// Train only the top N BERT layers (PLM-NR style); 0 = all layers.
     pub trainable_layers: i64,
     /// With `init = "random"`: number of layers (0 = as in config.json).
@@ -66,6 +72,7 @@ impl Default for ModelConfig {
             dropout: 0.1,
             user_encoder: UserEncoderKind::Additive,
             amf: false,
+            amf_subcategory: false,
             trainable_layers: 0,
             layers: 0,
             hidden_size: 0,
@@ -142,8 +149,13 @@ pub struct MtlConfig {
     pub category: bool,
     /// NER tagging task on every title token.
     pub ner: bool,
-    /// Weight of the auxiliary losses: `g_aux = lambda (g_category + g_ner)`.
+    /// MTRec's weight of the auxiliary gradient, `g_aux = lambda (g_category + g_ner)`, projected
+    /// off `g_main` when they conflict (paper/MTREC.md "Gradient surgery"). Used by
+    /// `surgery = "mtrec"` only: `none` is the plain `L_MTRec = L_main + L_category + L_NER` and
+    /// `pcgrad` weighs the three tasks equally (Yu et al. 2020), so they ignore it.
     pub lambda: f64,
+    /// How the NER loss is normalised: `per_news` (the paper), or `per_token`.
+    pub ner_loss: NerLoss,
     /// `mtrec` (the paper), `pcgrad` (Yu et al. 2020) or `none` (plain sum). With both tasks off
     /// this is the main-task-only BERT baseline and the mode does not matter.
     pub surgery: SurgeryMode,
@@ -151,11 +163,35 @@ pub struct MtlConfig {
 
 impl Default for MtlConfig {
     fn default() -> Self {
-        MtlConfig { category: true, ner: true, lambda: 0.3, surgery: SurgeryMode::Mtrec }
+        MtlConfig {
+            category: true,
+            ner: true,
+            lambda: 0.3,
+            ner_loss: NerLoss::PerNews,
+            surgery: SurgeryMode::Mtrec,
+        }
     }
 }
 
+/// The normalisation of the NER loss.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NerLoss {
+    /// The paper's `L_NER = -(1/I) sum_i sum_l sum_k p_ilk log p_hat_ilk`: summed over a title's
+    /// labelled tokens, averaged over the `I` news (occurrences) of the global batch.
+    PerNews,
+    /// A mean over the batch's labelled tokens instead: about 1/(mean title length) of the
+    /// paper's weight (1/12-1/15 on MIND).
+    PerToken,
+}
+
 impl MtlConfig {
+    /// The weight of the auxiliary losses in the auxiliary gradient: `lambda` in the MTRec
+    /// surgery, 1 otherwise (see [`MtlConfig::lambda`]).
+    pub fn aux_weight(&self) -> f64 {
+        if self.surgery == SurgeryMode::Mtrec { self.lambda } else { 1.0 }
+    }
+
     /// True when an auxiliary task is on (otherwise the step is main-task only).
     pub fn has_aux(&self) -> bool {
         self.category || self.ner
@@ -225,6 +261,50 @@ impl Default for DistConfig {
     }
 }
 
+/// The top-level key naming the config a file inherits from.
+const BASE_KEY: &str = "base";
+
+/// A config file's table merged over the tables of the files it inherits from (`base`), the
+/// nearest last; `chain` holds the files being read, to name an inheritance cycle.
+fn load_with_bases(path: &Path, chain: &mut Vec<PathBuf>) -> Result<toml::Table, TrainError> {
+    let fail = |reason: String| TrainError::Config(format!("{}: {reason}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let mut doc: toml::Table = toml::from_str(&text).map_err(|e| fail(e.to_string()))?;
+    let canonical = path.canonicalize().map_err(|e| fail(e.to_string()))?;
+    if chain.contains(&canonical) {
+        let names: Vec<String> = chain.iter().chain([&canonical]).map(|p| p.display().to_string()).collect();
+        return Err(TrainError::Config(format!("config inheritance cycle: {}", names.join(" -> "))));
+    }
+    let Some(base) = doc.remove(BASE_KEY) else { return Ok(doc) };
+    let base = base.as_str().ok_or_else(|| fail(format!("`{BASE_KEY}` must be a file name (a string)")))?;
+    chain.push(canonical);
+    let base_path = path.parent().unwrap_or(Path::new(".")).join(base);
+    if !base_path.is_file() {
+        return Err(fail(format!("{BASE_KEY} = {base:?}: {} does not exist", base_path.display())));
+    }
+    let mut merged = load_with_bases(&base_path, chain)?;
+    chain.pop();
+    merge(&mut merged, doc);
+    Ok(merged)
+}
+
+/// Sets every key of `over` in `into`, section by section (a section's other keys stay).
+fn merge(into: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (into.get_mut(&key), value) {
+            (Some(toml::Value::Table(section)), toml::Value::Table(inner)) if !key.contains('.') => {
+                // Sections merge key by key; an inline table value (a user encoder) is replaced.
+                for (k, v) in inner {
+                    section.insert(k, v);
+                }
+            }
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
 /// Sets `section.key = value` in a TOML document; `value` is parsed as TOML (number, bool,
 /// string, inline table) and taken as a bare string when it does not parse.
 fn apply_override(doc: &mut toml::Table, assignment: &str) -> Result<(), TrainError> {
@@ -249,19 +329,26 @@ fn apply_override(doc: &mut toml::Table, assignment: &str) -> Result<(), TrainEr
 }
 
 impl Config {
-    /// Reads a TOML config and applies `--set` overrides.
+    /// Reads a TOML config, with the configs it inherits from (`base = "other.toml"`, relative to
+    /// the file), and applies `--set` overrides.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Config, TrainError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
-        Self::parse(&text, overrides).map_err(|e| match e {
+        let doc = load_with_bases(path, &mut Vec::new())?;
+        Self::from_table(doc, overrides).map_err(|e| match e {
             TrainError::Config(message) => TrainError::Config(format!("{}: {message}", path.display())),
             other => other,
         })
     }
 
-    /// Parses TOML text (relative paths stay relative to the working directory).
+    /// Parses TOML text (relative paths stay relative to the working directory; no `base`).
     pub fn parse(text: &str, overrides: &[String]) -> Result<Config, TrainError> {
-        let mut doc: toml::Table = toml::from_str(text).map_err(|e| TrainError::Config(e.to_string()))?;
+        let doc: toml::Table = toml::from_str(text).map_err(|e| TrainError::Config(e.to_string()))?;
+        if doc.contains_key(BASE_KEY) {
+            return Err(TrainError::Config(format!("`{BASE_KEY}` is only read from a config file")));
+        }
+        Self::from_table(doc, overrides)
+    }
+
+    fn from_table(mut doc: toml::Table, overrides: &[String]) -> Result<Config, TrainError> {
         for assignment in overrides {
             apply_override(&mut doc, assignment)?;
         }
@@ -382,7 +469,7 @@ mod tests {
         let config = Config::parse("[train]\nbatch_size = 4\n", &sets).unwrap();
         assert_eq!(config.train.batch_size, 8);
         assert_eq!(config.mtl.surgery, SurgeryMode::Pcgrad);
-        assert_eq!(config.model.user_encoder, UserEncoderKind::Lstur { mode: mtrec_model::LsturMode::Con });
+        assert_eq!(config.model.user_encoder, UserEncoderKind::lstur(mtrec_model::LsturMode::Con));
         assert_eq!(config.data.shards, PathBuf::from("/tmp/x y"));
         assert_eq!(Config::parse(&config.to_toml(), &[]).unwrap(), config);
         assert_eq!(config.field("data.shards").unwrap(), "/tmp/x y");

@@ -21,10 +21,12 @@ pub struct DeviceBatch {
     pub size: usize,
     /// `[N]` float occurrences of each unique news item in this rank's batch.
     pub news_weights: Tensor,
-    /// This rank's share of the global batch's news occurrences (category loss denominator).
-    pub category_denominator: f64,
-    /// This rank's share of the global batch's labelled token occurrences (NER loss denominator).
-    pub ner_denominator: f64,
+    /// This rank's share of the global batch's news occurrences: the `I` of the category loss and
+    /// of the paper's NER loss.
+    pub news_occurrences: f64,
+    /// This rank's share of the global batch's labelled token occurrences (the per-token NER
+    /// variant's denominator).
+    pub labelled_token_occurrences: f64,
 }
 
 /// News-side inputs for the news items `nids`: titles with NER labels, category, subcategory,
@@ -73,8 +75,8 @@ impl DeviceBatch {
             users: upload(Tensor::from_slice(&host.users), device),
             size: host.size,
             news_weights: upload(Tensor::from_slice(&weights), device),
-            category_denominator: (global.news.max(1) as f64) / world as f64,
-            ner_denominator: (global.labelled_tokens.max(1) as f64) / world as f64,
+            news_occurrences: (global.news.max(1) as f64) / world as f64,
+            labelled_token_occurrences: (global.labelled_tokens.max(1) as f64) / world as f64,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Evaluation: encode every news item once, then users, then dot products; MIND metrics per
-//! impression, summed per rank and reduced. Impressions are split across ranks by position.
+//! impression (on the leaderboard's ranks, [`crate::metrics`]), summed per rank and reduced.
+//! Impressions are split across ranks by position.
 //! The loops call a [`Tick`] once per round, the same number of times on every rank (a rank with
 //! less work runs empty rounds): it tells the watchdog that work goes on, and in training it is
 //! where the ranks agree to stop on a signal, so it may be a collective, and an `Err` from it
@@ -121,7 +122,7 @@ pub fn score_impressions(
             let mask = Tensor::from_slice(&mask).view([b, h as i64]).to_device(device);
             let users = Tensor::from_slice(&chunk.iter().map(|i| i.user as i64).collect::<Vec<_>>())
                 .to_device(device);
-            let user_vectors = model.encode_users(&hist, &mask, &users);
+            let user_vectors = model.encode_users(&hist, &mask, &users, &Dropout::Off);
             // All candidates of the chunk at once: [sum C, d] . repeated user vectors.
             let counts: Vec<i64> = chunk.iter().map(|i| i.candidates.len() as i64).collect();
             let cands: Vec<i64> = chunk.iter().flat_map(|i| i.candidates.iter().map(|&n| n as i64)).collect();
@@ -188,6 +189,12 @@ pub fn rank_range(len: usize, rank: usize, world: usize) -> std::ops::Range<usiz
 }
 
 /// MIND metrics of `impressions` (which must have labels), averaged over impressions of all ranks.
+/// Each impression is scored as the leaderboard scores the ranks `predict` writes for it: its
+/// scores are ranked by [`crate::metrics::ranks_in_input_order`] (descending score, ties in listed
+/// order, `-0.0 == +0.0`) and the metrics are computed on those ranks (score `1 / rank`), so they
+/// equal MIND's scorer on `predict`'s `prediction.zip` for the same checkpoint and split. A NaN
+/// score is an error naming the impression; impressions without both a click and a non-click are
+/// skipped (see [`crate::metrics`]).
 pub fn evaluate(
     model: &NewsRecModel,
     table: &NewsTable,
@@ -212,7 +219,7 @@ pub fn evaluate(
                 imp.impression_id
             ))
         })?;
-        sums.add(labels, s);
+        sums.add(imp.impression_id, labels, s).map_err(|e| TrainError::Config(format!("scores: {e}")))?;
     }
     let mut array = sums.as_array();
     collective.all_reduce_sum_f64(&mut array)?;

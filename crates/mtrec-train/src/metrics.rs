@@ -1,15 +1,45 @@
-//! Ranking metrics of the MIND competition, per impression then averaged over impressions
-//! (`paper/MTREC.md` "Evaluation metrics"; the official `evaluate.py` of MIND):
-//! - AUC: ROC AUC of scores against 0/1 labels, ties counted half (as `sklearn.metrics.roc_auc_score`);
-//! - MRR: `sum_i y_(i) / i` over the ranking by score, divided by the number of clicks;
-//! - nDCG@k: DCG with gains `2^y - 1` and discounts `log2(rank + 1)` over the top k, over the ideal DCG.
+//! Ranking metrics of the MIND competition, computed the way its official scorer (`evaluate.py`
+//! of MIND; `paper/MTREC.md` "Evaluation metrics") computes them on a `prediction.txt`, per
+//! impression then averaged over impressions.
 //!
-//! Ranking ties (they move MRR and nDCG, not AUC) are broken as a stable ascending sort, reversed:
-//! among equal scores the later candidate ranks first. That is what the official script's
-//! `np.argsort(y_score)[::-1]` gives for impressions of up to 16 candidates (numpy sorts those by
-//! insertion, which is stable); on longer ones numpy's introsort or SIMD sort leaves tied scores in
-//! an order that depends on the numpy build, which no implementation can match.
+//! The scorer never sees the model's scores: it reads the 1-based ranks `r_j` of a submission and
+//! scores candidate `j` with `1 / r_j`. So both `predict` (which writes the ranks) and `eval` (and
+//! evaluation inside training) go through one ranking function, [`ranks_in_input_order`], and
+//! `eval` computes its metrics from those ranks, with the scorer's formulas:
+//! - AUC: `sklearn.metrics.roc_auc_score(labels, 1 / r)`: the share of (click, non-click) pairs
+//!   where the click has the better (smaller) rank (a tie of ranks would count half; ours never
+//!   tie);
+//! - MRR: `sum_i y_(i) / i` over the candidates in rank order, divided by the number of clicks;
+//! - nDCG@k: DCG with gains `2^y - 1` and discounts `log2(rank + 1)` over the top k, divided by the
+//!   ideal DCG (the labels sorted descending).
+//!
+//! Because `eval` scores exactly the ranks `predict` writes, its numbers equal the leaderboard's
+//! for the same checkpoint and split, ties included.
+//!
+//! **Tie rule.** Candidates are ranked by descending score; equal scores rank by their position in
+//! the impression, the earlier-listed candidate first. `-0.0` and `+0.0` are equal scores. A NaN
+//! score is refused with a [`NanScore`] error that names the impression and the candidate. An
+//! impression whose scores all tie (an empty click history gives the exact zero user vector, so
+//! every candidate scores 0; a news item listed twice scores the same twice) is thus ranked in its
+//! listed order: its AUC is the share of (click, non-click) pairs in which the click is listed
+//! before the non-click, which depends only on where the clicks are listed, not on the model.
+//!
+//! **Impressions without both a click and a non-click** have no AUC (`roc_auc_score` raises "Only
+//! one class present in y_true", so the official scorer fails on them; MIND's impressions all
+//! have both). [`RankingMetrics::add`] skips them in every metric and in the impression count, so
+//! the averages are the scorer's over the impressions it can score.
 use serde::{Deserialize, Serialize};
+
+/// A candidate scored NaN, which no ranking can place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "impression {impression_id}: candidate {candidate} (0-based, in listed order) scored NaN, which \
+     cannot be ranked (a diverged or corrupt checkpoint?)"
+)]
+pub struct NanScore {
+    pub impression_id: i64,
+    pub candidate: usize,
+}
 
 /// Metric sums over impressions; averaged by [`RankingMetrics::mean`]. Sums (not means) so that
 /// ranks can add theirs up.
@@ -23,17 +53,28 @@ pub struct RankingMetrics {
 }
 
 impl RankingMetrics {
-    /// Adds one impression. Impressions with no click or no non-click have no AUC and are
-    /// skipped, as the official scorer would fail on them (MIND has none).
-    pub fn add(&mut self, labels: &[i8], scores: &[f32]) {
+    /// Adds one impression from its model scores: ranks them with [`ranks_in_input_order`] (the
+    /// ranks `predict` writes), then [`RankingMetrics::add_ranks`]. A NaN score is an error naming
+    /// `impression_id`.
+    pub fn add(&mut self, impression_id: i64, labels: &[i8], scores: &[f32]) -> Result<(), NanScore> {
+        let ranks = ranks_in_input_order(impression_id, scores)?;
+        self.add_ranks(labels, &ranks);
+        Ok(())
+    }
+
+    /// Adds one impression from its 1-based ranks in listed order (a `prediction.txt` line), as
+    /// the official scorer scores it. Impressions with no click or no non-click are skipped
+    /// (module documentation).
+    pub fn add_ranks(&mut self, labels: &[i8], ranks: &[usize]) {
+        assert_eq!(labels.len(), ranks.len(), "one rank per label");
         let positives = labels.iter().filter(|&&y| y > 0).count();
         if positives == 0 || positives == labels.len() {
             return;
         }
-        self.auc += auc(labels, scores);
-        self.mrr += mrr(labels, scores);
-        self.ndcg5 += ndcg(labels, scores, 5);
-        self.ndcg10 += ndcg(labels, scores, 10);
+        self.auc += auc(labels, ranks);
+        self.mrr += mrr(labels, ranks);
+        self.ndcg5 += ndcg(labels, ranks, 5);
+        self.ndcg10 += ndcg(labels, ranks, 10);
         self.impressions += 1.0;
     }
 
@@ -69,27 +110,51 @@ impl std::fmt::Display for RankingMetrics {
     }
 }
 
-/// Candidate indices from best to worst; among ties the later candidate first (module doc).
-pub fn ranking(scores: &[f32]) -> Vec<usize> {
+/// Candidate indices from best to worst by the tie rule (module documentation): descending score,
+/// equal scores (`-0.0 == +0.0`) in listed order; a NaN score is an error naming `impression_id`.
+pub fn ranking(impression_id: i64, scores: &[f32]) -> Result<Vec<usize>, NanScore> {
+    if let Some(candidate) = scores.iter().position(|s| s.is_nan()) {
+        return Err(NanScore { impression_id, candidate });
+    }
     let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b])); // stable ascending
-    order.reverse();
+    // Stable, so equal scores keep their listed order; `partial_cmp` (no NaN left) has -0.0 == +0.0.
+    order.sort_by(|&a, &b| scores[b].partial_cmp(&scores[a]).expect("no NaN"));
+    Ok(order)
+}
+
+/// 1-based rank of each candidate in its listed order (the leaderboard's `[r1,r2,...]`), by
+/// [`ranking`]: the one ranking that `predict` writes and `eval` scores.
+pub fn ranks_in_input_order(impression_id: i64, scores: &[f32]) -> Result<Vec<usize>, NanScore> {
+    let mut ranks = vec![0; scores.len()];
+    for (rank, i) in ranking(impression_id, scores)?.into_iter().enumerate() {
+        ranks[i] = rank + 1;
+    }
+    Ok(ranks)
+}
+
+/// Candidate indices in the scorer's order: ascending rank, i.e. descending `1 / r`. For ranks
+/// that form a permutation of `1..=n` (all that [`ranks_in_input_order`] gives) the order is
+/// unique.
+fn by_rank(ranks: &[usize]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..ranks.len()).collect();
+    order.sort_by_key(|&i| ranks[i]);
     order
 }
 
-/// ROC AUC with ties counted half: the Mann-Whitney statistic over (positive, negative) pairs.
-pub fn auc(labels: &[i8], scores: &[f32]) -> f64 {
+/// `roc_auc_score(labels, 1 / ranks)`: the Mann-Whitney statistic over (click, non-click) pairs,
+/// the smaller rank winning, equal ranks counting half.
+pub fn auc(labels: &[i8], ranks: &[usize]) -> f64 {
     let mut wins = 0.0;
     let (mut pos, mut neg) = (0.0, 0.0);
     for (i, &yi) in labels.iter().enumerate() {
         if yi > 0 {
             pos += 1.0;
             for (j, &yj) in labels.iter().enumerate() {
-                if yj == 0 {
-                    wins += match scores[i].total_cmp(&scores[j]) {
-                        std::cmp::Ordering::Greater => 1.0,
+                if yj <= 0 {
+                    wins += match ranks[i].cmp(&ranks[j]) {
+                        std::cmp::Ordering::Less => 1.0,
                         std::cmp::Ordering::Equal => 0.5,
-                        std::cmp::Ordering::Less => 0.0,
+                        std::cmp::Ordering::Greater => 0.0,
                     };
                 }
             }
@@ -100,10 +165,10 @@ pub fn auc(labels: &[i8], scores: &[f32]) -> f64 {
     wins / (pos * neg)
 }
 
-/// Mean reciprocal rank of the clicks.
-pub fn mrr(labels: &[i8], scores: &[f32]) -> f64 {
-    let order = ranking(scores);
-    let rr: f64 = order.iter().enumerate().map(|(rank, &i)| labels[i] as f64 / (rank + 1) as f64).sum();
+/// The scorer's `mrr_score`: `sum_i y_(i) / i` in rank order over the number of clicks.
+pub fn mrr(labels: &[i8], ranks: &[usize]) -> f64 {
+    let rr: f64 =
+        by_rank(ranks).iter().enumerate().map(|(rank, &i)| labels[i] as f64 / (rank + 1) as f64).sum();
     rr / labels.iter().map(|&y| y as f64).sum::<f64>()
 }
 
@@ -115,21 +180,12 @@ fn dcg(labels_in_rank_order: impl Iterator<Item = i8>, k: usize) -> f64 {
         .sum()
 }
 
-/// nDCG@k.
-pub fn ndcg(labels: &[i8], scores: &[f32], k: usize) -> f64 {
-    let actual = dcg(ranking(scores).into_iter().map(|i| labels[i]), k);
+/// The scorer's `ndcg_score` at `k` on the ranks.
+pub fn ndcg(labels: &[i8], ranks: &[usize], k: usize) -> f64 {
+    let actual = dcg(by_rank(ranks).into_iter().map(|i| labels[i]), k);
     let mut ideal_labels = labels.to_vec();
     ideal_labels.sort_by(|a, b| b.cmp(a));
     actual / dcg(ideal_labels.into_iter(), k)
-}
-
-/// 1-based rank of each candidate in its original order (the leaderboard's `[r1,r2,...]`).
-pub fn ranks_in_input_order(scores: &[f32]) -> Vec<usize> {
-    let mut ranks = vec![0; scores.len()];
-    for (rank, i) in ranking(scores).into_iter().enumerate() {
-        ranks[i] = rank + 1;
-    }
-    ranks
 }
 
 #[cfg(test)]
@@ -140,48 +196,118 @@ mod tests {
         assert!((a - b).abs() < 1e-12, "{a} vs {b}");
     }
 
+    fn ranks(scores: &[f32]) -> Vec<usize> {
+        ranks_in_input_order(7, scores).unwrap()
+    }
+
     #[test]
     fn single_click_impression_by_hand() {
         // Scores rank candidates 2, 0, 3, 1; the click is candidate 0 (rank 2).
         let labels = [1, 0, 0, 0];
-        let scores = [0.5, 0.1, 0.9, 0.3];
-        close(auc(&labels, &scores), 2.0 / 3.0); // beats 1 and 3, loses to 2
-        close(mrr(&labels, &scores), 0.5);
-        close(ndcg(&labels, &scores, 5), 1.0 / 3f64.log2()); // ideal DCG is 1
-        close(ndcg(&labels, &scores, 1), 0.0);
-        assert_eq!(ranks_in_input_order(&scores), vec![2, 4, 1, 3]);
+        let r = ranks(&[0.5, 0.1, 0.9, 0.3]);
+        assert_eq!(r, vec![2, 4, 1, 3]);
+        close(auc(&labels, &r), 2.0 / 3.0); // beats 1 and 3, loses to 2
+        close(mrr(&labels, &r), 0.5);
+        close(ndcg(&labels, &r, 5), 1.0 / 3f64.log2()); // ideal DCG is 1
+        close(ndcg(&labels, &r, 1), 0.0);
     }
 
     #[test]
     fn two_clicks_by_hand() {
         // Ranking: 1 (click), 3, 0 (click), 2.
         let labels = [1, 1, 0, 0];
-        let scores = [0.4, 0.8, 0.1, 0.6];
-        close(auc(&labels, &scores), 3.0 / 4.0); // pairs (0,2) (0,3)x (1,2) (1,3)
-        close(mrr(&labels, &scores), (1.0 + 1.0 / 3.0) / 2.0);
+        let r = ranks(&[0.4, 0.8, 0.1, 0.6]);
+        assert_eq!(r, vec![3, 1, 4, 2]);
+        close(auc(&labels, &r), 3.0 / 4.0); // pairs (0,2) (0,3)x (1,2) (1,3)
+        close(mrr(&labels, &r), (1.0 + 1.0 / 3.0) / 2.0);
         let dcg = 1.0 + 1.0 / 4f64.log2();
         let ideal = 1.0 + 1.0 / 3f64.log2();
-        close(ndcg(&labels, &scores, 10), dcg / ideal);
+        close(ndcg(&labels, &r, 10), dcg / ideal);
+        close(ndcg(&labels, &r, 2), 1.0 / (1.0 + 1.0 / 3f64.log2()));
     }
 
     #[test]
-    fn ties_count_half_in_auc_and_follow_numpy_in_rankings() {
-        let labels = [0, 1, 0];
-        let scores = [0.5, 0.5, 0.5];
-        close(auc(&labels, &scores), 0.5); // sklearn: all tied -> 0.5
-        // np.argsort([.5,.5,.5])[::-1] = [2, 1, 0]: the click (1) is at rank 2.
-        close(mrr(&labels, &scores), 0.5);
-        assert_eq!(ranks_in_input_order(&scores), vec![3, 2, 1]);
-        // Partial tie: positive tied with one negative, above another.
-        close(auc(&[1, 0, 0], &[0.7, 0.7, 0.2]), 0.75);
+    fn ties_rank_by_listed_position_earlier_first() {
+        assert_eq!(ranks(&[0.5, 0.5, 0.5]), vec![1, 2, 3]);
+        // Ties inside a ranking: 0.9 first, then the three 0.2s in listed order, then 0.1.
+        assert_eq!(ranks(&[0.2, 0.9, 0.2, 0.1, 0.2]), vec![2, 1, 3, 5, 4]);
+        // More than 16 candidates, all tied (numpy's sort would not be stable there; ours is).
+        let r = ranks(&[0.0; 40]);
+        assert_eq!(r, (1..=40).collect::<Vec<_>>());
+        // The same news listed twice scores the same twice: the earlier listing ranks first.
+        assert_eq!(ranks(&[0.3, 0.7, 0.3]), vec![2, 1, 3]);
+    }
+
+    #[test]
+    fn negative_zero_ties_with_positive_zero() {
+        // total_cmp would put +0.0 above -0.0; they are the same score, so listed order decides.
+        assert_eq!(ranks(&[-0.0, 0.0, -0.0, 0.0]), vec![1, 2, 3, 4]);
+        assert_eq!(ranks(&[0.0, -0.0, 1e-30, -1e-30]), vec![2, 3, 1, 4]);
+    }
+
+    #[test]
+    fn nan_is_refused_naming_the_impression() {
+        let err = ranks_in_input_order(4242, &[0.1, f32::NAN, 0.3]).unwrap_err();
+        assert_eq!(err, NanScore { impression_id: 4242, candidate: 1 });
+        let text = err.to_string();
+        assert!(
+            text.contains("impression 4242") && text.contains("candidate 1") && text.contains("NaN"),
+            "{text}"
+        );
+        let mut m = RankingMetrics::default();
+        assert_eq!(m.add(17, &[1, 0], &[f32::NAN, 0.0]), Err(NanScore { impression_id: 17, candidate: 0 }));
+        assert_eq!(m, RankingMetrics::default());
+        assert!(ranking(3, &[0.0, 1.0, -f32::NAN]).is_err());
+    }
+
+    #[test]
+    fn all_tied_impression_depends_only_on_listed_positions() {
+        // An empty history: every candidate scores 0. Clicks at listed positions 1 and 3 of 5.
+        let labels = [0, 1, 0, 1, 0];
+        let mut m = RankingMetrics::default();
+        m.add(1, &labels, &[0.0, -0.0, 0.0, 0.0, -0.0]).unwrap();
+        // Ranks 1..5: click 1 beats 2 and 4 (2 of 3 non-clicks), click 3 beats 4 (1 of 3): 3/6.
+        close(m.auc, 0.5);
+        close(m.mrr, (1.0 / 2.0 + 1.0 / 4.0) / 2.0);
+        let ideal = 1.0 + 1.0 / 3f64.log2();
+        close(m.ndcg5, (1.0 / 3f64.log2() + 1.0 / 5f64.log2()) / ideal);
+        // Clicks listed first: AUC 1 whatever the model; listed last: 0. Raw scores with ties
+        // counted half would give 0.5 for both.
+        let mut first = RankingMetrics::default();
+        first.add(2, &[1, 0, 0], &[0.0; 3]).unwrap();
+        close(first.auc, 1.0);
+        let mut last = RankingMetrics::default();
+        last.add(3, &[0, 0, 1], &[0.0; 3]).unwrap();
+        close(last.auc, 0.0);
+        close(last.mrr, 1.0 / 3.0);
+    }
+
+    #[test]
+    fn partial_tie_by_hand() {
+        // Click (listed 0) tied with non-click 1, above non-click 2: ranks [1, 2, 3], AUC 1;
+        // listed the other way round the tie goes against the click: ranks [2, 1, 3], AUC 1/2.
+        let mut m = RankingMetrics::default();
+        m.add(1, &[1, 0, 0], &[0.7, 0.7, 0.2]).unwrap();
+        close(m.auc, 1.0);
+        let mut m = RankingMetrics::default();
+        m.add(1, &[0, 1, 0], &[0.7, 0.7, 0.2]).unwrap();
+        close(m.auc, 0.5);
+        close(m.mrr, 0.5);
+    }
+
+    #[test]
+    fn rank_metrics_of_tied_ranks_count_half_in_auc() {
+        // Ranks from elsewhere may tie (not ours); AUC then counts half, like roc_auc_score.
+        close(auc(&[1, 0, 0], &[1, 1, 2]), 0.75);
     }
 
     #[test]
     fn averaging_skips_impressions_without_both_labels() {
         let mut m = RankingMetrics::default();
-        m.add(&[1, 0], &[0.9, 0.1]);
-        m.add(&[0, 0], &[0.9, 0.1]);
-        m.add(&[0, 1], &[0.9, 0.1]);
+        m.add(1, &[1, 0], &[0.9, 0.1]).unwrap();
+        m.add(2, &[0, 0], &[0.9, 0.1]).unwrap();
+        m.add(3, &[1, 1], &[0.9, 0.1]).unwrap();
+        m.add(4, &[0, 1], &[0.9, 0.1]).unwrap();
         let mean = m.mean();
         assert_eq!(mean.impressions, 2.0);
         close(mean.auc, 0.5);

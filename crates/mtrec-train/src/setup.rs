@@ -137,6 +137,7 @@ pub fn build_model(
     let spec = ModelSpec {
         user_encoder: config.model.user_encoder,
         amf: config.model.amf,
+        amf_subcategory: config.model.amf_subcategory,
         category_head: config.mtl.category,
         ner_head: config.mtl.ner,
         categories: labels.categories,

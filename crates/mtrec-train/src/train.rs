@@ -78,6 +78,7 @@ pub fn config_digest(config: &Config) -> String {
     let shape = json!({
         "init": m.init, "layers": m.layers, "hidden_size": m.hidden_size, "heads": m.heads,
         "intermediate_size": m.intermediate_size, "user_encoder": m.user_encoder, "amf": m.amf,
+        "amf_subcategory": m.amf_subcategory,
         "heads_on": [config.mtl.category, config.mtl.ner],
     });
     format!("{:x}", Sha256::digest(shape.to_string().as_bytes()))

@@ -200,7 +200,8 @@ pub fn write_prediction_zip<'a>(
         let mut zip = zip::ZipWriter::new(std::fs::File::create(tmp)?);
         zip.start_file("prediction.txt", zip::write::SimpleFileOptions::default())?;
         for (id, scores) in rows {
-            let ranks: Vec<String> = ranks_in_input_order(scores).iter().map(|r| r.to_string()).collect();
+            let ranks: Vec<String> =
+                ranks_in_input_order(id, scores)?.iter().map(|r| r.to_string()).collect();
             writeln!(zip, "{id} [{}]", ranks.join(","))?;
         }
         zip.finish()?.sync_all()?;

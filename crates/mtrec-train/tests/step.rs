@@ -1,0 +1,177 @@
+//! One training step on a tiny random model and the reference batch: which loss feeds which
+//! gradient, where `lambda` applies, what the heads receive, and clipping.
+use mtrec_data::batch::GlobalCounts;
+use mtrec_dist::Local;
+use mtrec_model::Dropout;
+use mtrec_train::bench::{LABELS, reference_batch};
+use mtrec_train::config::Config;
+use mtrec_train::device_batch::DeviceBatch;
+use mtrec_train::flat::FlatParams;
+use mtrec_train::optim::AdamW;
+use mtrec_train::setup;
+use mtrec_train::step::{Clock, PhaseTimes, flat_grad, forward, task_gradients};
+use std::path::PathBuf;
+use tch::{Device, Tensor};
+
+struct Tiny {
+    config: Config,
+    _vs: tch::nn::VarStore,
+    model: mtrec_model::NewsRecModel,
+    params: FlatParams,
+    batch: DeviceBatch,
+}
+
+fn tiny(sets: &[&str]) -> Tiny {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/tiny.toml");
+    let mut sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    sets.push("model.dropout=0.0".into());
+    let config = Config::load(&path, &sets).unwrap();
+    let model_dir = setup::model_dir(&config).unwrap();
+    let (vs, model) = setup::build_model(&config, LABELS, &model_dir, None, Device::Cpu).unwrap();
+    let params = FlatParams::new(&vs);
+    let (table, host) = reference_batch(model.bert.config.vocab_size, 3);
+    let labelled = table.ner_tags.iter().flatten().filter(|&&t| t >= 0).count() as u64;
+    let counts = GlobalCounts { news: host.news.len() as u64, labelled_tokens: labelled };
+    let batch = DeviceBatch::new(&host, &table, counts, 1, Device::Cpu);
+    Tiny { config, _vs: vs, model, params, batch }
+}
+
+/// The flat gradient of one loss of a fresh forward pass (dropout off: the same graph).
+fn gradient_of(t: &Tiny, pick: impl Fn(&mtrec_train::step::Losses) -> Tensor) -> Tensor {
+    let losses = forward(&t.model, &t.batch, &t.config.mtl, &Dropout::Off);
+    flat_grad(&t.params, &t.params.tensors(), &pick(&losses), false).unwrap()
+}
+
+fn gradients(t: &Tiny) -> (Tensor, Vec<Tensor>) {
+    let mut clock = Clock::new(Device::Cpu, false);
+    let (_, g_main, aux) = task_gradients(
+        &t.model,
+        &t.params,
+        &Local,
+        &t.batch,
+        &t.config.mtl,
+        1,
+        &mut clock,
+        &mut PhaseTimes::default(),
+    )
+    .unwrap();
+    (g_main, aux)
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+/// The elements of the flat layout that belong to variables whose name starts with `prefix`.
+fn slice_of(t: &Tiny, g: &Tensor, prefix: &str) -> Vec<Tensor> {
+    let mut offset = 0;
+    let mut parts = Vec::new();
+    for (name, var) in &t.params.vars {
+        let n = var.numel() as i64;
+        if name.starts_with(prefix) {
+            parts.push(g.narrow(0, offset, n));
+        }
+        offset += n;
+    }
+    assert!(!parts.is_empty(), "no variable {prefix}*");
+    parts
+}
+
+#[test]
+fn g_main_is_the_main_loss_gradient_and_lambda_applies_in_the_mtrec_surgery_only() {
+    for (surgery, weight) in [("mtrec", 0.3), ("none", 1.0), ("pcgrad", 1.0)] {
+        let t = tiny(&[&format!("mtl.surgery={surgery}"), "mtl.lambda=0.3"]);
+        let (g_main, aux) = gradients(&t);
+        let main = gradient_of(&t, |l| l.main.shallow_clone());
+        assert!(max_diff(&g_main, &main) < 1e-7, "{surgery}: g_main is not the gradient of L_main alone");
+        let category = gradient_of(&t, |l| l.category.as_ref().unwrap().shallow_clone());
+        let ner = gradient_of(&t, |l| l.ner.as_ref().unwrap().shallow_clone());
+        if surgery == "pcgrad" {
+            assert_eq!(aux.len(), 2, "PCGrad needs the tasks apart");
+            assert!(
+                max_diff(&aux[0], &category) < 1e-7 && max_diff(&aux[1], &ner) < 1e-7,
+                "pcgrad: weight 1"
+            );
+        } else {
+            assert_eq!(aux.len(), 1);
+            let expected = (&category + &ner) * weight;
+            let (diff, scale) = (max_diff(&aux[0], &expected), expected.abs().max().double_value(&[]));
+            let unweighted = max_diff(&aux[0], &(&category + &ner));
+            assert!(
+                diff < 1e-6 * scale,
+                "{surgery}: g_aux is not {weight} (g_category + g_ner): {diff} of {scale}, unweighted {unweighted}"
+            );
+        }
+        // Each head gets only its own task's gradient: the main loss does not reach the heads,
+        // and each auxiliary loss reaches its own head only.
+        for part in slice_of(&t, &g_main, "category_head").iter().chain(&slice_of(&t, &g_main, "ner_head")) {
+            assert_eq!(part.abs().max().double_value(&[]), 0.0, "{surgery}: L_main reached a head");
+        }
+        for part in slice_of(&t, &category, "ner_head") {
+            assert_eq!(part.abs().max().double_value(&[]), 0.0, "{surgery}: L_category reached the NER head");
+        }
+        for part in slice_of(&t, &ner, "category_head") {
+            assert_eq!(part.abs().max().double_value(&[]), 0.0, "{surgery}: L_NER reached the category head");
+        }
+        assert!(
+            slice_of(&t, &category, "category_head").iter().any(|p| p.abs().max().double_value(&[]) > 0.0)
+        );
+    }
+}
+
+#[test]
+fn clipping_bounds_the_global_norm() {
+    let t = tiny(&["optim.max_grad_norm=0.01"]);
+    let (g_main, aux) = gradients(&t);
+    let mut g = &g_main + &aux[0];
+    let before = g.norm().double_value(&[]);
+    assert!(before > 0.01, "the gradient must be large enough to be clipped ({before})");
+    let reported = AdamW::new(&t.params, t.config.optim.clone()).clip(&mut g).double_value(&[]);
+    assert!((reported - before).abs() < 1e-6 * before, "clip reports the norm before clipping");
+    let after = g.norm().double_value(&[]);
+    assert!(after <= 0.01 * (1.0 + 1e-5), "norm {after} after clipping to 0.01");
+}
+
+/// De-duplication changes no loss: a batch whose samples repeat, with each news item encoded
+/// once and weighted by its occurrences, has the losses of the same batch with every occurrence
+/// encoded as its own row.
+#[test]
+fn occurrence_weighted_losses_on_unique_news_equal_encoding_every_occurrence() {
+    let t = tiny(&[]);
+    let (table, host) = reference_batch(t.model.bert.config.vocab_size, 3);
+    let n = host.news.len() as i64;
+    let twice = |rows: &[i64], shift: i64| -> Vec<i64> {
+        rows.iter().copied().chain(rows.iter().map(|r| r + shift)).collect()
+    };
+    let mut unique = host.clone();
+    unique.size *= 2;
+    unique.history = twice(&host.history, 0);
+    unique.history_mask = [host.history_mask.clone(), host.history_mask.clone()].concat();
+    unique.candidates = twice(&host.candidates, 0);
+    unique.users = [host.users.clone(), host.users.clone()].concat();
+    unique.occurrences = host.occurrences.iter().map(|c| 2 * c).collect();
+    let mut every = unique.clone();
+    every.news = [host.news.clone(), host.news.clone()].concat();
+    every.history = twice(&host.history, n);
+    every.candidates = twice(&host.candidates, n);
+    every.occurrences = [host.occurrences.clone(), host.occurrences.clone()].concat();
+    let occurrences: u64 = unique.occurrences.iter().map(|&c| u64::from(c)).sum();
+    let labelled: u64 = unique
+        .news
+        .iter()
+        .zip(&unique.occurrences)
+        .map(|(&nid, &c)| {
+            u64::from(c) * table.ner_tags[nid as usize].iter().filter(|&&t| t >= 0).count() as u64
+        })
+        .sum();
+    let counts = GlobalCounts { news: occurrences, labelled_tokens: labelled };
+    let losses = |host: &mtrec_data::batch::HostBatch| {
+        let batch = DeviceBatch::new(host, &table, counts, 1, Device::Cpu);
+        let l = forward(&t.model, &batch, &t.config.mtl, &Dropout::Off);
+        [l.main, l.category.unwrap(), l.ner.unwrap()].map(|x| x.double_value(&[]))
+    };
+    let (a, b) = (losses(&unique), losses(&every));
+    for ((x, y), name) in a.iter().zip(&b).zip(["main", "category", "NER"]) {
+        assert!((x - y).abs() <= 1e-5 * x.abs(), "{name}: {x} on unique news, {y} encoding every occurrence");
+    }
+}
