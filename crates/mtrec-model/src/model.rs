@@ -119,6 +119,17 @@ impl NewsRecModel {
 
     /// News vectors, and with `heads` the logits of the category and NER heads that exist.
     ///
+    /// The category head's prediction (argmax) for each title, without dropout; `None` when
+    /// the model has no category head.
+    ///
+    /// # Shapes
+    /// `N` titles -> `[N]` int64.
+    pub fn predict_categories(&self, titles: &TitleBatch) -> Option<Tensor> {
+        let head = self.category_head.as_ref()?;
+        let EncodedTitles { cls, .. } = encode_titles(&self.bert, titles, false, &Dropout::Off);
+        Some(head.forward(&cls).argmax(-1, false))
+    }
+
     /// # Shapes
     /// `N` unique news -> `vectors [N, d]`, `category_logits [N, C]`, `ner_logits [T - N, tags]`.
     pub fn encode_news(&self, inputs: &NewsInputs, heads: bool, dropout: &Dropout) -> NewsOutputs {

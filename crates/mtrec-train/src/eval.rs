@@ -182,6 +182,39 @@ pub fn eval_impressions(
     Ok(impressions)
 }
 
+/// How well the auxiliary category task learned: the category head's accuracy on the news of
+/// `impressions` (history and candidates, each news item once), and the share of their most
+/// common category (the majority-class baseline). `None` without a category head.
+pub fn category_accuracy(
+    model: &NewsRecModel,
+    table: &NewsTable,
+    impressions: &[EvalImpression],
+    batch: usize,
+    device: Device,
+) -> Option<(f64, f64)> {
+    let mut nids: Vec<i32> =
+        impressions.iter().flat_map(|i| i.history.iter().chain(&i.candidates)).copied().collect();
+    nids.sort_unstable();
+    nids.dedup();
+    if nids.is_empty() {
+        return None;
+    }
+    let mut correct = 0usize;
+    let mut counts = std::collections::HashMap::new();
+    for chunk in nids.chunks(batch.max(1)) {
+        let titles = news_inputs(table, chunk, device).titles;
+        let predicted: Vec<i64> =
+            Vec::try_from(tch::no_grad(|| model.predict_categories(&titles))?.to_device(Device::Cpu)).ok()?;
+        for (&nid, &p) in chunk.iter().zip(&predicted) {
+            let truth = table.category[nid as usize];
+            correct += usize::from(p == truth);
+            *counts.entry(truth).or_insert(0usize) += 1;
+        }
+    }
+    let majority = counts.values().copied().max().unwrap_or(0);
+    Some((correct as f64 / nids.len() as f64, majority as f64 / nids.len() as f64))
+}
+
 /// This rank's share of `len` items: a contiguous range.
 pub fn rank_range(len: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
     let per = len.div_ceil(world);

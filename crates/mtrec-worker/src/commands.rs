@@ -6,7 +6,7 @@ use mtrec_data::write::write_atomically;
 use mtrec_dist::{Backend, Collective, Job, Local, Watchdog};
 use mtrec_train::agree::agree_on_config;
 use mtrec_train::config::Config;
-use mtrec_train::eval::{encode_all_news, eval_impressions, evaluate, score_impressions};
+use mtrec_train::eval::{category_accuracy, encode_all_news, eval_impressions, evaluate, score_impressions};
 use mtrec_train::metrics::ranks_in_input_order;
 use mtrec_train::setup::{self, LabelCounts};
 use mtrec_train::train::load_checkpoint_into;
@@ -150,9 +150,17 @@ pub fn eval(job: &Job, args: &ConfigArgs, checkpoint: &Path) -> anyhow::Result<(
     let metrics = evaluate(&model, &loaded.news, &impressions, &config, device, collective, &tick)?;
     if placement.is_main() {
         println!("{}: {metrics}", config.eval.split);
+        let category = category_accuracy(&model, &loaded.news, &impressions, config.eval.news_batch, device);
+        if let Some((accuracy, majority)) = category {
+            println!(
+                "{}: category head accuracy {accuracy:.4} (majority class {majority:.4})",
+                config.eval.split
+            );
+        }
         let path = checkpoint.join("metrics.json");
         let json = serde_json::json!({"split": config.eval.split, "auc": metrics.auc, "mrr": metrics.mrr,
-            "ndcg5": metrics.ndcg5, "ndcg10": metrics.ndcg10, "impressions": metrics.impressions});
+            "ndcg5": metrics.ndcg5, "ndcg10": metrics.ndcg10, "impressions": metrics.impressions,
+            "category_accuracy": category.map(|c| c.0), "category_majority": category.map(|c| c.1)});
         std::fs::write(&path, serde_json::to_string_pretty(&json)?)
             .with_context(|| path.display().to_string())?;
         println!("wrote {}", path.display());
