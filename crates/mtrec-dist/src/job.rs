@@ -113,7 +113,10 @@ impl Job {
                 _universe: None,
             });
         }
-        let universe = mpi::initialize().ok_or(DistError::MpiInit)?;
+        // Multiple: the watchdog and the panic hook may call MPI_Abort from their own threads
+        // while the main thread waits in a collective.
+        let (universe, _) =
+            mpi::initialize_with_threading(mpi::Threading::Multiple).ok_or(DistError::MpiInit)?;
         let mpi = MpiCollective::world();
         let placement = mpi.placement();
         RANK.store(placement.rank, Ordering::Relaxed);
@@ -129,18 +132,35 @@ impl Job {
 
     /// The collective for `backend`: a world of one is [`Local`] (no NCCL needed); CPU tensors
     /// reduce over MPI; CUDA tensors over NCCL, bootstrapped over MPI (built on first use).
+    /// Every rank must ask for the same backend (with `train.device = "auto"`, a node whose GPUs
+    /// are not visible would otherwise compute on the CPU while the others wait in NCCL): the
+    /// ranks agree first, and a rank that differs is refused, naming the counts.
     pub fn collective(&self, backend: Backend) -> Result<&dyn Collective, DistError> {
         match (backend, &self.mpi) {
             (_, None) => Ok(&Local),
             (_, Some(_)) if self.placement.world_size == 1 => Ok(&Local),
-            (Backend::Cpu, Some(mpi)) => Ok(mpi),
-            (Backend::Cuda, Some(_)) => {
-                if let Some(nccl) = self.nccl.get() {
-                    return Ok(nccl);
+            (_, Some(mpi)) if self.nccl.get().is_none() => {
+                let mut cuda = [f64::from(u8::from(backend == Backend::Cuda))];
+                mpi.all_reduce_sum_f64(&mut cuda)?;
+                let (on_cuda, world) = (cuda[0] as usize, self.placement.world_size);
+                if on_cuda != 0 && on_cuda != world {
+                    let here =
+                        if backend == Backend::Cuda { "CUDA" } else { "the CPU (no CUDA device visible)" };
+                    return Err(DistError::Nccl(format!(
+                        "this rank computes on {here}, but {on_cuda} of the {world} ranks chose CUDA: \
+                         every rank must see its GPU (or set train.device on all)"
+                    )));
                 }
-                let nccl = NcclCollective::new(MpiCollective::world())?;
-                Ok(self.nccl.get_or_init(|| nccl))
+                match backend {
+                    Backend::Cpu => Ok(mpi),
+                    Backend::Cuda => {
+                        let nccl = NcclCollective::new(MpiCollective::world())?;
+                        Ok(self.nccl.get_or_init(|| nccl))
+                    }
+                }
             }
+            (Backend::Cpu, Some(mpi)) => Ok(mpi),
+            (Backend::Cuda, Some(_)) => Ok(self.nccl.get().expect("built by the first call")),
         }
     }
 }

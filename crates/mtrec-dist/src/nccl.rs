@@ -177,9 +177,14 @@ impl Collective for NcclCollective {
 impl Drop for NcclCollective {
     /// Only a job that succeeded drops its communicator ([`crate::Job`]); a failing one aborts it.
     fn drop(&mut self) {
-        crate::job::unregister_nccl();
+        // Whoever takes the communicator out of the abort path ends it: [`crate::abort_job`]
+        // (abort) or this (destroy), never both.
+        let comm = crate::job::unregister_nccl();
+        if comm.is_null() {
+            return;
+        }
         // SAFETY: the communicator was created by comm_init_rank and is not used after this.
-        if let Err(e) = unsafe { nccl::comm_destroy(self.comm) } {
+        if let Err(e) = unsafe { nccl::comm_destroy(comm as sys::ncclComm_t) } {
             tracing::warn!("ncclCommDestroy failed: {e:?}");
         }
     }

@@ -191,6 +191,7 @@ pub fn category_accuracy(
     impressions: &[EvalImpression],
     batch: usize,
     device: Device,
+    beat: &dyn Fn(),
 ) -> Option<(f64, f64)> {
     let mut nids: Vec<i32> =
         impressions.iter().flat_map(|i| i.history.iter().chain(&i.candidates)).copied().collect();
@@ -210,6 +211,7 @@ pub fn category_accuracy(
             correct += usize::from(p == truth);
             *counts.entry(truth).or_insert(0usize) += 1;
         }
+        beat();
     }
     let majority = counts.values().copied().max().unwrap_or(0);
     Some((correct as f64 / nids.len() as f64, majority as f64 / nids.len() as f64))

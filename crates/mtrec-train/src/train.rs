@@ -169,7 +169,7 @@ fn prepare_run_dir(config: &Config, resume: &Resume) -> Result<Option<Checkpoint
 }
 
 /// Every rank opens the checkpoint rank 0 chose and verified, and proves it reads the same one.
-fn open_chosen_checkpoint(
+pub fn open_chosen_checkpoint(
     chosen: Option<Checkpoint>,
     collective: &dyn Collective,
 ) -> Result<Option<Checkpoint>, TrainError> {
@@ -439,7 +439,8 @@ impl<'a> Trainer<'a> {
         let checkpoints = Checkpointer {
             writer: CheckpointWriter::new(&run_dir, config.checkpoint.keep)?,
             // A resumed run competes with the best checkpoint the run has so far.
-            best: resume_from.as_ref().and_then(|_| Best::read(&run_dir)),
+            // (one written after the resumed step belongs to steps this run replays: not kept)
+            best: resume_from.as_ref().and_then(|_| Best::read(&run_dir)).filter(|b| b.step <= start_step),
             last: None,
             main_rank,
             run_dir,
@@ -753,7 +754,8 @@ impl MetricsLogger {
                         continue;
                     };
                     if let Some(conflict) = record["conflict"].as_f64() {
-                        let window = step.saturating_sub(previous_step) as f64;
+                        let gap = step.saturating_sub(previous_step) as f64;
+                        let window = record["window_steps"].as_f64().unwrap_or(gap);
                         conflicts += conflict * window;
                         surgery_steps += window;
                     }
@@ -842,6 +844,7 @@ impl MetricsLogger {
             "lr_task": self.lr.1 * lr_scale,
             "samples_per_s": self.samples as f64 / elapsed,
             "tokens_per_s": self.tokens as f64 / elapsed,
+            "window_steps": pending.len(),
             "time": unix_time(),
         });
         self.samples = 0;
@@ -917,12 +920,6 @@ fn all_rank_losses(pending: &[StepStats], collective: &dyn Collective) -> Result
         category: first.loss_category.is_some().then_some(means[1]),
         ner: first.loss_ner.is_some().then_some(means[2]),
     })
-}
-
-/// Loads `model.safetensors` of a checkpoint into a freshly built model (eval, predict, embed).
-pub fn load_checkpoint_into(vs: &tch::nn::VarStore, dir: &Path) -> Result<(), TrainError> {
-    let ckpt = Checkpoint::open(dir)?;
-    checkpoint::load_model(vs, &ckpt)
 }
 
 #[cfg(test)]

@@ -5,11 +5,12 @@ use mtrec_data::manifest::Split;
 use mtrec_data::write::write_atomically;
 use mtrec_dist::{Backend, Collective, Job, Local, Watchdog};
 use mtrec_train::agree::agree_on_config;
+use mtrec_train::checkpoint::Checkpoint;
 use mtrec_train::config::Config;
 use mtrec_train::eval::{category_accuracy, encode_all_news, eval_impressions, evaluate, score_impressions};
 use mtrec_train::metrics::ranks_in_input_order;
 use mtrec_train::setup::{self, LabelCounts};
-use mtrec_train::train::load_checkpoint_into;
+use mtrec_train::train::open_chosen_checkpoint;
 use mtrec_train::{Resume, Start, bench};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -111,7 +112,7 @@ pub fn show_config(args: &ConfigArgs, get: Option<&str>) -> anyhow::Result<()> {
 fn model_from_checkpoint(
     config: &Config,
     loaded: &setup::Loaded,
-    checkpoint: Option<&Path>,
+    checkpoint: Option<&Checkpoint>,
     device: tch::Device,
 ) -> anyhow::Result<(tch::nn::VarStore, mtrec_model::NewsRecModel)> {
     let entity_table = setup::entity_table(config, &config.data.shards)?;
@@ -122,8 +123,8 @@ fn model_from_checkpoint(
         entity_table,
         device,
     )?;
-    if let Some(dir) = checkpoint {
-        load_checkpoint_into(&vs, dir)?;
+    if let Some(checkpoint) = checkpoint {
+        mtrec_train::checkpoint::load_model(&vs, checkpoint)?;
     }
     Ok((vs, model))
 }
@@ -140,7 +141,11 @@ pub fn eval(job: &Job, args: &ConfigArgs, checkpoint: &Path) -> anyhow::Result<(
     heartbeat.phase("loading the shards");
     let loaded = setup::load(&config, collective)?;
     heartbeat.phase("loading the checkpoint");
-    let (_vs, model) = model_from_checkpoint(&config, &loaded, Some(checkpoint), device)?;
+    // Rank 0 verifies it; every rank proves it reads the same one.
+    let verified = if placement.is_main() { Some(Checkpoint::open(checkpoint)?) } else { None };
+    let checkpoint = open_chosen_checkpoint(verified, collective)?.expect("rank 0 opened one");
+    let (_vs, model) = model_from_checkpoint(&config, &loaded, Some(&checkpoint), device)?;
+    let checkpoint = checkpoint.dir.as_path();
     let impressions = eval_impressions(&config, &loaded.manifest)?;
     heartbeat.phase("evaluation");
     let tick = || {
@@ -150,7 +155,10 @@ pub fn eval(job: &Job, args: &ConfigArgs, checkpoint: &Path) -> anyhow::Result<(
     let metrics = evaluate(&model, &loaded.news, &impressions, &config, device, collective, &tick)?;
     if placement.is_main() {
         println!("{}: {metrics}", config.eval.split);
-        let category = category_accuracy(&model, &loaded.news, &impressions, config.eval.news_batch, device);
+        heartbeat.phase("category accuracy");
+        let beat = || heartbeat.beat();
+        let category =
+            category_accuracy(&model, &loaded.news, &impressions, config.eval.news_batch, device, &beat);
         if let Some((accuracy, majority)) = category {
             println!(
                 "{}: category head accuracy {accuracy:.4} (majority class {majority:.4})",
@@ -184,7 +192,7 @@ pub fn predict(args: &ConfigArgs, checkpoint: &Path, split: &str, out: &Path) ->
     };
     let device = setup::device(config.train.device, 0)?;
     let loaded = setup::load(&config, &Local)?;
-    let (_vs, model) = model_from_checkpoint(&config, &loaded, Some(checkpoint), device)?;
+    let (_vs, model) = model_from_checkpoint(&config, &loaded, Some(&Checkpoint::open(checkpoint)?), device)?;
     let impressions = mtrec_data::read::read_eval(&config.data.shards, &loaded.manifest, split)?;
     heartbeat.phase("prediction");
     let news_vectors = encode_all_news(&model, &loaded.news, config.eval.news_batch, device, &Local, &tick)?;
@@ -238,7 +246,8 @@ pub fn embed(
     }
     let device = setup::device(config.train.device, 0)?;
     let loaded = setup::load(&config, &Local)?;
-    let (_vs, model) = model_from_checkpoint(&config, &loaded, checkpoint, device)?;
+    let checkpoint = checkpoint.map(Checkpoint::open).transpose()?;
+    let (_vs, model) = model_from_checkpoint(&config, &loaded, checkpoint.as_ref(), device)?;
     let vectors = encode_all_news(&model, &loaded.news, config.eval.news_batch, device, &Local, &|| Ok(()))?;
     let dim = vectors.size()[1] as usize;
     let values: Vec<f32> =
