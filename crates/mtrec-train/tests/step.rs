@@ -128,8 +128,12 @@ fn clipping_bounds_the_global_norm() {
     assert!(before > 0.01, "the gradient must be large enough to be clipped ({before})");
     let reported = AdamW::new(&t.params, t.config.optim.clone()).clip(&mut g).double_value(&[]);
     assert!((reported - before).abs() < 1e-6 * before, "clip reports the norm before clipping");
+    // The norm of ~1.6M f32 values is itself rounded: 2.1e-5 relative above the bound was seen
+    // (the order of summation varies with the threads), so the bound allows 1e-4; a missing
+    // clip leaves the norm at `before`, orders of magnitude above.
     let after = g.norm().double_value(&[]);
-    assert!(after <= 0.01 * (1.0 + 1e-5), "norm {after} after clipping to 0.01");
+    assert!(after <= 0.01 * (1.0 + 1e-4), "norm {after} after clipping to 0.01");
+    assert!(after >= 0.01 * (1.0 - 1e-4), "norm {after}: clipped below 0.01");
 }
 
 /// De-duplication changes no loss: a batch whose samples repeat, with each news item encoded
