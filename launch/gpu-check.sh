@@ -103,7 +103,7 @@ rc=0
 timeout 180 mpirun -n 2 --oversubscribe --allow-run-as-root -x LD_LIBRARY_PATH "$worker" train "${tiny[@]}" \
   --set "train.run_dir=$work/two" --set train.max_steps=20 >"$work/two.log" 2>&1 || rc=$?
 { fence; echo "exit $rc after $(( $(date +%s) - started )) s (124 = hung, killed by timeout)"
-  grep -E "^error|NCCL" "$work/two.log" | head -n 5; fence; } >>"$report"
+  grep -E "^error|NCCL" "$work/two.log" | head -n 5 || true; fence; } >>"$report"
 
 say "== 5. bench, bert-base sizes, bf16"
 section "5. bench: bert-base sizes, bf16, reference workload"
@@ -125,7 +125,7 @@ big=(--config configs/bench-bert-base.toml --set "model.path=$model" --set "trai
 "$worker" train "${big[@]}" --set eval.every=0 --set eval.max_impressions=1 >"$work/small-train.log" 2>&1
 started=$SECONDS
 { fence; "$worker" eval "${big[@]}" --checkpoint "$work/small/step-00000001" 2>&1 | grep -E "dev:|error"
-  echo "evaluation (encode 42k news, score every dev impression) and start-up: $((SECONDS - started)) s"; fence; } >>"$report"
+  echo "evaluation (encode every news item, score every dev impression) and start-up: $((SECONDS - started)) s"; fence; } >>"$report"
 
 cat "$report"
 echo "report: $report"
