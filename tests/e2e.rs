@@ -1,6 +1,7 @@
 //! prep -> train -> eval -> predict -> embed with the real binaries on synthetic MIND data.
 use mtrec_e2e::{
     binary, max_param_diff, mpirun, python, repo_root, run, signal_a_rank, stdout, synthetic_shards,
+    tiny_worker,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,19 +31,7 @@ fn fixture() -> &'static Fixture {
 
 /// `mtrec-worker <command> --config configs/tiny.toml` on the fixture's shards.
 fn worker(command: &str, run_dir: &Path, sets: &[&str]) -> Command {
-    let mut cmd = Command::new(binary("mtrec-worker"));
-    cmd.arg(command)
-        .arg("--config")
-        .arg(repo_root().join("configs/tiny.toml"))
-        .arg("--set")
-        .arg(format!("data.shards={}", fixture().shards.display()))
-        .arg("--set")
-        .arg(format!("train.run_dir={}", run_dir.display()));
-    for s in sets {
-        cmd.arg("--set").arg(s);
-    }
-    cmd.current_dir(repo_root());
-    cmd
+    tiny_worker(command, &fixture().shards, run_dir, sets)
 }
 
 fn dev_auc(output: &str) -> f64 {

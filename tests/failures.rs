@@ -4,7 +4,7 @@
 //! environment, with other `--set`s, or behind `unshare -m` with an empty folder bind-mounted
 //! over a path (a node without the mount).
 use mtrec_e2e::{
-    binary, mpirun, mpirun_alone, python, repo_root, run, signal_a_rank, stdout, synthetic_shards,
+    binary, mpirun, mpirun_alone, python, repo_root, run, signal_a_rank, stdout, synthetic_shards, tiny_args,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -36,17 +36,7 @@ fn fixture() -> &'static Fixture {
 
 /// The worker's arguments: `command --config configs/tiny.toml` on the fixture's shards.
 fn args(command: &str, run_dir: &Path, sets: &[&str]) -> Vec<String> {
-    let mut args = vec![
-        command.to_string(),
-        "--config".into(),
-        repo_root().join("configs/tiny.toml").display().to_string(),
-    ];
-    let shards = format!("data.shards={}", fixture().shards.display());
-    let run_dir = format!("train.run_dir={}", run_dir.display());
-    for set in [shards.as_str(), run_dir.as_str(), "eval.max_impressions=50"].iter().chain(sets) {
-        args.extend(["--set".to_string(), set.to_string()]);
-    }
-    args
+    tiny_args(command, &fixture().shards, run_dir, &[&["eval.max_impressions=50"], sets].concat())
 }
 
 /// How rank 1 differs from rank 0.

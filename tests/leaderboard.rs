@@ -5,7 +5,7 @@
 //! of training's), within 1e-4 on every metric, on dev data full of tied scores: impressions with
 //! an empty history (the zero user vector: every candidate scores 0) and impressions that list a
 //! news item twice (the same score twice, once with the other label).
-use mtrec_e2e::{binary, model_dir, python, repo_root, run, stdout};
+use mtrec_e2e::{prep_shards, python, run, stdout, synthetic_mind, tiny_worker};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -117,22 +117,6 @@ print(json.dumps({"auc": float(np.mean(aucs)), "mrr": float(np.mean(mrrs)),
     "one_class": one_class, "auc_ties_half": float(np.mean(half)), "checked": checked}))
 "#;
 
-fn worker(command: &str, shards: &Path, run_dir: &Path, sets: &[&str]) -> Command {
-    let mut cmd = Command::new(binary("mtrec-worker"));
-    cmd.arg(command)
-        .arg("--config")
-        .arg(repo_root().join("configs/tiny.toml"))
-        .arg("--set")
-        .arg(format!("data.shards={}", shards.display()))
-        .arg("--set")
-        .arg(format!("train.run_dir={}", run_dir.display()));
-    for s in sets {
-        cmd.arg("--set").arg(s);
-    }
-    cmd.current_dir(repo_root());
-    cmd
-}
-
 fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
         .unwrap()
@@ -146,33 +130,26 @@ fn eval_equals_the_official_scorer_on_predicts_ranks_with_ties() {
         std::fs::remove_dir_all(&root).unwrap();
     }
     std::fs::create_dir_all(&root).unwrap();
-    let mind = root.join("mind");
-    let synth =
-        ["synth", "--seed", "3", "--news", "1500", "--users", "300", "--impressions", "3000", "--out"];
-    run(Command::new(binary("mtrec-prep")).args(synth).arg(&mind), true);
+    let mind = synthetic_mind(&root);
     let behaviors = mind.join("dev/behaviors.tsv");
     let edits = root.join("edits.json");
     let out = run(Command::new(python()).arg("-c").arg(EDIT).arg(&behaviors).arg(&edits), true);
     println!("{}", stdout(&out).trim());
-    let shards = root.join("shards");
-    let mut prep = Command::new(binary("mtrec-prep"));
-    prep.arg("mind");
-    for split in ["train", "dev", "test"] {
-        prep.arg(format!("--{split}")).arg(mind.join(split));
-    }
-    run(prep.arg("--model").arg(model_dir()).arg("--out").arg(&shards), true);
+    let shards = prep_shards(&mind, &root.join("shards"));
 
     let run_dir = root.join("run");
-    run(&mut worker("train", &shards, &run_dir, &["train.max_steps=4", "eval.max_impressions=0"]), true);
+    run(&mut tiny_worker("train", &shards, &run_dir, &["train.max_steps=4", "eval.max_impressions=0"]), true);
     let checkpoint = run_dir.join("step-00000004");
     run(
-        worker("eval", &shards, &run_dir, &["eval.max_impressions=0"]).arg("--checkpoint").arg(&checkpoint),
+        tiny_worker("eval", &shards, &run_dir, &["eval.max_impressions=0"])
+            .arg("--checkpoint")
+            .arg(&checkpoint),
         true,
     );
     let eval = json(&checkpoint.join("metrics.json"));
     let zip = root.join("prediction-dev.zip");
     run(
-        worker("predict", &shards, &run_dir, &[])
+        tiny_worker("predict", &shards, &run_dir, &[])
             .arg("--checkpoint")
             .arg(&checkpoint)
             .args(["--split", "dev", "--out"])

@@ -59,18 +59,50 @@ pub fn model_dir() -> PathBuf {
 /// Synthetic MIND files (1,500 news, 300 users, 3,000 impressions) under `root/mind`, prepped
 /// into `root/shards`, which it returns.
 pub fn synthetic_shards(root: &Path) -> PathBuf {
+    prep_shards(&synthetic_mind(root), &root.join("shards"))
+}
+
+/// Synthetic MIND files (1,500 news, 300 users, 3,000 impressions) in `root/mind`, which it
+/// returns.
+pub fn synthetic_mind(root: &Path) -> PathBuf {
     let mind = root.join("mind");
     let synth =
         ["synth", "--seed", "3", "--news", "1500", "--users", "300", "--impressions", "3000", "--out"];
     run(Command::new(binary("mtrec-prep")).args(synth).arg(&mind), true);
-    let shards = root.join("shards");
+    mind
+}
+
+/// `mtrec-prep mind` of the train, dev and test folders of `mind` into `shards` (returned).
+pub fn prep_shards(mind: &Path, shards: &Path) -> PathBuf {
     let mut prep = Command::new(binary("mtrec-prep"));
     prep.arg("mind");
     for split in ["train", "dev", "test"] {
         prep.arg(format!("--{split}")).arg(mind.join(split));
     }
-    run(prep.arg("--model").arg(model_dir()).arg("--out").arg(&shards), true);
-    shards
+    run(prep.arg("--model").arg(model_dir()).arg("--out").arg(shards), true);
+    shards.to_path_buf()
+}
+
+/// The arguments of `mtrec-worker <command> --config configs/tiny.toml` on `shards`, with the
+/// run directory and more `--set`s.
+pub fn tiny_args(command: &str, shards: &Path, run_dir: &Path, sets: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        command.to_string(),
+        "--config".into(),
+        repo_root().join("configs/tiny.toml").display().to_string(),
+    ];
+    let fixed = [format!("data.shards={}", shards.display()), format!("train.run_dir={}", run_dir.display())];
+    for set in fixed.iter().map(String::as_str).chain(sets.iter().copied()) {
+        args.extend(["--set".to_string(), set.to_string()]);
+    }
+    args
+}
+
+/// `mtrec-worker` with [`tiny_args`], run from the repository root.
+pub fn tiny_worker(command: &str, shards: &Path, run_dir: &Path, sets: &[&str]) -> Command {
+    let mut cmd = Command::new(binary("mtrec-worker"));
+    cmd.args(tiny_args(command, shards, run_dir, sets)).current_dir(repo_root());
+    cmd
 }
 
 /// `mpirun -n <ranks>` in front of a worker command (as root it needs the allow flags).
