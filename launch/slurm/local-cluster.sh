@@ -9,7 +9,8 @@
 #   eval "$(launch/slurm/local-cluster.sh env)"   # point sbatch/srun/squeue/scontrol at it
 #
 # Everything lives under target/slurm/ (MTREC_SLURM_DIR overrides it): its own slurm.conf, munge
-# key and socket, state, spool and logs. Nothing outside that folder is read or written: the
+# key, state, spool and logs; only munge's socket is in /run/mtrec-munge-* (see below). Nothing
+# else outside that folder is read or written: the
 # daemons get -f and the munge socket/key paths, the clients SLURM_CONF. The node is this machine
 # (hostname, `nproc` CPUs, 90% of the memory `free` reports), one partition `local`; no cgroups
 # (proctrack/linuxproc, task/none), requeue allowed, root as SlurmUser, short timeouts. A
@@ -22,7 +23,10 @@ dir=${MTREC_SLURM_DIR:-$root/target/slurm}
 port=${MTREC_SLURM_PORT:-16817}
 conf=$dir/etc/slurm.conf
 run=$dir/run
-socket=$run/munge.socket
+# munged refuses a socket in a folder that some ancestor keeps others out of (a clone under a 0700
+# mktemp folder), so its socket lives in /run, in a folder named after $dir.
+socket_dir=/run/mtrec-munge-$(printf '%s' "$dir" | cksum | cut -d' ' -f1)
+socket=$socket_dir/munge.socket
 export SLURM_CONF=$conf
 PATH=$PATH:/usr/sbin:/sbin
 
@@ -64,7 +68,8 @@ write_conf() {
   mem=$(free -m | awk '/^Mem:/ { print int($2 * 0.9) }')
   mkdir -p "$dir/etc" "$run" "$dir/state" "$dir/spool" "$dir/log" "$dir/munge"
   chmod 700 "$dir/munge" # munged refuses a key or seed others can read
-  chmod 755 "$run"       # ... and a socket folder others cannot reach
+  mkdir -p "$socket_dir"
+  chmod 755 "$socket_dir" # ... and a socket folder others cannot reach
   : >"$dir/etc/plugstack.conf"
   cat >"$conf.tmp" <<EOF
 # Written by launch/slurm/local-cluster.sh; rewritten by every start.
@@ -181,6 +186,7 @@ stop_daemons() {
     kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null
   done
   rm -f "$run/slurmd.pid" "$run/slurmctld.pid" "$run/munged.pid"
+  rm -rf "$socket_dir"
   return 0
 }
 
