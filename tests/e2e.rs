@@ -217,6 +217,61 @@ fn bench_prints_both_steps_with_their_phases() {
     assert!(text.contains("surgery step / main-only step:"), "{text}");
 }
 
+/// `bench --workload mind` on MIND-like shards (`synth --profile mind`), 2 ranks, 1 measured
+/// step (a smoke test: nothing here is timed): every variant reports each rank's figures, and
+/// the same global batch encodes no more titles with global de-duplication than per rank.
+#[test]
+fn bench_mind_workload_reports_each_rank_and_both_deduplications() {
+    let root = fixture().root.join("mind-like");
+    let synth = ["synth", "--profile", "mind", "--seed", "5", "--news", "2000", "--users", "400"];
+    run(
+        Command::new(binary("mtrec-prep"))
+            .args(synth)
+            .args(["--impressions", "1500", "--out"])
+            .arg(root.join("mind")),
+        true,
+    );
+    let shards = mtrec_e2e::prep_shards(&root.join("mind"), &root.join("shards"));
+    let bench = |extra: &[&str]| {
+        let mut cmd = tiny_worker("bench", &shards, &root.join("run"), &[]);
+        cmd.args(["--workload", "mind", "--batch-per-rank", "4,8", "--steps", "1", "--warmup", "0"])
+            .args(extra);
+        cmd
+    };
+    let out = run(&mut mpirun(2, bench(&["--json"])), true);
+    let report: serde_json::Value = serde_json::from_str(stdout(&out).trim())
+        .unwrap_or_else(|e| panic!("one JSON object from rank 0 ({e}):\n{}", stdout(&out)));
+    assert_eq!(report["world"], 2);
+    let variants = report["variants"].as_array().unwrap();
+    assert_eq!(variants.len(), 4, "2 batch sizes x 2 de-duplications");
+    for pair in variants.chunks(2) {
+        let (rank, global) = (&pair[0], &pair[1]);
+        assert_eq!((rank["dedup"].as_str(), global["dedup"].as_str()), (Some("rank"), Some("global")));
+        let titles = |v: &serde_json::Value| v["titles"].as_f64().unwrap();
+        assert!(titles(global) <= titles(rank), "global {} > per-rank {}", titles(global), titles(rank));
+        for v in pair {
+            assert!(v["samples_per_s"].as_f64().unwrap() > 0.0);
+            assert!(titles(v) > 0.0 && titles(v) <= v["title_slots"].as_f64().unwrap());
+            let ranks = v["ranks"].as_array().unwrap();
+            assert_eq!(ranks.len(), 2);
+            for r in ranks {
+                assert!(r["step_s"].as_f64().unwrap() > 0.0 && r["tokens"].as_f64().unwrap() > 0.0, "{r}");
+            }
+        }
+        assert!(global["ranks"][0]["phases"]["exchange"].as_f64().unwrap() > 0.0, "{global}");
+    }
+    for c in report["dedup_counts"].as_array().unwrap() {
+        let n = |k: &str| c[k].as_u64().unwrap();
+        assert!(
+            n("global_unique") <= n("per_rank_unique") && n("per_rank_unique") <= n("title_slots"),
+            "{c}"
+        );
+    }
+    // One process: per-rank de-duplication only, as tables.
+    let text = stdout(&run(&mut bench(&[]), true));
+    assert!(text.contains("| 8 | rank | 0 |") && text.contains("| 8 | 8 | rank |"), "{text}");
+}
+
 #[test]
 fn embed_writes_one_vector_per_news_item() {
     let out_file = fixture().root.join("embeddings.parquet");
@@ -250,8 +305,10 @@ print("ok")
 }
 
 /// Two ranks with per-rank batch b end with the same parameters as one rank with batch 2b, for
-/// every surgery mode and for main-task only: the per-task gradients are averaged across ranks
-/// before surgery, and the auxiliary losses are normalised over the global batch.
+/// every surgery mode and for main-task only, with per-rank and with global de-duplication: the
+/// per-task gradients are averaged across ranks before surgery, the auxiliary losses are
+/// normalised over the global batch, and with global de-duplication each news item's vector
+/// gradient from every rank's main loss returns to the rank that encoded it.
 ///
 /// Adam's `eps` is raised to 1e-3 here: with the default 1e-8, Adam turns gradient components that
 /// are zero up to float rounding (their value depends on summation order, which differs between
@@ -284,35 +341,43 @@ fn two_ranks_equal_one_rank_with_the_whole_batch() {
         ];
         common.extend_from_slice(sets);
         let one = fixture().root.join(format!("dist-{name}-1"));
-        let two = fixture().root.join(format!("dist-{name}-2"));
         run(&mut worker("train", &one, &common), true);
-        run(&mut mpirun(2, worker("train", &two, &common)), true);
-        let diff = max_param_diff(
-            &one.join("step-00000020/model.safetensors"),
-            &two.join("step-00000020/model.safetensors"),
-        );
         // How far the last 10 steps moved the parameters: the scale the difference is measured against.
         let moved = max_param_diff(
             &one.join("step-00000020/model.safetensors"),
             &one.join("step-00000010/model.safetensors"),
         );
-        println!("{name}: max |1 rank - 2 ranks| = {diff:.3e}; steps 10-20 moved them up to {moved:.3e}");
         assert!(moved > 1e-4, "{name}: training did not move the parameters ({moved:.3e})");
-        assert!(diff <= 2e-2 * moved, "{name}: parameters differ by {diff:.3e} after 20 steps");
+        for dedup in ["rank", "global"] {
+            let two = fixture().root.join(format!("dist-{name}-2-{dedup}"));
+            let mut sets = common.clone();
+            let dedup_set = format!("data.dedup={dedup}");
+            sets.push(&dedup_set);
+            run(&mut mpirun(2, worker("train", &two, &sets)), true);
+            let diff = max_param_diff(
+                &one.join("step-00000020/model.safetensors"),
+                &two.join("step-00000020/model.safetensors"),
+            );
+            println!(
+                "{name}, {dedup} de-duplication: max |1 rank - 2 ranks| = {diff:.3e}; steps 10-20 moved \
+                 them up to {moved:.3e}"
+            );
+            assert!(diff <= 2e-2 * moved, "{name}, {dedup}: parameters differ by {diff:.3e} after 20 steps");
 
-        // The logged losses are the global batch's on both (averaged over the ranks, not rank 0's).
-        let first_record = |run: &Path| -> serde_json::Value {
-            let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-            serde_json::from_str(text.lines().next().unwrap()).unwrap()
-        };
-        let (a, b) = (first_record(&one), first_record(&two));
-        for key in ["loss_main", "loss_category", "loss_ner"] {
-            let (x, y) = (a[key].as_f64(), b[key].as_f64());
-            let agree = match (x, y) {
-                (Some(x), Some(y)) => (x - y).abs() <= 1e-4 * x.abs().max(1.0),
-                (x, y) => x.is_none() && y.is_none(),
+            // The logged losses are the global batch's on both (averaged over the ranks, not rank 0's).
+            let first_record = |run: &Path| -> serde_json::Value {
+                let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+                serde_json::from_str(text.lines().next().unwrap()).unwrap()
             };
-            assert!(agree, "{name}: {key} logged {x:?} by 1 rank, {y:?} by 2");
+            let (a, b) = (first_record(&one), first_record(&two));
+            for key in ["loss_main", "loss_category", "loss_ner"] {
+                let (x, y) = (a[key].as_f64(), b[key].as_f64());
+                let agree = match (x, y) {
+                    (Some(x), Some(y)) => (x - y).abs() <= 1e-4 * x.abs().max(1.0),
+                    (x, y) => x.is_none() && y.is_none(),
+                };
+                assert!(agree, "{name}, {dedup}: {key} logged {x:?} by 1 rank, {y:?} by 2");
+            }
         }
     }
 }

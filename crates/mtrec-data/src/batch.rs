@@ -11,6 +11,14 @@
 //! divide by the occurrence counts of the whole *global* batch ([`GlobalCounts`]), so encoding
 //! once changes no loss, and any split of the global batch over ranks gives the same averaged
 //! gradients as one process with the whole batch.
+//!
+//! De-duplication is per rank ([`Sampler::assemble`]: a rank encodes the unique news of its own
+//! samples) or over the global batch ([`Sampler::assemble_global`], SpeedyFeed's centralized
+//! news encoding, Xiao et al. 2021, `speedy_mind` in microsoft/SpeedyRec): every rank lists the
+//! unique news of all ranks' samples alike, splits them over the ranks balanced by tokens
+//! ([`Shares`]), and encodes only its share; the trainer all-gathers the vectors. On real MIND a
+//! news item recurs across ranks far more than within one (popular news sit in many histories),
+//! so the global batch has fewer unique news than the ranks' batches together.
 use crate::read::{NewsTable, TrainImpression};
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
@@ -75,8 +83,66 @@ pub struct HostBatch {
     pub users: Vec<i64>,
     /// Samples in the batch.
     pub size: usize,
-    /// Occurrences of each unique news item in the batch (history slots + candidates).
+    /// Occurrences of each news item of `news` in the batch (history slots + candidates); with
+    /// `shares`, in the whole global batch.
     pub occurrences: Vec<u32>,
+    /// `None`: `news` are the unique news of this rank's samples and `history`/`candidates` index
+    /// their vectors. `Some`: global de-duplication; `news` is this rank's share of the global
+    /// batch's unique news, and `history`/`candidates` index the table of every rank's share
+    /// that the trainer all-gathers.
+    pub shares: Option<Shares>,
+}
+
+/// How the unique news of a global batch are split over the ranks. The gathered table has
+/// `padded` rows per rank, rank `r`'s news at rows `r * padded ..r * padded + counts[r]`, then
+/// zero rows to `padded` (an all-gather moves equal blocks); row `world * padded` is the zero
+/// row padded history slots point at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shares {
+    /// News each rank encodes, in rank order.
+    pub counts: Vec<usize>,
+    /// Table rows per rank: the largest count.
+    pub padded: usize,
+    /// Tokens each rank encodes (what the split balances).
+    pub tokens: Vec<u64>,
+}
+
+/// Titles a global batch reads and encodes ([`Sampler::dedup_counts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DedupCounts {
+    /// History slots and candidates: what encoding every occurrence would encode.
+    pub slots: usize,
+    /// Unique titles of each rank's samples, summed over the ranks (per-rank de-duplication).
+    pub per_rank: usize,
+    /// Unique titles of the whole global batch (global de-duplication).
+    pub global: usize,
+}
+
+/// Owner rank of each news item (`tokens[i]`: its title's tokens), longest first to the rank
+/// with the fewest tokens so far (Graham's LPT rule: no rank ends above the mean by more than
+/// one title: the heaviest rank took its last title while it was the lightest), ties to the rank with fewer news, then the lower rank. Deterministic, so every
+/// rank computes the same split.
+pub fn balance_by_tokens(tokens: &[u32], world: usize) -> (Vec<usize>, Vec<u64>) {
+    let mut by_length: Vec<usize> = (0..tokens.len()).collect();
+    by_length.sort_by_key(|&i| (std::cmp::Reverse(tokens[i]), i));
+    let mut load = vec![(0u64, 0usize); world];
+    let mut owner = vec![0usize; tokens.len()];
+    for i in by_length {
+        let rank = (0..world).min_by_key(|&r| (load[r], r)).expect("world > 0");
+        owner[i] = rank;
+        load[rank].0 += tokens[i] as u64;
+        load[rank].1 += 1;
+    }
+    (owner, load.into_iter().map(|(t, _)| t).collect())
+}
+
+/// The unique news of some samples with each sample's rows into them (not yet padded).
+struct Collected {
+    news: Vec<i32>,
+    occurrences: Vec<u32>,
+    rows: Vec<Vec<i64>>,
+    candidates: Vec<i64>,
+    users: Vec<i64>,
 }
 
 /// Occurrence counts over a whole global batch: the denominators of the auxiliary losses.
@@ -152,8 +218,59 @@ impl<'a> Sampler<'a> {
         order[start..start + per_rank].to_vec()
     }
 
-    /// Assembles the batch of `samples` (history capped at the configured length).
+    /// Assembles the batch of `samples` (history capped at the configured length), each of
+    /// their unique news once: per-rank de-duplication.
     pub fn assemble(&self, epoch: u64, samples: &[u32]) -> HostBatch {
+        let collected = self.collect(epoch, samples);
+        let pad = collected.news.len() as i64;
+        pad_history(collected, pad, None)
+    }
+
+    /// Rank `rank`'s batch of the global batch at `step` with global de-duplication: the unique
+    /// news of all ranks' samples split over the ranks by [`balance_by_tokens`] (`tokens[nid]`:
+    /// the title's tokens), this rank's share in `news` with its global occurrences, and this
+    /// rank's samples indexing the gathered table ([`Shares`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn assemble_global(
+        &self,
+        epoch: u64,
+        order: &[u32],
+        step: u64,
+        batch_size: usize,
+        rank: usize,
+        world: usize,
+        tokens: &[u32],
+    ) -> HostBatch {
+        let global = self.collect(epoch, &self.rank_samples(order, step, batch_size, 0, 1));
+        let title_tokens: Vec<u32> = global.news.iter().map(|&nid| tokens[nid as usize]).collect();
+        let (owner, share_tokens) = balance_by_tokens(&title_tokens, world);
+        let mut counts = vec![0usize; world];
+        let position: Vec<usize> = owner
+            .iter()
+            .map(|&r| {
+                counts[r] += 1;
+                counts[r] - 1
+            })
+            .collect();
+        let padded = counts.iter().copied().max().unwrap_or(0);
+        let row = |u: &i64| (owner[*u as usize] * padded + position[*u as usize]) as i64;
+        let per_rank = batch_size / world;
+        let own = rank * per_rank..(rank + 1) * per_rank;
+        let width = 1 + self.negatives;
+        let mine: Vec<usize> = (0..global.news.len()).filter(|&u| owner[u] == rank).collect();
+        let collected = Collected {
+            news: mine.iter().map(|&u| global.news[u]).collect(),
+            occurrences: mine.iter().map(|&u| global.occurrences[u]).collect(),
+            rows: global.rows[own.clone()].iter().map(|r| r.iter().map(row).collect()).collect(),
+            candidates: global.candidates[own.start * width..own.end * width].iter().map(row).collect(),
+            users: global.users[own].to_vec(),
+        };
+        let shares = Shares { counts, padded, tokens: share_tokens };
+        pad_history(collected, (world * padded) as i64, Some(shares))
+    }
+
+    /// The unique news of `samples`, first occurrence first, with each sample's rows into them.
+    fn collect(&self, epoch: u64, samples: &[u32]) -> Collected {
         let mut unique: HashMap<i32, i64> = HashMap::new();
         let mut news = Vec::new();
         let mut occurrences: Vec<u32> = Vec::new();
@@ -177,7 +294,28 @@ impl<'a> Sampler<'a> {
             candidates.extend(cands.iter().map(|&nid| slot(nid, &mut news)));
             users.push(impression.user as i64);
         }
-        pad_history(news, rows, candidates, users, occurrences)
+        Collected { news, occurrences, rows, candidates, users }
+    }
+
+    /// Title slots and unique titles of the global batch at `step` split over `world` ranks:
+    /// what per-rank and global de-duplication would encode (host-only counting, for any world
+    /// size without running it).
+    pub fn dedup_counts(
+        &self,
+        epoch: u64,
+        order: &[u32],
+        step: u64,
+        batch_size: usize,
+        world: usize,
+    ) -> DedupCounts {
+        let slots_of = |c: &Collected| c.rows.iter().map(Vec::len).sum::<usize>() + c.candidates.len();
+        let global = self.collect(epoch, &self.rank_samples(order, step, batch_size, 0, 1));
+        let per_rank = (0..world)
+            .map(|rank| {
+                self.collect(epoch, &self.rank_samples(order, step, batch_size, rank, world)).news.len()
+            })
+            .sum();
+        DedupCounts { slots: slots_of(&global), per_rank, global: global.news.len() }
     }
 
     /// Occurrence counts of the global batch at `step` (all ranks' samples), computed on the host
@@ -204,23 +342,27 @@ impl<'a> Sampler<'a> {
     }
 }
 
-/// Pads history rows (left-aligned, padding index = `news.len()`) into a [`HostBatch`].
-fn pad_history(
-    news: Vec<i32>,
-    rows: Vec<Vec<i64>>,
-    candidates: Vec<i64>,
-    users: Vec<i64>,
-    occurrences: Vec<u32>,
-) -> HostBatch {
+/// Pads history rows (left-aligned, padding index `pad`) into a [`HostBatch`].
+fn pad_history(collected: Collected, pad: i64, shares: Option<Shares>) -> HostBatch {
+    let Collected { news, occurrences, rows, candidates, users } = collected;
     let history_len = rows.iter().map(Vec::len).max().unwrap_or(0).max(1);
-    let pad = news.len() as i64;
     let mut history = Vec::with_capacity(rows.len() * history_len);
     let mut history_mask = Vec::with_capacity(rows.len() * history_len);
     for row in &rows {
         history.extend(row.iter().copied().chain(std::iter::repeat_n(pad, history_len - row.len())));
         history_mask.extend((0..history_len).map(|t| t < row.len()));
     }
-    HostBatch { size: rows.len(), news, history, history_mask, history_len, candidates, users, occurrences }
+    HostBatch {
+        size: rows.len(),
+        news,
+        history,
+        history_mask,
+        history_len,
+        candidates,
+        users,
+        occurrences,
+        shares,
+    }
 }
 
 /// The titles (and NER tags) of a batch's unique news, for the encoder.
@@ -303,6 +445,96 @@ mod tests {
                 assert_eq!(distinct.len(), 4, "without replacement when possible");
             }
         }
+    }
+
+    /// Global de-duplication on 3 ranks: every unique news of the global batch is encoded by
+    /// exactly one rank, each with its global occurrences; every sample reads the same news
+    /// through the gathered table as through its rank's own batch; the split is balanced.
+    #[test]
+    fn global_deduplication_encodes_each_news_once_and_reads_the_same_news() {
+        let imps = impressions();
+        let sampler = Sampler::new(&imps, 5, 4, 6);
+        let order = sampler.epoch_order(1);
+        let tokens: Vec<u32> = (0..1000).map(|nid| 3 + (nid * 7 % 11) as u32).collect();
+        let (world, batch_size, step) = (3, 12, 1);
+        let whole = sampler.assemble(1, &sampler.rank_samples(&order, step, batch_size, 0, 1));
+        let batches: Vec<HostBatch> = (0..world)
+            .map(|rank| sampler.assemble_global(1, &order, step, batch_size, rank, world, &tokens))
+            .collect();
+        let shares = batches[0].shares.clone().expect("global");
+        // The gathered table: each rank's share, padded to `padded` rows.
+        let mut table = vec![-1i32; world * shares.padded];
+        for (rank, batch) in batches.iter().enumerate() {
+            assert_eq!(batch.shares.as_ref(), Some(&shares), "every rank computes the same split");
+            assert_eq!(batch.news.len(), shares.counts[rank]);
+            let tokens_of: u64 = batch.news.iter().map(|&n| tokens[n as usize] as u64).sum();
+            assert_eq!(tokens_of, shares.tokens[rank]);
+            table[rank * shares.padded..][..batch.news.len()].copy_from_slice(&batch.news);
+        }
+        let mut encoded: Vec<i32> = table.iter().copied().filter(|&n| n >= 0).collect();
+        encoded.sort();
+        let mut unique = whole.news.clone();
+        unique.sort();
+        assert_eq!(encoded, unique, "each unique news of the global batch once");
+        // Occurrences are the global batch's.
+        for (batch, rank) in batches.iter().zip(0..) {
+            for (&nid, &count) in batch.news.iter().zip(&batch.occurrences) {
+                let at = whole.news.iter().position(|&n| n == nid).unwrap();
+                assert_eq!(count, whole.occurrences[at], "rank {rank}, news {nid}");
+            }
+        }
+        // Each rank's samples read the same news as the whole batch's (padding = the zero row).
+        let read = |table: &[i32], i: i64| -> i32 {
+            table.get(i as usize).copied().unwrap_or(if i as usize == table.len() { 0 } else { -2 })
+        };
+        let per_rank = batch_size / world;
+        for (rank, batch) in batches.iter().enumerate() {
+            for b in 0..per_rank {
+                let g = rank * per_rank + b;
+                let cands = |x: &HostBatch, t: &[i32], s: usize| -> Vec<i32> {
+                    x.candidates[s * 5..(s + 1) * 5].iter().map(|&i| read(t, i)).collect()
+                };
+                assert_eq!(cands(batch, &table, b), cands(&whole, &whole.news, g));
+                let hist = |x: &HostBatch, t: &[i32], s: usize| -> Vec<i32> {
+                    (0..x.history_len)
+                        .filter(|&k| x.history_mask[s * x.history_len + k])
+                        .map(|k| read(t, x.history[s * x.history_len + k]))
+                        .collect()
+                };
+                assert_eq!(hist(batch, &table, b), hist(&whole, &whole.news, g));
+                let pads = (0..batch.history_len).filter(|&k| !batch.history_mask[b * batch.history_len + k]);
+                for k in pads {
+                    assert_eq!(batch.history[b * batch.history_len + k], table.len() as i64);
+                }
+            }
+        }
+        let longest = whole.news.iter().map(|&n| tokens[n as usize] as u64).max().unwrap();
+        let (most, least) = (shares.tokens.iter().max().unwrap(), shares.tokens.iter().min().unwrap());
+        assert!(most - least <= longest, "LPT balance: {:?} (longest title {longest})", shares.tokens);
+    }
+
+    #[test]
+    fn dedup_counts_count_slots_and_unique_titles_per_rank_and_globally() {
+        let imps = impressions();
+        let sampler = Sampler::new(&imps, 5, 4, 6);
+        let order = sampler.epoch_order(0);
+        let counts = sampler.dedup_counts(0, &order, 1, 12, 3);
+        let whole = sampler.assemble(0, &sampler.rank_samples(&order, 1, 12, 0, 1));
+        let slots = whole.history_mask.iter().filter(|&&m| m).count() + whole.candidates.len();
+        let per_rank: usize =
+            (0..3).map(|r| sampler.assemble(0, &sampler.rank_samples(&order, 1, 12, r, 3)).news.len()).sum();
+        assert_eq!(counts, DedupCounts { slots, per_rank, global: whole.news.len() });
+        assert!(counts.global <= counts.per_rank && counts.per_rank <= counts.slots);
+        assert_eq!(sampler.dedup_counts(0, &order, 1, 12, 1).per_rank, counts.global);
+    }
+
+    #[test]
+    fn balance_by_tokens_is_longest_first_to_the_lightest_rank() {
+        let (owner, load) = balance_by_tokens(&[5, 9, 2, 9, 4], 2);
+        // 9 (#1) -> r0, 9 (#3) -> r1, 5 (#0) -> r0 (tie: lower rank), 4 (#4) -> r1, 2 (#2) -> r1 (13 < 14)
+        assert_eq!(owner, vec![0, 0, 1, 1, 1]);
+        assert_eq!(load, vec![14, 15]);
+        assert_eq!(balance_by_tokens(&[], 3), (vec![], vec![0, 0, 0]));
     }
 
     #[test]

@@ -116,6 +116,10 @@ pub trait Collective {
     /// dimension, in rank order: `[d0, ...]` -> `[world_size, d0, ...]`.
     fn all_gather(&self, tensor: &Tensor) -> Result<Tensor, DistError>;
 
+    /// The inverse of [`Collective::all_gather`] for gradients: `[world_size, d0, ...]` (the
+    /// same shape on every rank) -> this rank's block, summed over the ranks, `[d0, ...]`.
+    fn reduce_scatter_sum(&self, tensor: &Tensor) -> Result<Tensor, DistError>;
+
     /// Short name for logs: `local`, `mpi`, `nccl`.
     fn backend(&self) -> &'static str;
 }
@@ -156,6 +160,18 @@ fn check_reducible(op: &'static str, tensor: &Tensor, cuda: bool) -> Result<usiz
         });
     }
     Ok(tensor.numel())
+}
+
+/// A tensor of `world_size` blocks along its first dimension (what a reduce-scatter splits).
+fn check_world_blocks(op: &'static str, tensor: &Tensor, world_size: usize) -> Result<(), DistError> {
+    match tensor.size().first() {
+        Some(&blocks) if blocks == world_size as i64 => Ok(()),
+        _ => Err(DistError::UnsupportedTensor {
+            op,
+            expected: "a tensor of one block per rank along its first dimension",
+            got: format!("shape {:?} in a world of {world_size}", tensor.size()),
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-use crate::{Collective, DistError, Placement, check_reducible};
+use crate::{Collective, DistError, Placement, check_reducible, check_world_blocks};
 use tch::Tensor;
 
 /// A world of one: the mean over one rank is the value itself.
@@ -36,6 +36,11 @@ impl Collective for Local {
 
     fn all_gather(&self, tensor: &Tensor) -> Result<Tensor, DistError> {
         Ok(tensor.unsqueeze(0))
+    }
+
+    fn reduce_scatter_sum(&self, tensor: &Tensor) -> Result<Tensor, DistError> {
+        check_world_blocks("reduce_scatter_sum", tensor, 1)?;
+        Ok(tensor.get(0))
     }
 
     fn backend(&self) -> &'static str {

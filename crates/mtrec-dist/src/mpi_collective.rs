@@ -1,4 +1,4 @@
-use crate::{Collective, DistError, Placement, check_reducible};
+use crate::{Collective, DistError, Placement, check_reducible, check_world_blocks};
 use mpi::collective::SystemOperation;
 use mpi::datatype::Equivalence;
 use mpi::topology::{Communicator, SimpleCommunicator};
@@ -158,6 +158,42 @@ impl Collective for MpiCollective {
         };
         self.world.all_gather_into(&send[..], receive);
         Ok(gathered)
+    }
+
+    fn reduce_scatter_sum(&self, tensor: &Tensor) -> Result<Tensor, DistError> {
+        let world_size = self.placement.world_size;
+        check_world_blocks("reduce_scatter_sum", tensor, world_size)?;
+        let mut send = tensor.contiguous();
+        let numel = check_reducible("reduce_scatter_sum", &send, false)?;
+        let mut block = Tensor::zeros(&tensor.size()[1..], (tensor.kind(), tensor.device()));
+        let block_numel = numel / world_size;
+        fn scatter<T: Equivalence>(world: &SimpleCommunicator, send: &[T], receive: &mut [T]) {
+            world.reduce_scatter_block_into(send, receive, SystemOperation::sum());
+        }
+        // SAFETY: both contiguous CPU tensors of this element type; `block` holds one of the
+        // `world_size` equal blocks of `send`.
+        unsafe {
+            match tensor.kind() {
+                Kind::Float => scatter(
+                    &self.world,
+                    host_slice::<f32>(&mut send, numel),
+                    host_slice::<f32>(&mut block, block_numel),
+                ),
+                Kind::Double => scatter(
+                    &self.world,
+                    host_slice::<f64>(&mut send, numel),
+                    host_slice::<f64>(&mut block, block_numel),
+                ),
+                other => {
+                    return Err(DistError::UnsupportedTensor {
+                        op: "reduce_scatter_sum",
+                        expected: "f32 or f64 on the CPU",
+                        got: format!("{other:?}"),
+                    });
+                }
+            }
+        }
+        Ok(block)
     }
 
     fn backend(&self) -> &'static str {

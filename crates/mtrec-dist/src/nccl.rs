@@ -4,7 +4,7 @@
 //! Tensors are reduced in place through their device pointers on the legacy default stream
 //! (stream 0), the stream libtorch's kernels run on unless told otherwise, so the reduction is
 //! ordered after the backward pass that produced the gradients without a host synchronisation.
-use crate::{Collective, DistError, MpiCollective, Placement, check_reducible};
+use crate::{Collective, DistError, MpiCollective, Placement, check_reducible, check_world_blocks};
 use cudarc::driver::result as cuda;
 use cudarc::nccl::{result as nccl, sys};
 use tch::{Kind, Tensor};
@@ -159,6 +159,29 @@ impl Collective for NcclCollective {
             .map_err(|e| nccl_err("ncclAllGather", e))?;
         }
         Ok(gathered)
+    }
+
+    fn reduce_scatter_sum(&self, tensor: &Tensor) -> Result<Tensor, DistError> {
+        let world_size = self.placement.world_size;
+        check_world_blocks("reduce_scatter_sum", tensor, world_size)?;
+        let send = tensor.contiguous();
+        let count = check_reducible("reduce_scatter_sum", &send, true)?;
+        let datatype = nccl_type(send.kind())?;
+        let block = Tensor::zeros(&tensor.size()[1..], (send.kind(), send.device()));
+        // SAFETY: contiguous CUDA tensors; `block` holds count / world_size elements.
+        unsafe {
+            nccl::reduce_scatter(
+                send.data_ptr(),
+                block.data_ptr(),
+                count / world_size,
+                datatype,
+                sys::ncclRedOp_t::ncclSum,
+                self.comm,
+                std::ptr::null_mut(),
+            )
+            .map_err(|e| nccl_err("ncclReduceScatter", e))?;
+        }
+        Ok(block)
     }
 
     fn all_reduce_sum_f64(&self, values: &mut [f64]) -> Result<(), DistError> {

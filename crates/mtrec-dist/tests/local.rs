@@ -9,6 +9,11 @@ fn local_world_is_identity() {
     assert_eq!(Vec::<f32>::try_from(&t).unwrap(), vec![1.5, -2.0]);
     assert!(Local.broadcast(&mut t, 1).is_err(), "root 1 does not exist in a world of one");
     assert_eq!(Local.placement().world_size, 1);
+    // all_gather and reduce_scatter_sum add and remove the leading rank dimension.
+    let gathered = Local.all_gather(&t).unwrap();
+    assert_eq!(gathered.size(), vec![1, 2]);
+    assert_eq!(Vec::<f32>::try_from(&Local.reduce_scatter_sum(&gathered).unwrap()).unwrap(), vec![1.5, -2.0]);
+    assert!(Local.reduce_scatter_sum(&t).is_err(), "two blocks in a world of one");
 }
 
 #[test]

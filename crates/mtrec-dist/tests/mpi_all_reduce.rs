@@ -37,6 +37,16 @@ fn rank_body() {
     assert_eq!(gathered.size(), vec![2, 2]);
     assert_eq!(Vec::<f32>::try_from(gathered.view([-1])).unwrap(), vec![0.0, 0.5, 1.0, 1.5]);
 
+    // reduce_scatter_sum: rank r holds [[r, 2r], [10 + r, 20 + r]]; rank 0 gets the sum of the
+    // first blocks, rank 1 of the second.
+    let blocks = Tensor::from_slice(&[r, 2.0 * r, 10.0 + r, 20.0 + r]).view([2, 2]);
+    let mine = collective.reduce_scatter_sum(&blocks).expect("reduce_scatter_sum");
+    let want = if p.rank == 0 { vec![1.0, 2.0] } else { vec![21.0, 41.0] };
+    assert_eq!(Vec::<f32>::try_from(&mine).unwrap(), want, "rank {}", p.rank);
+    assert!(
+        collective.reduce_scatter_sum(&Tensor::zeros([3, 2], (tch::Kind::Float, tch::Device::Cpu))).is_err()
+    );
+
     // A non-contiguous tensor is refused, not silently reduced wrong.
     let mut strided = Tensor::zeros([3, 2], (tch::Kind::Float, tch::Device::Cpu)).transpose(0, 1);
     assert!(collective.all_reduce_mean(&mut strided).is_err());

@@ -1,18 +1,22 @@
-//! `mtrec-worker bench`: times training steps on the reference workload of `DESIGN.md`
-//! ("Performance design"): 8 samples per step, history 50, 1 + 4 candidates, so 440 distinct
-//! titles of 12-30 real tokens (uniform) with random token ids, full fine-tuning, the configured
-//! losses and surgery, AdamW. Reports samples/s and the time of each phase, for the configured
-//! multi-task step and for the main-task-only step.
+//! `mtrec-worker bench`: times training steps (forward, backward passes, surgery, AdamW) on one
+//! of two workloads, and reports samples/s and the time of each phase.
+//! - `reference` (`DESIGN.md`, "Performance design"): 8 samples per step, history 50, 1 + 4
+//!   candidates, so 440 distinct titles of 12-30 real tokens (uniform) with random token ids, in
+//!   one process; the configured multi-task step against the main-task-only step.
+//! - `mind`: real batches of the configured shards (made MIND-like by `mtrec-prep synth
+//!   --profile mind`: news repeat as in MIND), drawn as in training (negatives, history cut,
+//!   de-duplication) at chosen batches per rank, with per-rank and global de-duplication, on
+//!   every rank of the job. Consecutive steps take consecutive batches of the epoch's order.
 use crate::TrainError;
 use crate::config::Config;
-use crate::device_batch::DeviceBatch;
+use crate::device_batch::{Batches, DeviceBatch};
 use crate::flat::FlatParams;
 use crate::optim::AdamW;
-use crate::setup::{self, LabelCounts};
+use crate::setup::{self, LabelCounts, Loaded};
 use crate::step::{PhaseTimes, train_step};
-use mtrec_data::batch::{GlobalCounts, HostBatch};
-use mtrec_data::read::NewsTable;
-use mtrec_dist::Local;
+use mtrec_data::batch::{DedupCounts, GlobalCounts, HostBatch, Sampler};
+use mtrec_data::read::{NewsTable, TrainImpression};
+use mtrec_dist::{Collective, Local};
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
 
@@ -24,15 +28,20 @@ pub const NEGATIVES: usize = 4;
 pub const LABELS: LabelCounts =
     LabelCounts { categories: 17, subcategories: 264, ner_tags: 3, num_users: 1000 };
 
-/// The measured steps of one configuration.
+/// The measured steps of one configuration on this rank.
 #[derive(Debug, Clone)]
 pub struct BenchResult {
     /// Each measured step's wall time, in order.
     pub steps: Vec<Duration>,
     /// Mean time of each phase.
     pub phases: PhaseTimes,
-    pub titles: usize,
-    pub tokens: usize,
+    /// Samples per step on this rank.
+    pub samples: usize,
+    /// Per step, means: title slots of this rank's samples (history + candidates), titles it
+    /// encoded (after de-duplication), and their tokens.
+    pub slots: f64,
+    pub titles: f64,
+    pub tokens: f64,
 }
 
 impl BenchResult {
@@ -57,7 +66,7 @@ impl BenchResult {
     }
 
     pub fn samples_per_second(&self) -> f64 {
-        SAMPLES as f64 / self.mean().as_secs_f64().max(1e-9)
+        self.samples as f64 / self.mean().as_secs_f64().max(1e-9)
     }
 }
 
@@ -99,61 +108,88 @@ pub fn reference_batch(vocab: i64, seed: u64) -> (NewsTable, HostBatch) {
         users: (1..=SAMPLES as i64).collect(),
         size: SAMPLES,
         occurrences: vec![1; titles],
+        shares: None,
     };
     (table, batch)
 }
 
-/// One configuration's model, optimizer and batch, and the times of its measured steps.
-struct Runner {
+/// Where a runner's batches come from.
+enum Source<'a> {
+    /// The reference batch, every step.
+    Reference(DeviceBatch),
+    /// Consecutive batches of epoch 0's order.
+    Mind { batches: Batches<'a>, order: Vec<u32>, steps_per_epoch: u64 },
+}
+
+/// One configuration's model, optimizer and batches, and the figures of its measured steps.
+struct Runner<'a> {
     config: Config,
+    collective: &'a dyn Collective,
     model: mtrec_model::NewsRecModel,
     params: FlatParams,
     optimizer: AdamW,
-    batch: DeviceBatch,
-    titles: usize,
-    tokens: usize,
+    source: Source<'a>,
+    samples: usize,
     steps: Vec<Duration>,
     total: PhaseTimes,
+    counts: StepCounts,
 }
 
-impl Runner {
-    fn new(config: &Config) -> Result<Self, TrainError> {
-        if config.model.amf {
-            return Err(TrainError::Config(
-                "bench: the reference workload has no entities, so AMF would not run; use --set model.amf=false"
-                    .into(),
-            ));
-        }
+/// Titles a rank's measured steps read and encoded, summed over the steps.
+#[derive(Debug, Default, Clone, Copy)]
+struct StepCounts {
+    slots: usize,
+    titles: usize,
+    tokens: usize,
+}
+
+impl<'a> Runner<'a> {
+    fn new(
+        config: &Config,
+        labels: LabelCounts,
+        entity_table: Option<tch::Tensor>,
+        source: impl FnOnce(&mtrec_model::NewsRecModel, tch::Device) -> Source<'a>,
+        collective: &'a dyn Collective,
+    ) -> Result<Self, TrainError> {
         let model_dir = setup::model_dir(config)?;
-        let device = setup::device(config.train.device, 0)?;
-        let (vs, model) = setup::build_model(config, LABELS, &model_dir, None, device)?;
+        let device = setup::device(config.train.device, collective.placement().local_rank)?;
+        let (vs, model) = setup::build_model(config, labels, &model_dir, entity_table, device)?;
         let params = FlatParams::new(&vs);
         let optimizer = AdamW::new(&params, config.optim.clone());
-        let (table, host) = reference_batch(model.bert.config.vocab_size, config.train.seed);
-        let labelled: u64 = table.ner_tags.iter().flatten().filter(|&&t| t >= 0).count() as u64;
-        let counts = GlobalCounts { news: host.news.len() as u64, labelled_tokens: labelled };
-        let batch = DeviceBatch::new(&host, &table, counts, 1, device);
+        let source = source(&model, device);
+        let samples = config.train.batch_size / collective.placement().world_size;
         Ok(Runner {
             config: config.clone(),
+            collective,
             model,
             params,
             optimizer,
-            batch,
-            titles: host.news.len(),
-            tokens: table.input_ids.iter().map(Vec::len).sum(),
+            source,
+            samples,
             steps: Vec::new(),
             total: PhaseTimes::default(),
+            counts: StepCounts::default(),
         })
     }
 
     fn step(&mut self, index: usize, measured: bool) -> Result<(), TrainError> {
+        // In training the input pipeline builds batches ahead; here they are built untimed.
+        let fresh;
+        let batch = match &self.source {
+            Source::Reference(batch) => batch,
+            Source::Mind { batches, order, steps_per_epoch } => {
+                let device = self.params.values.device();
+                fresh = batches.device(0, order, index as u64 % steps_per_epoch, device);
+                &fresh
+            }
+        };
         let started = Instant::now();
         let (_, times) = train_step(
             &self.model,
             &mut self.params,
             &mut self.optimizer,
-            &Local,
-            &self.batch,
+            self.collective,
+            batch,
             &self.config.mtl,
             1.0,
             index as u64,
@@ -161,45 +197,153 @@ impl Runner {
         )?;
         if measured {
             self.steps.push(started.elapsed());
-            let total = &mut self.total;
-            total.forward += times.forward;
-            total.backward_main += times.backward_main;
-            total.backward_aux += times.backward_aux;
-            total.surgery += times.surgery;
-            total.optimizer += times.optimizer;
+            self.total = self.total + times;
+            let real_history = batch.history_mask.sum(tch::Kind::Int64).int64_value(&[]) as usize;
+            self.counts.slots += real_history + batch.candidates.numel();
+            self.counts.titles += batch.news.titles.len;
+            self.counts.tokens += batch.news.titles.tokens;
         }
         Ok(())
     }
 
     fn result(&self) -> BenchResult {
-        let n = self.steps.len().max(1) as u32;
-        let total = &self.total;
+        let n = self.steps.len().max(1);
+        let per_step = |count: usize| count as f64 / n as f64;
         BenchResult {
             steps: self.steps.clone(),
-            phases: PhaseTimes {
-                forward: total.forward / n,
-                backward_main: total.backward_main / n,
-                backward_aux: total.backward_aux / n,
-                surgery: total.surgery / n,
-                optimizer: total.optimizer / n,
-            },
-            titles: self.titles,
-            tokens: self.tokens,
+            phases: self.total / n as u32,
+            samples: self.samples,
+            slots: per_step(self.counts.slots),
+            titles: per_step(self.counts.titles),
+            tokens: per_step(self.counts.tokens),
         }
     }
 }
 
-/// Times `steps` steps of each configuration after `warmup` unmeasured ones. The configurations
-/// take turns step by step, so a drift in the machine's speed (a shared 2-core VM drifts by
-/// 10-30% over a minute) affects each alike and their ratio stays fair.
-pub fn run(configs: &[Config], warmup: usize, steps: usize) -> Result<Vec<BenchResult>, TrainError> {
-    let mut runners: Vec<Runner> = configs.iter().map(Runner::new).collect::<Result<_, _>>()?;
+/// Times `steps` steps of each runner after `warmup` unmeasured ones. The configurations take
+/// turns step by step, so a drift in the machine's speed (a shared 2-core VM drifts by 10-30%
+/// over a minute) affects each alike and their ratio stays fair.
+fn take_turns(
+    mut runners: Vec<Runner<'_>>,
+    warmup: usize,
+    steps: usize,
+) -> Result<Vec<BenchResult>, TrainError> {
     for i in 0..warmup + steps {
         for runner in runners.iter_mut() {
             runner.step(i, i >= warmup)?;
         }
     }
     Ok(runners.iter().map(Runner::result).collect())
+}
+
+/// The reference workload in one process, for each configuration.
+pub fn run_reference(
+    configs: &[Config],
+    warmup: usize,
+    steps: usize,
+) -> Result<Vec<BenchResult>, TrainError> {
+    let runners = configs
+        .iter()
+        .map(|config| {
+            if config.model.amf {
+                return Err(TrainError::Config(
+                    "bench: the reference workload has no entities, so AMF would not run; use --set \
+                     model.amf=false"
+                        .into(),
+                ));
+            }
+            let source = |model: &mtrec_model::NewsRecModel, device| {
+                let (table, host) = reference_batch(model.bert.config.vocab_size, config.train.seed);
+                let labelled: u64 = table.ner_tags.iter().flatten().filter(|&&t| t >= 0).count() as u64;
+                let counts = GlobalCounts { news: host.news.len() as u64, labelled_tokens: labelled };
+                Source::Reference(DeviceBatch::new(&host, &table, counts, 1, device))
+            };
+            Runner::new(config, LABELS, None, source, &Local)
+        })
+        .collect::<Result<_, _>>()?;
+    take_turns(runners, warmup, steps)
+}
+
+/// The shards the `mind` workload draws from, read once for every variant.
+pub struct MindData {
+    pub loaded: Loaded,
+    pub impressions: Vec<TrainImpression>,
+}
+
+impl MindData {
+    pub fn load(config: &Config, collective: &dyn Collective) -> Result<MindData, TrainError> {
+        let loaded = setup::load(config, collective)?;
+        let impressions = mtrec_data::read::read_train(&config.data.shards, &loaded.manifest)?;
+        Ok(MindData { loaded, impressions })
+    }
+
+    /// The sampler training would use with `config`.
+    pub fn sampler(&self, config: &Config) -> Sampler<'_> {
+        Sampler::new(&self.impressions, config.train.seed, config.data.negatives, config.data.history)
+    }
+}
+
+/// The `mind` workload on this rank, for each configuration (each its `train.batch_size` and
+/// `data.dedup`; the same shards).
+pub fn run_mind(
+    configs: &[Config],
+    data: &MindData,
+    collective: &dyn Collective,
+    warmup: usize,
+    steps: usize,
+) -> Result<Vec<BenchResult>, TrainError> {
+    let runners = configs
+        .iter()
+        .map(|config| {
+            let sampler = data.sampler(config);
+            let steps_per_epoch = sampler.steps_per_epoch(config.train.batch_size);
+            if steps_per_epoch == 0 {
+                return Err(TrainError::Config(format!(
+                    "bench: a global batch of {} exceeds the {} training samples in {}",
+                    config.train.batch_size,
+                    sampler.index().len(),
+                    config.data.shards.display()
+                )));
+            }
+            let order = sampler.epoch_order(0);
+            let batches = Batches::new(
+                sampler,
+                &data.loaded.news,
+                config.data.dedup,
+                config.train.batch_size,
+                collective.placement(),
+            );
+            let entity_table = setup::entity_table(config, &config.data.shards)?;
+            let labels = LabelCounts::of(&data.loaded.manifest);
+            let source = |_: &mtrec_model::NewsRecModel, _| Source::Mind { batches, order, steps_per_epoch };
+            Runner::new(config, labels, entity_table, source, collective)
+        })
+        .collect::<Result<_, _>>()?;
+    take_turns(runners, warmup, steps)
+}
+
+/// Per-rank and global de-duplication of global batches of `batch_per_rank x world` samples,
+/// counted on the host over the first `steps` batches of epoch 0 (fewer when the epoch has
+/// fewer), summed; with the number of batches counted. No model runs, so any world size can be
+/// measured on one machine.
+pub fn dedup_counts(
+    sampler: &Sampler<'_>,
+    batch_per_rank: usize,
+    world: usize,
+    steps: u64,
+) -> (u64, DedupCounts) {
+    let batch_size = batch_per_rank * world;
+    let order = sampler.epoch_order(0);
+    let steps = steps.min(sampler.steps_per_epoch(batch_size));
+    let sum = (0..steps).map(|step| sampler.dedup_counts(0, &order, step, batch_size, world)).fold(
+        DedupCounts::default(),
+        |sum, c| DedupCounts {
+            slots: sum.slots + c.slots,
+            per_rank: sum.per_rank + c.per_rank,
+            global: sum.global + c.global,
+        },
+    );
+    (steps, sum)
 }
 
 #[cfg(test)]
@@ -209,7 +353,14 @@ mod tests {
     #[test]
     fn mean_median_and_range_of_the_steps() {
         let ms = |v: &[u64]| v.iter().map(|&m| Duration::from_millis(m)).collect::<Vec<_>>();
-        let result = |steps| BenchResult { steps, phases: PhaseTimes::default(), titles: 0, tokens: 0 };
+        let result = |steps| BenchResult {
+            steps,
+            phases: PhaseTimes::default(),
+            samples: SAMPLES,
+            slots: 0.0,
+            titles: 0.0,
+            tokens: 0.0,
+        };
         let odd = result(ms(&[400, 100, 700]));
         assert_eq!((odd.mean(), odd.median()), (Duration::from_millis(400), Duration::from_millis(400)));
         assert_eq!(odd.range(), (Duration::from_millis(100), Duration::from_millis(700)));

@@ -93,12 +93,34 @@ pub struct DataConfig {
     pub negatives: usize,
     /// Batches prepared ahead by the background input pipeline.
     pub prefetch: usize,
+    /// Which news a rank encodes when the world is larger than one (a world of one encodes
+    /// its batch's unique news either way).
+    pub dedup: Dedup,
 }
 
 impl Default for DataConfig {
     fn default() -> Self {
-        DataConfig { shards: PathBuf::from("shards"), history: 50, negatives: 4, prefetch: 4 }
+        DataConfig {
+            shards: PathBuf::from("shards"),
+            history: 50,
+            negatives: 4,
+            prefetch: 4,
+            dedup: Dedup::Global,
+        }
     }
+}
+
+/// De-duplication of the news a step encodes (`mtrec_data::batch`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Dedup {
+    /// Each rank encodes the unique news of its own samples.
+    Rank,
+    /// The unique news of the whole global batch, split over the ranks balanced by tokens;
+    /// the vectors are all-gathered and their gradients reduce-scattered back to the rank that
+    /// encoded them (SpeedyFeed's centralized news encoding). Exact: the same gradients as
+    /// `rank`, with fewer titles encoded (`docs/benchmarks.md`, "MIND-like workload").
+    Global,
 }
 
 /// Where tensors live.

@@ -1,15 +1,21 @@
 //! A host batch turned into tensors on the training device.
-use mtrec_data::batch::{GlobalCounts, HostBatch, titles};
+use crate::config::Dedup;
+use mtrec_data::batch::{GlobalCounts, HostBatch, Sampler, Shares, titles};
 use mtrec_data::read::NewsTable;
+use mtrec_dist::Placement;
 use mtrec_model::{NewsInputs, TitleBatch, upload};
 use tch::{Device, Tensor};
 
 /// Everything one step needs, on the device.
 #[derive(Debug)]
 pub struct DeviceBatch {
-    /// The batch's unique news (titles bucketed by length, labels, entities).
+    /// The news this rank encodes (titles bucketed by length, labels, entities): its batch's
+    /// unique news, or with `shares` its share of the global batch's.
     pub news: NewsInputs,
-    /// `[B, H]` int64 rows of the news vectors (`N` = the zero padding row).
+    /// Global de-duplication: how the global batch's news are split over the ranks, and so the
+    /// rows of the gathered table that `history` and `candidates` index.
+    pub shares: Option<Shares>,
+    /// `[B, H]` int64 rows of the news vectors (the last row is the zero padding row).
     pub history: Tensor,
     /// `[B, H]` bool.
     pub history_mask: Tensor,
@@ -19,7 +25,8 @@ pub struct DeviceBatch {
     pub users: Tensor,
     /// Samples in the batch.
     pub size: usize,
-    /// `[N]` float occurrences of each unique news item in this rank's batch.
+    /// `[N]` float occurrences of each news item of `news` in this rank's batch (with `shares`:
+    /// in the global batch).
     pub news_weights: Tensor,
     /// This rank's share of the global batch's news occurrences: the `I` of the category loss and
     /// of the paper's NER loss.
@@ -66,6 +73,7 @@ impl DeviceBatch {
         let weights: Vec<f32> = host.occurrences.iter().map(|&c| c as f32).collect();
         DeviceBatch {
             news: news_inputs(table, &host.news, device),
+            shares: host.shares.clone(),
             history: upload(Tensor::from_slice(&host.history).view([b, host.history_len as i64]), device),
             history_mask: upload(
                 Tensor::from_slice(&host.history_mask).view([b, host.history_len as i64]),
@@ -78,5 +86,63 @@ impl DeviceBatch {
             news_occurrences: (global.news.max(1) as f64) / world as f64,
             labelled_token_occurrences: (global.labelled_tokens.max(1) as f64) / world as f64,
         }
+    }
+}
+
+/// Turns a step of the epoch's sample order into this rank's [`DeviceBatch`]: the samples, their
+/// news de-duplicated per rank or over the global batch (`data.dedup`; a world of one encodes its
+/// batch's unique news either way), and the global batch's occurrence counts.
+#[derive(Debug)]
+pub struct Batches<'a> {
+    pub sampler: Sampler<'a>,
+    news: &'a NewsTable,
+    /// Title tokens per news item (what the global split balances).
+    title_tokens: Vec<u32>,
+    /// Labelled NER tokens per news item (the auxiliary losses' global counts).
+    labelled_tokens: Vec<u32>,
+    global_dedup: bool,
+    batch_size: usize,
+    placement: Placement,
+}
+
+impl<'a> Batches<'a> {
+    pub fn new(
+        sampler: Sampler<'a>,
+        news: &'a NewsTable,
+        dedup: Dedup,
+        batch_size: usize,
+        placement: Placement,
+    ) -> Self {
+        Batches {
+            sampler,
+            title_tokens: news.input_ids.iter().map(|ids| ids.len() as u32).collect(),
+            labelled_tokens: news
+                .ner_tags
+                .iter()
+                .map(|tags| tags.iter().filter(|&&t| t >= 0).count() as u32)
+                .collect(),
+            news,
+            global_dedup: dedup == Dedup::Global && placement.world_size > 1,
+            batch_size,
+            placement,
+        }
+    }
+
+    /// This rank's host batch of step `step` of the epoch with sample order `order`.
+    pub fn host(&self, epoch: u64, order: &[u32], step: u64) -> HostBatch {
+        let Placement { rank, world_size: world, .. } = self.placement;
+        if self.global_dedup {
+            self.sampler.assemble_global(epoch, order, step, self.batch_size, rank, world, &self.title_tokens)
+        } else {
+            self.sampler
+                .assemble(epoch, &self.sampler.rank_samples(order, step, self.batch_size, rank, world))
+        }
+    }
+
+    /// [`Batches::host`] with the global batch's counts, on `device`.
+    pub fn device(&self, epoch: u64, order: &[u32], step: u64, device: Device) -> DeviceBatch {
+        let host = self.host(epoch, order, step);
+        let global = self.sampler.global_counts(epoch, order, step, self.batch_size, &self.labelled_tokens);
+        DeviceBatch::new(&host, self.news, global, self.placement.world_size, device)
     }
 }

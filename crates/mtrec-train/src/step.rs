@@ -9,6 +9,7 @@ use crate::device_batch::DeviceBatch;
 use crate::flat::FlatParams;
 use crate::optim::AdamW;
 use crate::surgery::{self, SurgeryMode};
+use mtrec_data::batch::Shares;
 use mtrec_dist::Collective;
 use mtrec_model::loss::{category_loss, click_scores, main_loss};
 use mtrec_model::news::token_cross_entropy;
@@ -35,10 +36,40 @@ pub struct StepStats {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PhaseTimes {
     pub forward: Duration,
+    /// Global de-duplication's all-gather of the vectors and reduce-scatter of their gradients.
+    pub exchange: Duration,
     pub backward_main: Duration,
     pub backward_aux: Duration,
     pub surgery: Duration,
     pub optimizer: Duration,
+}
+
+impl std::ops::Add for PhaseTimes {
+    type Output = PhaseTimes;
+    fn add(self, other: PhaseTimes) -> PhaseTimes {
+        PhaseTimes {
+            forward: self.forward + other.forward,
+            exchange: self.exchange + other.exchange,
+            backward_main: self.backward_main + other.backward_main,
+            backward_aux: self.backward_aux + other.backward_aux,
+            surgery: self.surgery + other.surgery,
+            optimizer: self.optimizer + other.optimizer,
+        }
+    }
+}
+
+impl std::ops::Div<u32> for PhaseTimes {
+    type Output = PhaseTimes;
+    fn div(self, n: u32) -> PhaseTimes {
+        PhaseTimes {
+            forward: self.forward / n,
+            exchange: self.exchange / n,
+            backward_main: self.backward_main / n,
+            backward_aux: self.backward_aux / n,
+            surgery: self.surgery / n,
+            optimizer: self.optimizer / n,
+        }
+    }
 }
 
 /// Times the phases of a step when enabled (it synchronises the device).
@@ -53,7 +84,8 @@ impl Clock {
         Clock { device, enabled, last: Instant::now() }
     }
 
-    fn lap(&mut self) -> Duration {
+    /// Time since the last lap (zero when not enabled).
+    pub fn lap(&mut self) -> Duration {
         if !self.enabled {
             return Duration::ZERO;
         }
@@ -75,14 +107,108 @@ pub struct Losses {
     pub ner: Option<Tensor>,
 }
 
+/// A forward pass: the losses, and with global de-duplication the exchange their backward
+/// pass goes through.
+#[derive(Debug)]
+pub struct Forward {
+    pub losses: Losses,
+    pub exchange: Option<Exchange>,
+}
+
+/// Global de-duplication's news vectors: this rank encoded `own` (its share, with the graph
+/// back to BERT); the main loss reads `table`, every rank's shares all-gathered, as a leaf.
+#[derive(Debug)]
+pub struct Exchange {
+    /// `[n_own, d]` this rank's news vectors.
+    own: Tensor,
+    /// `[world * padded + 1, d]` every rank's vectors (`Shares`), then the zero padding row.
+    table: Tensor,
+    world: i64,
+    padded: i64,
+}
+
+impl Exchange {
+    /// All-gathers the ranks' vectors (each padded to `shares.padded` rows) into the table.
+    fn gather(own: Tensor, shares: &Shares, collective: &dyn Collective) -> Result<Exchange, TrainError> {
+        let (n, d) = own.size2().expect("vectors are [N, d]");
+        let (world, padded) = (shares.counts.len() as i64, shares.padded as i64);
+        let block = Tensor::zeros([padded, d], (Kind::Float, own.device()));
+        block.narrow(0, 0, n).copy_(&own.detach());
+        let gathered = collective.all_gather(&block)?.view([world * padded, d]);
+        let table = Tensor::cat(&[gathered, block.zeros_like().narrow(0, 0, 1)], 0)
+            .to_kind(own.kind())
+            .set_requires_grad(true);
+        Ok(Exchange { own, table, world, padded })
+    }
+
+    /// This rank's part of the main task gradient: through its user encoder and scores (the
+    /// table a leaf), plus, through its encoder, the vector gradients that every rank's main
+    /// loss sent to the news this rank encoded (reduce-scattered: summed over the ranks, each
+    /// rank receiving its share's rows). Averaged over the ranks afterwards like any gradient,
+    /// it is the gradient of the global batch's main loss.
+    fn main_gradient(
+        &self,
+        params: &FlatParams,
+        loss: &Tensor,
+        collective: &dyn Collective,
+        keep_graph: bool,
+        clock: &mut Clock,
+        times: &mut PhaseTimes,
+    ) -> Result<Tensor, TrainError> {
+        let vars = params.tensors();
+        let inputs: Vec<Tensor> = vars.iter().chain([&self.table]).map(Tensor::shallow_clone).collect();
+        let mut grads = Tensor::f_run_backward(&[loss], &inputs, false, false)?;
+        let d_table = grads.pop().expect("one gradient per input");
+        let through_users = params.gather(&grads);
+        let d = self.table.size()[1];
+        let blocks = d_table.narrow(0, 0, self.world * self.padded).view([self.world, self.padded, d]);
+        times.backward_main += clock.lap();
+        let d_own = collective
+            .reduce_scatter_sum(&blocks.to_kind(Kind::Float))?
+            .narrow(0, 0, self.own.size()[0])
+            .to_kind(self.own.kind());
+        times.exchange += clock.lap();
+        let through_encoder = flat_grad(params, &vars, &(&self.own * d_own).sum(Kind::Float), keep_graph)?;
+        Ok(through_users + through_encoder)
+    }
+}
+
 /// The category and NER losses exist when their heads do (`mtl.category`, `mtl.ner`). Each is
 /// over the global batch: the main loss a mean over samples, the category loss over news, the
-/// NER loss per `mtl.ner_loss` ([`NerLoss`]).
-pub fn forward(model: &NewsRecModel, batch: &DeviceBatch, mtl: &MtlConfig, dropout: &Dropout) -> Losses {
+/// NER loss per `mtl.ner_loss` ([`NerLoss`]). With global de-duplication (`batch.shares`) the
+/// vectors are all-gathered (the `exchange` phase).
+#[allow(clippy::too_many_arguments)]
+pub fn forward(
+    model: &NewsRecModel,
+    batch: &DeviceBatch,
+    mtl: &MtlConfig,
+    dropout: &Dropout,
+    collective: &dyn Collective,
+    clock: &mut Clock,
+    times: &mut PhaseTimes,
+) -> Result<Forward, TrainError> {
+    if batch.news.titles.len == 0 {
+        return Err(TrainError::Config(format!(
+            "global de-duplication left rank {} no news to encode (the global batch has fewer unique \
+             news than ranks): use a larger train.batch_size or data.dedup = \"rank\"",
+            collective.placement().rank
+        )));
+    }
     let news = model.encode_news(&batch.news, true, dropout);
     let d = news.vectors.size()[1];
-    // Row N is the zero vector that padded history slots point at.
-    let table = Tensor::cat(&[news.vectors.shallow_clone(), news.vectors.zeros_like().narrow(0, 0, 1)], 0);
+    let (table, exchange) = match &batch.shares {
+        None => {
+            // Row N is the zero vector that padded history slots point at.
+            let zero = news.vectors.zeros_like().narrow(0, 0, 1);
+            (Tensor::cat(&[news.vectors.shallow_clone(), zero], 0), None)
+        }
+        Some(shares) => {
+            times.forward += clock.lap();
+            let exchange = Exchange::gather(news.vectors.shallow_clone(), shares, collective)?;
+            times.exchange += clock.lap();
+            (exchange.table.shallow_clone(), Some(exchange))
+        }
+    };
     let (b, h) = batch.history.size2().expect("history is [B, H]");
     let history = table.index_select(0, &batch.history.view([-1])).view([b, h, d]);
     let user = model.encode_users(&history, &batch.history_mask, &batch.users, dropout);
@@ -98,7 +224,8 @@ pub fn forward(model: &NewsRecModel, batch: &DeviceBatch, mtl: &MtlConfig, dropo
     let ner = news
         .ner_logits
         .map(|logits| token_cross_entropy(&logits, &batch.news.titles, &batch.news_weights, ner_denominator));
-    Losses { main, category, ner }
+    times.forward += clock.lap();
+    Ok(Forward { losses: Losses { main, category, ner }, exchange })
 }
 
 /// Gradient of `loss` w.r.t. every trainable variable, in the flat layout.
@@ -174,14 +301,19 @@ pub fn task_gradients(
     // 1. forward
     let rank = collective.placement().rank as u64;
     let dropout = Dropout::training(params.values.device(), mtrec_data::batch::mix_seed(&[rng_seed, rank]));
-    let losses = forward(model, batch, mtl, &dropout);
-    times.forward = clock.lap();
+    let Forward { losses, exchange } = forward(model, batch, mtl, &dropout, collective, clock, times)?;
 
     // 2. g_main; its all-reduce (average over ranks) runs while the auxiliary backward passes do
     let aux_losses: Vec<&Tensor> =
         [losses.category.as_ref(), losses.ner.as_ref()].into_iter().flatten().collect();
-    let mut g_main = flat_grad(params, &vars, &losses.main, !aux_losses.is_empty())?;
-    times.backward_main = clock.lap();
+    let keep_graph = !aux_losses.is_empty();
+    let mut g_main = match &exchange {
+        None => flat_grad(params, &vars, &losses.main, keep_graph)?,
+        Some(exchange) => {
+            exchange.main_gradient(params, &losses.main, collective, keep_graph, clock, times)?
+        }
+    };
+    times.backward_main += clock.lap();
 
     // 3. auxiliary gradients: one per task for PCGrad, which needs them apart, else one for
     //    lambda (L_category + L_ner); each all-reduced as its own buffer. `lambda` is MTRec's

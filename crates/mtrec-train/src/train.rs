@@ -11,7 +11,7 @@ use crate::TrainError;
 use crate::agree::{agree_on_config, rank_zero_value, same_on_every_rank};
 use crate::checkpoint::{self, Best, Checkpoint, CheckpointWriter, TrainerState};
 use crate::config::Config;
-use crate::device_batch::DeviceBatch;
+use crate::device_batch::{Batches, DeviceBatch};
 use crate::eval::{eval_impressions, evaluate, progress};
 use crate::flat::FlatParams;
 use crate::metrics::RankingMetrics;
@@ -298,11 +298,9 @@ fn describe_checksums(rank0: &[u8], mine: &[u8]) -> String {
 /// The data a run reads, borrowed by the [`Trainer`].
 struct TrainData<'a> {
     loaded: &'a Loaded,
-    sampler: Sampler<'a>,
+    batches: Batches<'a>,
     steps_per_epoch: u64,
     eval: Option<Vec<EvalImpression>>,
-    /// Labelled NER tokens per news item (the auxiliary losses' global counts).
-    labelled_tokens: Vec<u32>,
 }
 
 /// The components of a run, built in order by [`Trainer::build`].
@@ -393,9 +391,14 @@ impl<'a> Trainer<'a> {
                 config.data.shards.display()
             )));
         }
-        let labelled_tokens =
-            loaded.news.ner_tags.iter().map(|tags| tags.iter().filter(|&&t| t >= 0).count() as u32).collect();
-        let data = TrainData { loaded, sampler, steps_per_epoch, eval, labelled_tokens };
+        let batches = Batches::new(
+            sampler,
+            &loaded.news,
+            config.data.dedup,
+            config.train.batch_size,
+            collective.placement(),
+        );
+        let data = TrainData { loaded, batches, steps_per_epoch, eval };
 
         // model: a resumed run loads its weights before they move into the flat buffer
         heartbeat.phase("building the model");
@@ -454,7 +457,7 @@ impl<'a> Trainer<'a> {
                 world = collective.placement().world_size,
                 backend = collective.backend(),
                 ?device,
-                samples = data.sampler.index().len(),
+                samples = data.batches.sampler.index().len(),
                 steps_per_epoch,
                 parameters = params.len,
                 shared = params.shared_len(),
@@ -491,7 +494,7 @@ impl<'a> Trainer<'a> {
         let mut stopped = None;
         let data = &self.data;
         std::thread::scope(|scope| -> Result<(), TrainError> {
-            let batches = spawn_input_pipeline(scope, config, data, self.start_step, placement, self.device);
+            let batches = spawn_input_pipeline(scope, config, data, self.start_step, self.device);
             for (step, batch) in batches {
                 let step_number = step + 1;
                 heartbeat.phase(format!("step {step_number}"));
@@ -588,25 +591,19 @@ fn spawn_input_pipeline<'scope>(
     config: &'scope Config,
     data: &'scope TrainData<'_>,
     start_step: u64,
-    placement: mtrec_dist::Placement,
     device: Device,
 ) -> std::sync::mpsc::Receiver<(u64, DeviceBatch)> {
     let (tx, rx) = std::sync::mpsc::sync_channel(config.data.prefetch.max(1));
-    let (rank, world, batch_size) = (placement.rank, placement.world_size, config.train.batch_size);
     scope.spawn(move || {
         let mut epoch_order: Option<(u64, Vec<u32>)> = None;
         for step in start_step..config.train.max_steps {
             let epoch = step / data.steps_per_epoch;
             if epoch_order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                epoch_order = Some((epoch, data.sampler.epoch_order(epoch)));
+                epoch_order = Some((epoch, data.batches.sampler.epoch_order(epoch)));
             }
             let order = &epoch_order.as_ref().expect("set above").1;
-            let in_epoch = step % data.steps_per_epoch;
-            let samples = data.sampler.rank_samples(order, in_epoch, batch_size, rank, world);
-            let host = data.sampler.assemble(epoch, &samples);
-            let global =
-                data.sampler.global_counts(epoch, order, in_epoch, batch_size, &data.labelled_tokens);
-            if tx.send((step, DeviceBatch::new(&host, &data.loaded.news, global, world, device))).is_err() {
+            let batch = data.batches.device(epoch, order, step % data.steps_per_epoch, device);
+            if tx.send((step, batch)).is_err() {
                 return; // the loop ended
             }
         }

@@ -1,6 +1,6 @@
 //! One training step on a tiny random model and the reference batch: which loss feeds which
 //! gradient, where `lambda` applies, what the heads receive, and clipping.
-use mtrec_data::batch::GlobalCounts;
+use mtrec_data::batch::{GlobalCounts, Shares};
 use mtrec_dist::Local;
 use mtrec_model::Dropout;
 use mtrec_train::bench::{LABELS, reference_batch};
@@ -9,7 +9,7 @@ use mtrec_train::device_batch::DeviceBatch;
 use mtrec_train::flat::FlatParams;
 use mtrec_train::optim::AdamW;
 use mtrec_train::setup;
-use mtrec_train::step::{Clock, PhaseTimes, flat_grad, forward, task_gradients};
+use mtrec_train::step::{Clock, Losses, PhaseTimes, flat_grad, forward, task_gradients};
 use std::path::PathBuf;
 use tch::{Device, Tensor};
 
@@ -36,19 +36,27 @@ fn tiny(sets: &[&str]) -> Tiny {
     Tiny { config, _vs: vs, model, params, batch }
 }
 
+/// The losses of a forward pass without dropout, in a world of one.
+fn losses_of(t: &Tiny, batch: &DeviceBatch) -> Losses {
+    let mut clock = Clock::new(Device::Cpu, false);
+    forward(&t.model, batch, &t.config.mtl, &Dropout::Off, &Local, &mut clock, &mut PhaseTimes::default())
+        .unwrap()
+        .losses
+}
+
 /// The flat gradient of one loss of a fresh forward pass (dropout off: the same graph).
-fn gradient_of(t: &Tiny, pick: impl Fn(&mtrec_train::step::Losses) -> Tensor) -> Tensor {
-    let losses = forward(&t.model, &t.batch, &t.config.mtl, &Dropout::Off);
+fn gradient_of(t: &Tiny, pick: impl Fn(&Losses) -> Tensor) -> Tensor {
+    let losses = losses_of(t, &t.batch);
     flat_grad(&t.params, &t.params.tensors(), &pick(&losses), false).unwrap()
 }
 
-fn gradients(t: &Tiny) -> (Tensor, Vec<Tensor>) {
+fn gradients_of(t: &Tiny, batch: &DeviceBatch) -> (Tensor, Vec<Tensor>) {
     let mut clock = Clock::new(Device::Cpu, false);
     let (_, g_main, aux) = task_gradients(
         &t.model,
         &t.params,
         &Local,
-        &t.batch,
+        batch,
         &t.config.mtl,
         1,
         &mut clock,
@@ -56,6 +64,10 @@ fn gradients(t: &Tiny) -> (Tensor, Vec<Tensor>) {
     )
     .unwrap();
     (g_main, aux)
+}
+
+fn gradients(t: &Tiny) -> (Tensor, Vec<Tensor>) {
+    gradients_of(t, &t.batch)
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -171,11 +183,41 @@ fn occurrence_weighted_losses_on_unique_news_equal_encoding_every_occurrence() {
     let counts = GlobalCounts { news: occurrences, labelled_tokens: labelled };
     let losses = |host: &mtrec_data::batch::HostBatch| {
         let batch = DeviceBatch::new(host, &table, counts, 1, Device::Cpu);
-        let l = forward(&t.model, &batch, &t.config.mtl, &Dropout::Off);
+        let l = losses_of(&t, &batch);
         [l.main, l.category.unwrap(), l.ner.unwrap()].map(|x| x.double_value(&[]))
     };
     let (a, b) = (losses(&unique), losses(&every));
     for ((x, y), name) in a.iter().zip(&b).zip(["main", "category", "NER"]) {
         assert!((x - y).abs() <= 1e-5 * x.abs(), "{name}: {x} on unique news, {y} encoding every occurrence");
+    }
+}
+
+/// Global de-duplication's exchange in a world of one: the main gradient taken in two parts
+/// (through the user encoder to the gathered table, then the table's gradient through the
+/// encoder) equals the one backward pass of per-rank de-duplication; the auxiliary gradients do
+/// not pass through the table. (2 ranks against 1: tests/e2e.rs.)
+#[test]
+fn the_exchanged_main_gradient_equals_one_backward_pass() {
+    let t = tiny(&[]);
+    let (table, mut host) = reference_batch(t.model.bert.config.vocab_size, 3);
+    let n = host.news.len();
+    // Pad the first sample's history by its last 10 slots (the padding row is N in both layouts).
+    for k in 40..50 {
+        host.history[k] = n as i64;
+        host.history_mask[k] = false;
+    }
+    let labelled = table.ner_tags.iter().flatten().filter(|&&t| t >= 0).count() as u64;
+    let counts = GlobalCounts { news: n as u64, labelled_tokens: labelled };
+    let per_rank = DeviceBatch::new(&host, &table, counts, 1, Device::Cpu);
+    host.shares = Some(Shares { counts: vec![n], padded: n, tokens: vec![0] });
+    let global = DeviceBatch::new(&host, &table, counts, 1, Device::Cpu);
+    let (main_a, aux_a) = gradients_of(&t, &per_rank);
+    let (main_b, aux_b) = gradients_of(&t, &global);
+    let scale = main_a.abs().max().double_value(&[]);
+    assert!(scale > 0.0);
+    assert!(max_diff(&main_a, &main_b) <= 1e-6 * scale, "g_main: {} of {scale}", max_diff(&main_a, &main_b));
+    assert_eq!(aux_a.len(), aux_b.len());
+    for (a, b) in aux_a.iter().zip(&aux_b) {
+        assert!(max_diff(a, b) <= 1e-6 * a.abs().max().double_value(&[]));
     }
 }

@@ -6,7 +6,7 @@ use mtrec_data::write::write_atomically;
 use mtrec_dist::{Backend, Collective, Job, Local, Watchdog};
 use mtrec_train::agree::agree_on_config;
 use mtrec_train::checkpoint::Checkpoint;
-use mtrec_train::config::Config;
+use mtrec_train::config::{Config, Dedup};
 use mtrec_train::eval::{category_accuracy, encode_all_news, eval_impressions, evaluate, score_impressions};
 use mtrec_train::metrics::ranks_in_input_order;
 use mtrec_train::setup::{self, LabelCounts};
@@ -262,21 +262,102 @@ pub fn embed(
 /// Dense bf16 peak of an H100/H200 SXM GPU (NVIDIA data sheet), the denominator of MFU.
 const PEAK_BF16_TFLOPS: f64 = 989.4;
 
-pub fn bench(args: &ConfigArgs, warmup: usize, steps: usize) -> anyhow::Result<()> {
+/// What `bench` times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// The fixed reference batch of DESIGN.md, in one process.
+    Reference,
+    /// Real batches of the config's shards, on every rank.
+    Mind,
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub workload: Workload,
+    /// `mind`: samples per rank and step, one variant each.
+    pub batch_per_rank: Vec<usize>,
+    pub warmup: usize,
+    pub steps: usize,
+    pub json: bool,
+}
+
+pub fn bench(job: &Job, args: &ConfigArgs, options: &BenchOptions) -> anyhow::Result<()> {
     let config = load_config(args)?;
+    match options.workload {
+        Workload::Reference if job.placement().world_size > 1 => {
+            bail!("bench --workload reference runs in one process; under mpirun use --workload mind")
+        }
+        Workload::Reference => bench_reference(&config, options),
+        Workload::Mind => bench_mind(job, &config, options),
+    }
+}
+
+fn phases_json(p: &mtrec_train::step::PhaseTimes) -> serde_json::Value {
+    serde_json::json!({
+        "forward": p.forward.as_secs_f64(),
+        "exchange": p.exchange.as_secs_f64(),
+        "backward_main": p.backward_main.as_secs_f64(),
+        "backward_aux": p.backward_aux.as_secs_f64(),
+        "surgery": p.surgery.as_secs_f64(),
+        "optimizer": p.optimizer.as_secs_f64(),
+    })
+}
+
+fn bench_reference(config: &Config, options: &BenchOptions) -> anyhow::Result<()> {
+    let (warmup, steps) = (options.warmup, options.steps);
     let mut main_only = config.clone();
     main_only.mtl.category = false;
     main_only.mtl.ner = false;
+    let model_dir = setup::model_dir(config)?;
+    let results = bench::run_reference(&[config.clone(), main_only], warmup, steps)?;
+    let [full, base] = <[bench::BenchResult; 2]>::try_from(results).expect("one result per config");
+    let surgery_name = format!("{:?} surgery", config.mtl.surgery).to_lowercase();
+    // Model FLOPs: a forward pass costs 2 FLOPs per encoder weight per token plus attention
+    // (4 L d FLOPs per token and layer for scores and values over a title of L tokens); a
+    // backward pass twice a forward. The multi-task step runs one forward and two backward
+    // passes (5 forward-equivalents), the main-task-only step one and one (3).
+    let bert = setup::bert_config(config, &model_dir)?;
+    let (layers, d, ff) =
+        (bert.num_hidden_layers as f64, bert.hidden_size as f64, bert.intermediate_size as f64);
+    let mean_len = full.tokens / full.titles;
+    let forward = full.tokens * layers * (2.0 * (4.0 * d * d + 2.0 * d * ff) + 4.0 * mean_len * d);
+    let cuda = setup::device(config.train.device, 0)?.is_cuda();
+    let gflops = |r: &bench::BenchResult, passes: f64| passes * forward / r.mean().as_secs_f64() / 1e9;
+    if options.json {
+        let variant = |name: &str, r: &bench::BenchResult, passes: f64| {
+            serde_json::json!({
+                "name": name,
+                "samples_per_s": r.samples_per_second(),
+                "tokens_per_s": r.tokens / r.mean().as_secs_f64(),
+                "step_s": r.mean().as_secs_f64(),
+                "step_s_median": r.median().as_secs_f64(),
+                "phases": phases_json(&r.phases),
+                "gflop_per_step": passes * forward / 1e9,
+                "gflop_per_s": gflops(r, passes),
+            })
+        };
+        let out = serde_json::json!({
+            "workload": "reference",
+            "model": model_dir,
+            "threads": tch::get_num_threads(),
+            "samples": bench::SAMPLES,
+            "titles": full.titles,
+            "tokens": full.tokens,
+            "warmup": warmup,
+            "steps": steps,
+            "variants": [variant(&surgery_name, &full, 5.0), variant("main task only", &base, 3.0)],
+        });
+        println!("{out}");
+        return Ok(());
+    }
     println!(
         "reference workload: {} samples/step, history {}, 1+{} candidates, model {}, {} threads",
         bench::SAMPLES,
         bench::HISTORY,
         bench::NEGATIVES,
-        setup::model_dir(&config)?.display(),
+        model_dir.display(),
         tch::get_num_threads()
     );
-    let results = bench::run(&[config.clone(), main_only], warmup, steps)?;
-    let [full, base] = <[bench::BenchResult; 2]>::try_from(results).expect("one result per config");
     println!(
         "{} titles, {} tokens per step; mean over {steps} steps after {warmup} warm-up, the two \
          steps taking turns",
@@ -287,10 +368,7 @@ pub fn bench(args: &ConfigArgs, warmup: usize, steps: usize) -> anyhow::Result<(
          surgery | optimizer |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    for (name, r) in [
-        (format!("{:?} surgery", config.mtl.surgery).to_lowercase(), &full),
-        ("main task only".into(), &base),
-    ] {
+    for (name, r) in [(surgery_name.clone(), &full), ("main task only".into(), &base)] {
         let (p, (fastest, slowest)) = (r.phases, r.range());
         println!(
             "| {name} | {:.2} | {:.3} | {:.3} | {:.2}-{:.2} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
@@ -317,25 +395,213 @@ pub fn bench(args: &ConfigArgs, warmup: usize, steps: usize) -> anyhow::Result<(
         pairs.iter().copied().fold(f64::INFINITY, f64::min),
         pairs.iter().copied().fold(0.0, f64::max)
     );
-    // Model FLOPs: a forward pass costs 2 FLOPs per encoder weight per token plus attention
-    // (4 L d FLOPs per token and layer for scores and values over a title of L tokens); a
-    // backward pass twice a forward. The multi-task step runs one forward and two backward
-    // passes (5 forward-equivalents), the main-task-only step one and one (3).
-    let bert = setup::bert_config(&config, &setup::model_dir(&config)?)?;
-    let (layers, d, ff) =
-        (bert.num_hidden_layers as f64, bert.hidden_size as f64, bert.intermediate_size as f64);
-    let mean_len = full.tokens as f64 / full.titles as f64;
-    let forward = full.tokens as f64 * layers * (2.0 * (4.0 * d * d + 2.0 * d * ff) + 4.0 * mean_len * d);
     for (name, r, passes) in [("multi-task step", &full, 5.0), ("main-only step", &base, 3.0)] {
-        let flops = passes * forward / r.mean().as_secs_f64();
-        let mfu = match setup::device(config.train.device, 0)? {
-            tch::Device::Cuda(_) => format!(
+        let mfu = if cuda {
+            format!(
                 ", MFU {:.1}% of {PEAK_BF16_TFLOPS} TFLOP/s bf16 dense",
-                100.0 * flops / (PEAK_BF16_TFLOPS * 1e12)
-            ),
-            _ => String::new(),
+                100.0 * gflops(r, passes) / (PEAK_BF16_TFLOPS * 1e3)
+            )
+        } else {
+            String::new()
         };
-        println!("{name}: {:.1} GFLOP per step, {:.1} GFLOP/s{mfu}", passes * forward / 1e9, flops / 1e9);
+        println!(
+            "{name}: {:.1} GFLOP per step, {:.1} GFLOP/s{mfu}",
+            passes * forward / 1e9,
+            gflops(r, passes)
+        );
+    }
+    Ok(())
+}
+
+/// World sizes whose de-duplication `bench --workload mind` counts on the host.
+const DEDUP_WORLDS: [usize; 4] = [1, 2, 4, 8];
+/// Global batches that count covers.
+const DEDUP_STEPS: u64 = 20;
+
+/// One rank's figures of one variant, in the order [`rank_figures`] moves them.
+const FIGURES: usize = 11;
+
+/// Every rank's figures of `r`, on every rank (a sum over ranks of vectors that hold each rank's
+/// own figures at its offset).
+fn rank_figures(collective: &dyn Collective, r: &bench::BenchResult) -> anyhow::Result<Vec<[f64; FIGURES]>> {
+    let p = collective.placement();
+    let mut all = vec![0.0; FIGURES * p.world_size];
+    let phases = r.phases;
+    let mine = [
+        r.mean().as_secs_f64(),
+        r.median().as_secs_f64(),
+        r.slots,
+        r.titles,
+        r.tokens,
+        phases.forward.as_secs_f64(),
+        phases.exchange.as_secs_f64(),
+        phases.backward_main.as_secs_f64(),
+        phases.backward_aux.as_secs_f64(),
+        phases.surgery.as_secs_f64(),
+        phases.optimizer.as_secs_f64(),
+    ];
+    all[FIGURES * p.rank..FIGURES * (p.rank + 1)].copy_from_slice(&mine);
+    collective.all_reduce_sum_f64(&mut all)?;
+    Ok(all.chunks(FIGURES).map(|c| c.try_into().expect("FIGURES values")).collect())
+}
+
+fn bench_mind(job: &Job, config: &Config, options: &BenchOptions) -> anyhow::Result<()> {
+    let collective = connect(job, config)?;
+    let placement = collective.placement();
+    let world = placement.world_size;
+    agree_on_config(config, collective)?;
+    if options.batch_per_rank.contains(&0) {
+        bail!("--batch-per-rank: every batch needs at least one sample per rank");
+    }
+    let dedups: &[Dedup] = if world > 1 { &[Dedup::Rank, Dedup::Global] } else { &[Dedup::Rank] };
+    let mut variants = Vec::new();
+    for &per_rank in &options.batch_per_rank {
+        for &dedup in dedups {
+            let mut variant = config.clone();
+            variant.train.batch_size = per_rank * world;
+            variant.data.dedup = dedup;
+            variants.push((per_rank, dedup, variant));
+        }
+    }
+    let data = bench::MindData::load(config, collective)?;
+    let configs: Vec<Config> = variants.iter().map(|(_, _, c)| c.clone()).collect();
+    let results = bench::run_mind(&configs, &data, collective, options.warmup, options.steps)?;
+    let figures: Vec<Vec<[f64; FIGURES]>> =
+        results.iter().map(|r| rank_figures(collective, r)).collect::<anyhow::Result<_>>()?;
+    if !placement.is_main() {
+        return Ok(());
+    }
+    let sampler = data.sampler(config);
+    let dedup_counts: Vec<(usize, usize, (u64, mtrec_data::batch::DedupCounts))> = options
+        .batch_per_rank
+        .iter()
+        .flat_map(|&b| DEDUP_WORLDS.iter().map(move |&w| (b, w)))
+        .map(|(b, w)| (b, w, bench::dedup_counts(&sampler, b, w, DEDUP_STEPS)))
+        .collect();
+    let dedup_name = |d: Dedup| if d == Dedup::Global { "global" } else { "rank" };
+    // Global throughput: every rank's step ends with the same collectives, so the slowest rank's
+    // mean step time is the job's.
+    let global = |f: &[[f64; FIGURES]]| {
+        let step = f.iter().map(|r| r[0]).fold(0.0, f64::max).max(1e-9);
+        let (titles, tokens, slots) =
+            f.iter().fold((0.0, 0.0, 0.0), |(a, b, c), r| (a + r[3], b + r[4], c + r[2]));
+        (step, titles, tokens, slots)
+    };
+    if options.json {
+        let variants_json: Vec<serde_json::Value> = variants
+            .iter()
+            .zip(&figures)
+            .map(|((per_rank, dedup, variant), f)| {
+                let (step, titles, tokens, slots) = global(f);
+                let ranks: Vec<serde_json::Value> = f
+                    .iter()
+                    .enumerate()
+                    .map(|(rank, r)| {
+                        serde_json::json!({
+                            "rank": rank, "step_s": r[0], "step_s_median": r[1], "title_slots": r[2],
+                            "titles": r[3], "tokens": r[4], "samples_per_s": *per_rank as f64 / r[0],
+                            "phases": {"forward": r[5], "exchange": r[6], "backward_main": r[7],
+                                       "backward_aux": r[8], "surgery": r[9], "optimizer": r[10]},
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "batch_per_rank": per_rank, "global_batch": variant.train.batch_size,
+                    "dedup": dedup_name(*dedup), "step_s": step,
+                    "samples_per_s": variant.train.batch_size as f64 / step, "tokens_per_s": tokens / step,
+                    "title_slots": slots, "titles": titles, "tokens": tokens, "ranks": ranks,
+                })
+            })
+            .collect();
+        let counts_json: Vec<serde_json::Value> = dedup_counts
+            .iter()
+            .map(|(b, w, (n, c))| {
+                serde_json::json!({"batch_per_rank": b, "world": w, "global_batches": n,
+                    "title_slots": c.slots, "per_rank_unique": c.per_rank, "global_unique": c.global})
+            })
+            .collect();
+        let out = serde_json::json!({
+            "workload": "mind", "shards": config.data.shards, "world": world, "backend": collective.backend(),
+            "threads": tch::get_num_threads(), "model": data.loaded.model_dir,
+            "history": config.data.history, "negatives": config.data.negatives,
+            "surgery": format!("{:?}", config.mtl.surgery).to_lowercase(),
+            "warmup": options.warmup, "steps": options.steps,
+            "variants": variants_json, "dedup_counts": counts_json,
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    println!(
+        "mind workload: {} ({} training samples), history {}, 1+{} candidates, model {}, {world} rank(s) \
+         over {}, {} threads each; mean over {} steps after {} warm-up, the variants taking turns",
+        config.data.shards.display(),
+        sampler.index().len(),
+        config.data.history,
+        config.data.negatives,
+        data.loaded.model_dir.display(),
+        collective.backend(),
+        tch::get_num_threads(),
+        options.steps,
+        options.warmup
+    );
+    println!(
+        "| samples/rank | dedup | rank | title slots | titles encoded | tokens | forward | exchange | \
+         backward main | backward aux | surgery | optimizer | step s | samples/s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for ((per_rank, dedup, _), f) in variants.iter().zip(&figures) {
+        for (rank, r) in f.iter().enumerate() {
+            println!(
+                "| {per_rank} | {} | {rank} | {:.0} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | \
+                 {:.3} | {:.3} | {:.2} |",
+                dedup_name(*dedup),
+                r[2],
+                r[3],
+                r[4],
+                r[5],
+                r[6],
+                r[7],
+                r[8],
+                r[9],
+                r[10],
+                r[0],
+                *per_rank as f64 / r[0]
+            );
+        }
+    }
+    println!(
+        "\n| samples/rank | global batch | dedup | titles encoded (all ranks) | of title slots | samples/s | tokens/s |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for ((per_rank, dedup, variant), f) in variants.iter().zip(&figures) {
+        let (step, titles, tokens, slots) = global(f);
+        println!(
+            "| {per_rank} | {} | {} | {titles:.0} | {:.2} | {:.2} | {:.0} |",
+            variant.train.batch_size,
+            dedup_name(*dedup),
+            titles / slots.max(1.0),
+            variant.train.batch_size as f64 / step,
+            tokens / step
+        );
+    }
+    println!(
+        "\nde-duplication of the first {DEDUP_STEPS} global batches of epoch 0 (fewer where the epoch has \
+         fewer), counted on the host (no model runs, so any world size):"
+    );
+    println!(
+        "| samples/rank | world | batches | title slots/step | per-rank unique / slots | global unique / slots \
+         | global / per-rank |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (b, w, (n, c)) in &dedup_counts {
+        let slots = c.slots.max(1) as f64;
+        println!(
+            "| {b} | {w} | {n} | {:.0} | {:.3} | {:.3} | {:.3} |",
+            slots / (*n).max(1) as f64,
+            c.per_rank as f64 / slots,
+            c.global as f64 / slots,
+            c.global as f64 / c.per_rank.max(1) as f64
+        );
     }
     Ok(())
 }

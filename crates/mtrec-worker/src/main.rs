@@ -1,7 +1,7 @@
 //! `mtrec-worker`: one process per GPU (or CPU rank) of an mtrec job.
 //!
 //! `train`, `eval`, `predict` (the MIND leaderboard file), `embed` (news vectors to Parquet),
-//! `bench` (step time on the reference workload), `report` (figures and a summary of a run),
+//! `bench` (step time on the reference or a MIND-like workload), `report` (figures and a summary of a run),
 //! `compare` (runs side by side with the paper's Table 1), `config` (the resolved config) and
 //! `doctor` (what this binary found).
 //!
@@ -86,16 +86,27 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Time training steps on the reference workload (DESIGN.md), with the config's surgery and main-task only.
+    /// Time training steps: on the reference workload (DESIGN.md; the config's surgery and
+    /// main-task only, one process), or on real batches of the config's shards (`mind`: per-rank
+    /// and global de-duplication, on every rank of an mpirun job).
     Bench {
         #[command(flatten)]
         config: ConfigArgs,
+        /// `reference` or `mind`.
+        #[arg(long, value_enum, default_value_t = commands::Workload::Reference)]
+        workload: commands::Workload,
+        /// With `--workload mind`: samples per rank and step, one variant each.
+        #[arg(long, value_delimiter = ',', default_value = "32,64")]
+        batch_per_rank: Vec<usize>,
         /// Measured steps of each kind (at least 1).
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
         steps: u32,
         /// Unmeasured steps of each kind before them.
         #[arg(long, default_value_t = 1)]
         warmup: u32,
+        /// Print one JSON object (rank 0) instead of tables.
+        #[arg(long)]
+        json: bool,
     },
     /// Write a run's figures (losses, gradient conflict, dev metrics, learning rates, samples/s)
     /// and report.md (`train` writes it at the end of every run).
@@ -213,8 +224,15 @@ fn run(cli: Cli, job: &Job) -> anyhow::Result<i32> {
         Command::Embed { model, shards, checkpoint, config, overrides, out } => {
             done(commands::embed(model, shards, checkpoint.as_deref(), config.as_deref(), &overrides, &out))
         }
-        Command::Bench { config, steps, warmup } => {
-            done(commands::bench(&config, warmup as usize, steps as usize))
+        Command::Bench { config, workload, batch_per_rank, steps, warmup, json } => {
+            let options = commands::BenchOptions {
+                workload,
+                batch_per_rank,
+                warmup: warmup as usize,
+                steps: steps as usize,
+                json,
+            };
+            done(commands::bench(job, &config, &options))
         }
         Command::Report { run_dir, out } => done(commands::report(&run_dir, out.as_deref()).map(|_| ())),
         Command::Compare { run_dirs, out } => done(commands::compare(&run_dirs, &out)),
