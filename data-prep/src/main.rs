@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! mtrec-prep synth --out data/synth
+//! mtrec-prep synth --profile mind --news 65238 --users 94057 --impressions 230117 --out data/mind-small-synth
 //! mtrec-prep mind --train data/synth/train --dev data/synth/dev --test data/synth/test \
 //!     --model MODEL_DIR --out data/shards
 //! ```
@@ -88,6 +89,10 @@ struct SynthArgs {
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
+    /// How the behaviors are distributed: `uniform` (small and quick) or `mind` (MIND's
+    /// statistics; MIND-small size: --news 65238 --users 94057 --impressions 230117).
+    #[arg(long, value_enum, default_value_t = synth::Profile::Uniform)]
+    profile: synth::Profile,
     /// News items.
     #[arg(long, default_value_t = 2000)]
     news: usize,
@@ -180,6 +185,7 @@ fn main() -> ExitCode {
         }
         Command::Synth(a) => {
             let opts = synth::SynthOptions {
+                profile: a.profile,
                 news: a.news,
                 users: a.users,
                 impressions: a.impressions,

@@ -381,32 +381,84 @@ impl BertModel {
     ///
     /// Only the rows read pass through the per-token part of the last layer: the `[CLS]` rows of a
     /// news vector skip the feed-forward of every other token, and a loss on `[CLS]` alone has no
-    /// backward through it either.
+    /// backward through it either. From [`BertInput::Tokens`] the embeddings and every layer run;
+    /// the embeddings and the first `quiet_layers` layers without dropout (a frozen lower part run
+    /// as the frozen-layer cache computes it). From [`BertInput::States`] only the layers above
+    /// the cached ones run.
     ///
     /// # Shapes
-    /// `input_ids [T]`, `positions [T]` (int64) holding `groups` (`(titles, length)`, each title's
-    /// tokens contiguous), `read[i] [R_i]` (int64 rows) -> `[R_i, d]` each.
+    /// `input` holds `T` packed tokens in `groups` (`(titles, length)`, each title's tokens
+    /// contiguous), `read[i] [R_i]` (int64 rows) -> `[R_i, d]` each.
     pub fn forward(
         &self,
-        input_ids: &Tensor,
-        positions: &Tensor,
+        input: BertInput<'_>,
         groups: &[(i64, i64)],
         read: &[&Tensor],
         dropout: &Dropout,
+        quiet_layers: usize,
     ) -> Vec<Tensor> {
-        let x = self.embeddings.forward(input_ids, positions, dropout);
-        // No layers, or no titles (every result is then `[0, d]`).
-        let Some((last, lower)) = self.layers.split_last().filter(|_| !groups.is_empty()) else {
+        let (x, first_layer) = match input {
+            BertInput::Tokens { input_ids, positions } => {
+                let quiet = quiet_layers.min(self.layers.len());
+                let embedding_dropout = if quiet > 0 { &Dropout::Off } else { dropout };
+                let x = self.embeddings.forward(input_ids, positions, embedding_dropout);
+                (self.run_layers(x, 0..quiet, groups, &Dropout::Off), quiet)
+            }
+            BertInput::States { states, first_layer } => (states.shallow_clone(), first_layer),
+        };
+        // No layers left, or no titles (every result is then `[0, d]`).
+        let upper = &self.layers[first_layer.min(self.layers.len())..];
+        let Some((last, _)) = upper.split_last().filter(|_| !groups.is_empty()) else {
             return read.iter().map(|rows| x.index_select(0, rows)).collect();
         };
-        let x = lower
-            .iter()
-            .fold(x, |x, layer| layer.per_token(&layer.context(&x, groups, dropout), &x, dropout));
+        let last_index = self.layers.len() - 1;
+        let x = self.run_layers(x, first_layer..last_index, groups, dropout);
         let context = last.context(&x, groups, dropout);
         read.iter()
             .map(|rows| last.per_token(&context.index_select(0, rows), &x.index_select(0, rows), dropout))
             .collect()
     }
+
+    /// The hidden states of every token after the embeddings and the first `layers` layers,
+    /// without dropout: what the frozen-layer cache holds.
+    ///
+    /// # Shapes
+    /// `input_ids [T]`, `positions [T]` in `groups` -> `[T, d]` (the residual stream's f32).
+    pub fn lower_states(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        groups: &[(i64, i64)],
+        layers: usize,
+    ) -> Tensor {
+        let x = self.embeddings.forward(input_ids, positions, &Dropout::Off);
+        self.run_layers(x, 0..layers.min(self.layers.len()), groups, &Dropout::Off)
+    }
+
+    fn run_layers(
+        &self,
+        x: Tensor,
+        layers: std::ops::Range<usize>,
+        groups: &[(i64, i64)],
+        dropout: &Dropout,
+    ) -> Tensor {
+        if groups.is_empty() {
+            return x;
+        }
+        self.layers[layers]
+            .iter()
+            .fold(x, |x, layer| layer.per_token(&layer.context(&x, groups, dropout), &x, dropout))
+    }
+}
+
+/// Where [`BertModel::forward`] starts.
+#[derive(Debug, Clone, Copy)]
+pub enum BertInput<'a> {
+    /// `[T]` int64 token ids and positions in their titles: the embeddings and every layer run.
+    Tokens { input_ids: &'a Tensor, positions: &'a Tensor },
+    /// `[T, d]` hidden states after the embeddings and layers `..first_layer`
+    /// ([`BertModel::lower_states`]): layers `first_layer..` run.
+    States { states: &'a Tensor, first_layer: usize },
 }
 
 /// Refuses pickle checkpoints: loading `.bin` / `.pt` / `.pth` can execute arbitrary code.
@@ -493,7 +545,8 @@ mod tests {
         let context = layer.context(&x, &groups, &Dropout::Off);
         assert_eq!(layer.per_token(&context, &x, &Dropout::Off).kind(), Kind::Float, "residual + LayerNorm");
         let cls = Tensor::from_slice(&[0i64, 3]);
-        let states = bert.forward(&ids, &positions, &groups, &[&cls], &Dropout::training(Device::Cpu, 2));
+        let input = BertInput::Tokens { input_ids: &ids, positions: &positions };
+        let states = bert.forward(input, &groups, &[&cls], &Dropout::training(Device::Cpu, 2), 0);
         assert_eq!(states[0].kind(), Kind::Float, "final states");
         let logits = states[0].matmul(&Tensor::ones([8, 3], (Kind::Float, Device::Cpu)));
         let loss = crate::loss::category_loss(

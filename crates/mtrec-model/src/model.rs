@@ -31,6 +31,9 @@ pub struct ModelSpec {
     pub num_users: i64,
     /// Train only the top `n` BERT layers (embeddings and lower layers frozen); `None` = all.
     pub trainable_layers: Option<i64>,
+    /// With `trainable_layers`: dropout in the frozen embeddings and lower layers too (as a
+    /// frozen module in training mode has). Off when a frozen-layer cache computes them once.
+    pub frozen_dropout: bool,
 }
 
 /// News-side inputs of one batch: each unique news item once.
@@ -65,6 +68,11 @@ pub struct NewsRecModel {
     /// `[num_entities + 1, entity_dim]` fixed entity vectors (row 0 zeros), for AMF.
     entity_table: Option<Tensor>,
     user_encoder: UserEncoder,
+    /// Frozen lower layers below the embeddings (`ModelSpec::trainable_layers`; `None` when
+    /// everything trains).
+    frozen_layers: Option<usize>,
+    /// Layers that run without dropout: the frozen ones unless `ModelSpec::frozen_dropout`.
+    quiet_layers: usize,
 }
 
 impl NewsRecModel {
@@ -72,6 +80,8 @@ impl NewsRecModel {
     pub fn new(vs: &nn::VarStore, bert: &BertConfig, spec: &ModelSpec, entity_table: Option<Tensor>) -> Self {
         let root = vs.root();
         let d = bert.hidden_size;
+        let layers = bert.num_hidden_layers;
+        let frozen_layers = spec.trainable_layers.map(|k| (layers - k.clamp(0, layers)) as usize);
         let amf = spec.amf.then(|| {
             let entity_dim = entity_table.as_ref().map_or(100, |t| t.size()[1]);
             let subcategories = spec.amf_subcategory.then_some(spec.subcategories);
@@ -94,7 +104,15 @@ impl NewsRecModel {
                 bert.num_attention_heads,
                 spec.num_users,
             ),
+            frozen_layers,
+            quiet_layers: if spec.frozen_dropout { 0 } else { frozen_layers.unwrap_or(0) },
         }
+    }
+
+    /// The frozen lower layers: what a frozen-layer cache holds the output of (`Some(0)`: only
+    /// the embeddings are frozen); `None` when every layer trains.
+    pub fn frozen_layers(&self) -> Option<usize> {
+        self.frozen_layers
     }
 
     /// Loads the pretrained BERT of a Hugging Face folder into `bert.*`.
@@ -126,7 +144,7 @@ impl NewsRecModel {
     /// `N` titles -> `[N]` int64.
     pub fn predict_categories(&self, titles: &TitleBatch) -> Option<Tensor> {
         let head = self.category_head.as_ref()?;
-        let EncodedTitles { cls, .. } = encode_titles(&self.bert, titles, false, &Dropout::Off);
+        let EncodedTitles { cls, .. } = encode_titles(&self.bert, titles, false, &Dropout::Off, 0);
         Some(head.forward(&cls).argmax(-1, false))
     }
 
@@ -135,7 +153,7 @@ impl NewsRecModel {
     pub fn encode_news(&self, inputs: &NewsInputs, heads: bool, dropout: &Dropout) -> NewsOutputs {
         let ner_head = self.ner_head.as_ref().filter(|_| heads);
         let EncodedTitles { cls, tokens } =
-            encode_titles(&self.bert, &inputs.titles, ner_head.is_some(), dropout);
+            encode_titles(&self.bert, &inputs.titles, ner_head.is_some(), dropout, self.quiet_layers);
         let category_logits = self.category_head.as_ref().filter(|_| heads).map(|head| head.forward(&cls));
         let ner_logits = ner_head.zip(tokens).map(|(head, tokens)| head.forward(&tokens));
         let vectors = match (&self.amf, &self.entity_table) {

@@ -2,7 +2,7 @@
 //! packed into one sequence, titles grouped by length, so BERT's linear layers run once over
 //! every real token and attention runs per group of equal-length titles (`DESIGN.md`,
 //! "Performance design").
-use crate::bert::BertModel;
+use crate::bert::{BertInput, BertModel};
 use crate::dropout::Dropout;
 use tch::{Device, Kind, Tensor};
 
@@ -27,6 +27,19 @@ pub struct TitleBatch {
     pub len: usize,
     /// Real tokens in the batch `T` (for tokens/s).
     pub tokens: usize,
+    /// Input index of each title in packed order (where a frozen-layer cache reads its rows).
+    pub order: Vec<usize>,
+    /// The frozen lower layers' states of the packed tokens, when a frozen-layer cache gave them:
+    /// BERT then starts from them.
+    pub lower: Option<LowerStates>,
+}
+
+/// `[T, d]` hidden states of a [`TitleBatch`]'s packed tokens after the embeddings and layers
+/// `..first_layer` ([`BertModel::lower_states`]).
+#[derive(Debug)]
+pub struct LowerStates {
+    pub states: Tensor,
+    pub first_layer: usize,
 }
 
 impl TitleBatch {
@@ -70,6 +83,8 @@ impl TitleBatch {
             ner_labels: ner.map(|_| tensor(&labels)),
             len: titles.len(),
             tokens: titles.iter().map(|t| t.len()).sum(),
+            order,
+            lower: None,
         }
     }
 }
@@ -83,18 +98,23 @@ pub struct EncodedTitles {
     pub tokens: Option<Tensor>,
 }
 
-/// Runs BERT over the packed titles; the other tokens' final states only `with_tokens` (for
-/// token-level heads).
+/// Runs BERT over the packed titles (from their frozen-layer states when they carry them); the
+/// other tokens' final states only `with_tokens` (for token-level heads). `quiet_layers`: the
+/// embeddings and that many lower layers run without dropout ([`BertModel::forward`]).
 pub fn encode_titles(
     bert: &BertModel,
     titles: &TitleBatch,
     with_tokens: bool,
     dropout: &Dropout,
+    quiet_layers: usize,
 ) -> EncodedTitles {
     let read: Vec<&Tensor> =
         if with_tokens { vec![&titles.cls_rows, &titles.token_rows] } else { vec![&titles.cls_rows] };
-    let mut states =
-        bert.forward(&titles.input_ids, &titles.positions, &titles.groups, &read, dropout).into_iter();
+    let input = match &titles.lower {
+        Some(lower) => BertInput::States { states: &lower.states, first_layer: lower.first_layer },
+        None => BertInput::Tokens { input_ids: &titles.input_ids, positions: &titles.positions },
+    };
+    let mut states = bert.forward(input, &titles.groups, &read, dropout, quiet_layers).into_iter();
     EncodedTitles { cls: states.next().expect("one result per index set"), tokens: states.next() }
 }
 
@@ -177,7 +197,7 @@ mod tests {
         let vs = tch::nn::VarStore::new(Device::Cpu);
         let bert = tiny_bert(&vs);
         let batch = TitleBatch::new(&[], Some(&[]), Device::Cpu);
-        let encoded = encode_titles(&bert, &batch, true, &Dropout::training(Device::Cpu, 0));
+        let encoded = encode_titles(&bert, &batch, true, &Dropout::training(Device::Cpu, 0), 0);
         assert_eq!(encoded.cls.size(), vec![0, 8]);
         assert_eq!(encoded.tokens.unwrap().size(), vec![0, 8]);
     }
@@ -190,7 +210,7 @@ mod tests {
         let titles: [&[i32]; 3] = [&[], &[1, 5, 2], &[7]];
         let ner: [&[i8]; 3] = [&[], &[-1, 1, -1], &[-1]];
         let batch = TitleBatch::new(&titles, Some(&ner), Device::Cpu);
-        let encoded = encode_titles(&bert, &batch, true, &Dropout::training(Device::Cpu, 0));
+        let encoded = encode_titles(&bert, &batch, true, &Dropout::training(Device::Cpu, 0), 0);
         assert_eq!(encoded.cls.size(), vec![3, 8]);
         let tokens = encoded.tokens.unwrap();
         assert_eq!(tokens.size(), vec![2, 8]);

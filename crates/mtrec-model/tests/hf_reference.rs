@@ -62,7 +62,7 @@ fn minilm_matches_transformers_on_300_titles() {
     let refs: Vec<&[i32]> = titles.iter().map(|t| t.as_slice()).collect();
     let batch = TitleBatch::new(&refs, None, Device::Cpu);
     assert!(batch.groups.len() > 1, "the test must exercise several length groups");
-    let encoded = tch::no_grad(|| encode_titles(&bert, &batch, true, &Dropout::Off));
+    let encoded = tch::no_grad(|| encode_titles(&bert, &batch, true, &Dropout::Off, 0));
 
     let cls_ref = hidden.select(1, 0);
     let cls_err =

@@ -11,6 +11,7 @@ use crate::TrainError;
 use crate::config::Config;
 use crate::device_batch::{Batches, DeviceBatch};
 use crate::flat::FlatParams;
+use crate::layer_cache::LayerCache;
 use crate::optim::AdamW;
 use crate::setup::{self, LabelCounts, Loaded};
 use crate::step::{PhaseTimes, train_step};
@@ -129,6 +130,8 @@ struct Runner<'a> {
     params: FlatParams,
     optimizer: AdamW,
     source: Source<'a>,
+    /// The frozen-layer cache of a `mind` runner, when its config has one.
+    layer_cache: Option<LayerCache>,
     samples: usize,
     steps: Vec<Duration>,
     total: PhaseTimes,
@@ -157,6 +160,12 @@ impl<'a> Runner<'a> {
         let params = FlatParams::new(&vs);
         let optimizer = AdamW::new(&params, config.optim.clone());
         let source = source(&model, device);
+        let layer_cache = match &source {
+            Source::Mind { batches, .. } => {
+                LayerCache::for_run(config, &model, batches.news(), device, collective, &|| Ok(()))?
+            }
+            Source::Reference(_) => None,
+        };
         let samples = config.train.batch_size / collective.placement().world_size;
         Ok(Runner {
             config: config.clone(),
@@ -165,6 +174,7 @@ impl<'a> Runner<'a> {
             params,
             optimizer,
             source,
+            layer_cache,
             samples,
             steps: Vec::new(),
             total: PhaseTimes::default(),
@@ -179,7 +189,8 @@ impl<'a> Runner<'a> {
             Source::Reference(batch) => batch,
             Source::Mind { batches, order, steps_per_epoch } => {
                 let device = self.params.values.device();
-                fresh = batches.device(0, order, index as u64 % steps_per_epoch, device);
+                let step = index as u64 % steps_per_epoch;
+                fresh = batches.device(0, order, step, device, self.layer_cache.as_ref());
                 &fresh
             }
         };
@@ -256,7 +267,7 @@ pub fn run_reference(
                 let (table, host) = reference_batch(model.bert.config.vocab_size, config.train.seed);
                 let labelled: u64 = table.ner_tags.iter().flatten().filter(|&&t| t >= 0).count() as u64;
                 let counts = GlobalCounts { news: host.news.len() as u64, labelled_tokens: labelled };
-                Source::Reference(DeviceBatch::new(&host, &table, counts, 1, device))
+                Source::Reference(DeviceBatch::new(&host, &table, counts, 1, device, None))
             };
             Runner::new(config, LABELS, None, source, &Local)
         })

@@ -54,6 +54,11 @@ pub struct ModelConfig {
     pub amf_subcategory: bool,
     /// Train only the top N BERT layers (PLM-NR style); 0 = all layers.
     pub trainable_layers: i64,
+    /// With `trainable_layers`: compute the frozen embeddings and lower layers once per run for
+    /// every news item and start each step (and in-training evaluation) from those states
+    /// (`crate::layer_cache`; exact, but without dropout in the frozen part). `false` runs the
+    /// frozen layers every step, with dropout, as a frozen module in training mode does.
+    pub layer_cache: bool,
     /// With `init = "random"`: number of layers (0 = as in config.json).
     pub layers: i64,
     /// With `init = "random"`: hidden size (0 = as in config.json).
@@ -74,6 +79,7 @@ impl Default for ModelConfig {
             amf: false,
             amf_subcategory: false,
             trainable_layers: 0,
+            layer_cache: true,
             layers: 0,
             hidden_size: 0,
             heads: 0,

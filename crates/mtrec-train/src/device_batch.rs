@@ -1,5 +1,6 @@
 //! A host batch turned into tensors on the training device.
 use crate::config::Dedup;
+use crate::layer_cache::LayerCache;
 use mtrec_data::batch::{GlobalCounts, HostBatch, Sampler, Shares, titles};
 use mtrec_data::read::NewsTable;
 use mtrec_dist::Placement;
@@ -36,9 +37,15 @@ pub struct DeviceBatch {
     pub labelled_token_occurrences: f64,
 }
 
-/// News-side inputs for the news items `nids`: titles with NER labels, category, subcategory,
-/// entity rows padded with 0 to the longest list.
-pub fn news_inputs(table: &NewsTable, nids: &[i32], device: Device) -> NewsInputs {
+/// News-side inputs for the news items `nids`: titles with NER labels (and their frozen-layer
+/// states when there is a cache), category, subcategory, entity rows padded with 0 to the
+/// longest list.
+pub fn news_inputs(
+    table: &NewsTable,
+    nids: &[i32],
+    device: Device,
+    cache: Option<&LayerCache>,
+) -> NewsInputs {
     let (title_ids, ner) = titles(table, nids);
     let width = nids.iter().map(|&n| table.entities[n as usize].len()).max().unwrap_or(0).max(1);
     let mut entities = vec![0i64; nids.len() * width];
@@ -50,8 +57,10 @@ pub fn news_inputs(table: &NewsTable, nids: &[i32], device: Device) -> NewsInput
     let column = |values: &[i64]| {
         upload(Tensor::from_slice(&nids.iter().map(|&n| values[n as usize]).collect::<Vec<_>>()), device)
     };
+    let mut titles = TitleBatch::new(&title_ids, Some(&ner), device);
+    titles.lower = cache.map(|cache| cache.lower_states(nids, &titles, device));
     NewsInputs {
-        titles: TitleBatch::new(&title_ids, Some(&ner), device),
+        titles,
         category: column(&table.category),
         subcategory: column(&table.subcategory),
         entities: upload(Tensor::from_slice(&entities).view([nids.len() as i64, width as i64]), device),
@@ -61,18 +70,20 @@ pub fn news_inputs(table: &NewsTable, nids: &[i32], device: Device) -> NewsInput
 impl DeviceBatch {
     /// `global`: occurrence counts of the whole global batch, split over `world` ranks. Each rank
     /// divides by `global / world`, so the all-reduced mean of the rank losses' gradients is the
-    /// gradient of the global-batch loss.
+    /// gradient of the global-batch loss. With a frozen-layer `cache`, the titles carry their
+    /// cached states.
     pub fn new(
         host: &HostBatch,
         table: &NewsTable,
         global: GlobalCounts,
         world: usize,
         device: Device,
+        cache: Option<&LayerCache>,
     ) -> Self {
         let b = host.size as i64;
         let weights: Vec<f32> = host.occurrences.iter().map(|&c| c as f32).collect();
         DeviceBatch {
-            news: news_inputs(table, &host.news, device),
+            news: news_inputs(table, &host.news, device, cache),
             shares: host.shares.clone(),
             history: upload(Tensor::from_slice(&host.history).view([b, host.history_len as i64]), device),
             history_mask: upload(
@@ -128,6 +139,11 @@ impl<'a> Batches<'a> {
         }
     }
 
+    /// The news table the batches read.
+    pub fn news(&self) -> &'a NewsTable {
+        self.news
+    }
+
     /// This rank's host batch of step `step` of the epoch with sample order `order`.
     pub fn host(&self, epoch: u64, order: &[u32], step: u64) -> HostBatch {
         let Placement { rank, world_size: world, .. } = self.placement;
@@ -139,10 +155,18 @@ impl<'a> Batches<'a> {
         }
     }
 
-    /// [`Batches::host`] with the global batch's counts, on `device`.
-    pub fn device(&self, epoch: u64, order: &[u32], step: u64, device: Device) -> DeviceBatch {
+    /// [`Batches::host`] with the global batch's counts, on `device` (with the states of a
+    /// frozen-layer `cache`).
+    pub fn device(
+        &self,
+        epoch: u64,
+        order: &[u32],
+        step: u64,
+        device: Device,
+        cache: Option<&LayerCache>,
+    ) -> DeviceBatch {
         let host = self.host(epoch, order, step);
         let global = self.sampler.global_counts(epoch, order, step, self.batch_size, &self.labelled_tokens);
-        DeviceBatch::new(&host, self.news, global, self.placement.world_size, device)
+        DeviceBatch::new(&host, self.news, global, self.placement.world_size, device, cache)
     }
 }

@@ -7,6 +7,7 @@
 //! ends the evaluation.
 use crate::TrainError;
 use crate::device_batch::news_inputs;
+use crate::layer_cache::LayerCache;
 use crate::metrics::RankingMetrics;
 use indicatif::{ProgressBar, ProgressStyle};
 use mtrec_data::manifest::{Manifest, Split};
@@ -34,7 +35,9 @@ pub fn progress(len: u64, what: &str, visible: bool) -> ProgressBar {
 /// News vectors of every news item: `[num_news + 1, d]` f32, row `nid`,
 /// row 0 zeros. Titles are sorted by length and dealt round-robin to the ranks (equal work); each
 /// rank encodes its share `batch` titles at a time (almost no padding), and the shares are
-/// gathered so every rank ends with the whole table.
+/// gathered so every rank ends with the whole table. With a frozen-layer `cache` (during
+/// training), only the layers above it run.
+#[allow(clippy::too_many_arguments)]
 pub fn encode_all_news(
     model: &NewsRecModel,
     table: &NewsTable,
@@ -42,6 +45,7 @@ pub fn encode_all_news(
     device: Device,
     collective: &dyn Collective,
     tick: Tick,
+    cache: Option<&LayerCache>,
 ) -> Result<Tensor, TrainError> {
     let placement = collective.placement();
     let (rank, world) = (placement.rank, placement.world_size);
@@ -59,7 +63,7 @@ pub fn encode_all_news(
         for round in 0..rows_per_rank.div_ceil(batch) {
             let chunk = &mine[(round * batch).min(mine.len())..((round + 1) * batch).min(mine.len())];
             if !chunk.is_empty() {
-                let out = model.encode_news(&news_inputs(table, chunk, device), false, &Dropout::Off);
+                let out = model.encode_news(&news_inputs(table, chunk, device, cache), false, &Dropout::Off);
                 local.narrow(0, (round * batch) as i64, chunk.len() as i64).copy_(&out.vectors);
                 bar.inc(chunk.len() as u64);
             }
@@ -203,7 +207,7 @@ pub fn category_accuracy(
     let mut correct = 0usize;
     let mut counts = std::collections::HashMap::new();
     for chunk in nids.chunks(batch.max(1)) {
-        let titles = news_inputs(table, chunk, device).titles;
+        let titles = news_inputs(table, chunk, device, None).titles;
         let predicted: Vec<i64> =
             Vec::try_from(tch::no_grad(|| model.predict_categories(&titles))?.to_device(Device::Cpu)).ok()?;
         for (&nid, &p) in chunk.iter().zip(&predicted) {
@@ -230,6 +234,7 @@ pub fn rank_range(len: usize, rank: usize, world: usize) -> std::ops::Range<usiz
 /// equal MIND's scorer on `predict`'s `prediction.zip` for the same checkpoint and split. A NaN
 /// score is an error naming the impression; impressions without both a click and a non-click are
 /// skipped (see [`crate::metrics`]).
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     model: &NewsRecModel,
     table: &NewsTable,
@@ -238,10 +243,12 @@ pub fn evaluate(
     device: Device,
     collective: &dyn Collective,
     tick: Tick,
+    cache: Option<&LayerCache>,
 ) -> Result<RankingMetrics, TrainError> {
     let placement = collective.placement();
     let show = placement.is_main();
-    let news_vectors = encode_all_news(model, table, config.eval.news_batch, device, collective, tick)?;
+    let news_vectors =
+        encode_all_news(model, table, config.eval.news_batch, device, collective, tick, cache)?;
     let mine = &impressions[rank_range(impressions.len(), placement.rank, placement.world_size)];
     let (history, batch) = (config.data.history, config.eval.user_batch);
     let rounds = rounds_for(impressions.len(), placement.world_size, batch);

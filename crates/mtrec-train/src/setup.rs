@@ -145,6 +145,7 @@ pub fn build_model(
         ner_tags: labels.ner_tags,
         num_users: labels.num_users,
         trainable_layers: (config.model.trainable_layers > 0).then_some(config.model.trainable_layers),
+        frozen_dropout: !config.model.layer_cache,
     };
     tch::manual_seed(config.train.seed as i64);
     let vs = nn::VarStore::new(device);

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::device_batch::{Batches, DeviceBatch};
 use crate::eval::{eval_impressions, evaluate, progress};
 use crate::flat::FlatParams;
+use crate::layer_cache::LayerCache;
 use crate::metrics::RankingMetrics;
 use crate::optim::{AdamW, schedule};
 use crate::setup::{self, Loaded};
@@ -314,6 +315,8 @@ struct Trainer<'a> {
     _vs: tch::nn::VarStore,
     model: NewsRecModel,
     params: FlatParams,
+    /// The frozen layers' states of every news item, when `model.layer_cache` applies.
+    layer_cache: Option<LayerCache>,
     optimizer: AdamW,
     start_step: u64,
     checkpoints: Checkpointer,
@@ -436,6 +439,12 @@ impl<'a> Trainer<'a> {
             &checksum(&[&params.values]),
             &describe_checksums,
         )?;
+        heartbeat.phase("building the frozen-layer cache");
+        let beat = || -> Result<(), TrainError> {
+            heartbeat.beat();
+            Ok(())
+        };
+        let layer_cache = LayerCache::for_run(config, &model, &loaded.news, device, collective, &beat)?;
 
         // checkpointer, metrics, signals
         let run_dir = config.train.run_dir.clone();
@@ -475,6 +484,7 @@ impl<'a> Trainer<'a> {
             _vs: vs,
             model,
             params,
+            layer_cache,
             optimizer,
             start_step,
             checkpoints,
@@ -494,7 +504,14 @@ impl<'a> Trainer<'a> {
         let mut stopped = None;
         let data = &self.data;
         std::thread::scope(|scope| -> Result<(), TrainError> {
-            let batches = spawn_input_pipeline(scope, config, data, self.start_step, self.device);
+            let batches = spawn_input_pipeline(
+                scope,
+                config,
+                data,
+                self.start_step,
+                self.device,
+                self.layer_cache.as_ref(),
+            );
             for (step, batch) in batches {
                 let step_number = step + 1;
                 heartbeat.phase(format!("step {step_number}"));
@@ -527,7 +544,17 @@ impl<'a> Trainer<'a> {
                         self.stop.agreed(collective)?.map_or(Ok(()), |s| Err(TrainError::Stopped(s)))
                     };
                     let news = &data.loaded.news;
-                    match evaluate(&self.model, news, impressions, config, self.device, collective, &tick) {
+                    let cache = self.layer_cache.as_ref();
+                    match evaluate(
+                        &self.model,
+                        news,
+                        impressions,
+                        config,
+                        self.device,
+                        collective,
+                        &tick,
+                        cache,
+                    ) {
                         Ok(metrics) => {
                             self.metrics.write_eval(step_number, &metrics)?;
                             evaluation = Some(metrics);
@@ -592,6 +619,7 @@ fn spawn_input_pipeline<'scope>(
     data: &'scope TrainData<'_>,
     start_step: u64,
     device: Device,
+    cache: Option<&'scope LayerCache>,
 ) -> std::sync::mpsc::Receiver<(u64, DeviceBatch)> {
     let (tx, rx) = std::sync::mpsc::sync_channel(config.data.prefetch.max(1));
     scope.spawn(move || {
@@ -602,7 +630,7 @@ fn spawn_input_pipeline<'scope>(
                 epoch_order = Some((epoch, data.batches.sampler.epoch_order(epoch)));
             }
             let order = &epoch_order.as_ref().expect("set above").1;
-            let batch = data.batches.device(epoch, order, step % data.steps_per_epoch, device);
+            let batch = data.batches.device(epoch, order, step % data.steps_per_epoch, device, cache);
             if tx.send((step, batch)).is_err() {
                 return; // the loop ended
             }

@@ -7,6 +7,7 @@ use mtrec_train::bench::{LABELS, reference_batch};
 use mtrec_train::config::Config;
 use mtrec_train::device_batch::DeviceBatch;
 use mtrec_train::flat::FlatParams;
+use mtrec_train::layer_cache::LayerCache;
 use mtrec_train::optim::AdamW;
 use mtrec_train::setup;
 use mtrec_train::step::{Clock, Losses, PhaseTimes, flat_grad, forward, task_gradients};
@@ -22,9 +23,15 @@ struct Tiny {
 }
 
 fn tiny(sets: &[&str]) -> Tiny {
+    let mut sets = sets.to_vec();
+    sets.push("model.dropout=0.0");
+    tiny_with_dropout(&sets)
+}
+
+/// [`tiny`] with the config's dropout unless `sets` changes it.
+fn tiny_with_dropout(sets: &[&str]) -> Tiny {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/tiny.toml");
-    let mut sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-    sets.push("model.dropout=0.0".into());
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
     let config = Config::load(&path, &sets).unwrap();
     let model_dir = setup::model_dir(&config).unwrap();
     let (vs, model) = setup::build_model(&config, LABELS, &model_dir, None, Device::Cpu).unwrap();
@@ -32,7 +39,7 @@ fn tiny(sets: &[&str]) -> Tiny {
     let (table, host) = reference_batch(model.bert.config.vocab_size, 3);
     let labelled = table.ner_tags.iter().flatten().filter(|&&t| t >= 0).count() as u64;
     let counts = GlobalCounts { news: host.news.len() as u64, labelled_tokens: labelled };
-    let batch = DeviceBatch::new(&host, &table, counts, 1, Device::Cpu);
+    let batch = DeviceBatch::new(&host, &table, counts, 1, Device::Cpu, None);
     Tiny { config, _vs: vs, model, params, batch }
 }
 
@@ -182,7 +189,7 @@ fn occurrence_weighted_losses_on_unique_news_equal_encoding_every_occurrence() {
         .sum();
     let counts = GlobalCounts { news: occurrences, labelled_tokens: labelled };
     let losses = |host: &mtrec_data::batch::HostBatch| {
-        let batch = DeviceBatch::new(host, &table, counts, 1, Device::Cpu);
+        let batch = DeviceBatch::new(host, &table, counts, 1, Device::Cpu, None);
         let l = losses_of(&t, &batch);
         [l.main, l.category.unwrap(), l.ner.unwrap()].map(|x| x.double_value(&[]))
     };
@@ -208,9 +215,9 @@ fn the_exchanged_main_gradient_equals_one_backward_pass() {
     }
     let labelled = table.ner_tags.iter().flatten().filter(|&&t| t >= 0).count() as u64;
     let counts = GlobalCounts { news: n as u64, labelled_tokens: labelled };
-    let per_rank = DeviceBatch::new(&host, &table, counts, 1, Device::Cpu);
+    let per_rank = DeviceBatch::new(&host, &table, counts, 1, Device::Cpu, None);
     host.shares = Some(Shares { counts: vec![n], padded: n, tokens: vec![0] });
-    let global = DeviceBatch::new(&host, &table, counts, 1, Device::Cpu);
+    let global = DeviceBatch::new(&host, &table, counts, 1, Device::Cpu, None);
     let (main_a, aux_a) = gradients_of(&t, &per_rank);
     let (main_b, aux_b) = gradients_of(&t, &global);
     let scale = main_a.abs().max().double_value(&[]);
@@ -220,4 +227,57 @@ fn the_exchanged_main_gradient_equals_one_backward_pass() {
     for (a, b) in aux_a.iter().zip(&aux_b) {
         assert!(max_diff(a, b) <= 1e-6 * a.abs().max().double_value(&[]));
     }
+}
+
+/// The frozen-layer cache is exact: with the lower layer of the tiny 2-layer BERT frozen
+/// (`model.trainable_layers = 1`) and dropout 0.1, a step from the cached states has the losses
+/// and gradients of the same model run from the token ids with dropout off in its frozen part
+/// (the upper layer draws the same masks). With `model.layer_cache = false` the frozen part has
+/// dropout, as a frozen module in training mode does: the losses then differ.
+#[test]
+fn the_frozen_layer_cache_equals_the_uncached_model_without_frozen_dropout() {
+    let t = tiny_with_dropout(&["model.trainable_layers=1", "model.dropout=0.1"]);
+    assert_eq!(t.model.frozen_layers(), Some(1));
+    let (table, host) = reference_batch(t.model.bert.config.vocab_size, 3);
+    let labelled = table.ner_tags.iter().flatten().filter(|&&t| t >= 0).count() as u64;
+    let counts = GlobalCounts { news: host.news.len() as u64, labelled_tokens: labelled };
+    let cache = LayerCache::build(&t.model, &table, 1, Device::Cpu, &Local, &|| Ok(())).unwrap();
+    let tokens: usize = table.input_ids.iter().map(|ids| ids.len().max(1)).sum();
+    assert_eq!(cache.tokens(), tokens, "every news item's real tokens, packed");
+    let cached = DeviceBatch::new(&host, &table, counts, 1, Device::Cpu, Some(&cache));
+    assert!(cached.news.titles.lower.is_some());
+    let step = |t: &Tiny, batch: &DeviceBatch| {
+        let mut clock = Clock::new(Device::Cpu, false);
+        task_gradients(
+            &t.model,
+            &t.params,
+            &Local,
+            batch,
+            &t.config.mtl,
+            7,
+            &mut clock,
+            &mut PhaseTimes::default(),
+        )
+        .unwrap()
+    };
+    let (losses_a, main_a, aux_a) = step(&t, &cached);
+    let (losses_b, main_b, aux_b) = step(&t, &t.batch);
+    let value = |l: &Tensor| l.double_value(&[]);
+    assert!((value(&losses_a.main) - value(&losses_b.main)).abs() <= 1e-6 * value(&losses_a.main).abs());
+    let scale = main_a.abs().max().double_value(&[]);
+    assert!(scale > 0.0);
+    assert!(max_diff(&main_a, &main_b) <= 1e-5 * scale, "g_main: {} of {scale}", max_diff(&main_a, &main_b));
+    for (a, b) in aux_a.iter().zip(&aux_b) {
+        let scale = a.abs().max().double_value(&[]);
+        assert!(max_diff(a, b) <= 1e-5 * scale, "g_aux: {} of {scale}", max_diff(a, b));
+    }
+    // The trainable layer learns through the cached states.
+    for part in slice_of(&t, &main_a, "bert.encoder.layer.1") {
+        assert!(part.abs().max().double_value(&[]) > 0.0, "the trainable layer learns");
+    }
+    // Dropout in the frozen part (`model.layer_cache = false`) draws other masks.
+    let with_frozen_dropout =
+        tiny_with_dropout(&["model.trainable_layers=1", "model.dropout=0.1", "model.layer_cache=false"]);
+    let (losses_c, _, _) = step(&with_frozen_dropout, &with_frozen_dropout.batch);
+    assert!((value(&losses_c.main) - value(&losses_a.main)).abs() > 1e-6, "frozen dropout changes the loss");
 }

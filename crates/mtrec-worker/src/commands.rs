@@ -152,7 +152,7 @@ pub fn eval(job: &Job, args: &ConfigArgs, checkpoint: &Path) -> anyhow::Result<(
         heartbeat.beat();
         Ok(())
     };
-    let metrics = evaluate(&model, &loaded.news, &impressions, &config, device, collective, &tick)?;
+    let metrics = evaluate(&model, &loaded.news, &impressions, &config, device, collective, &tick, None)?;
     if placement.is_main() {
         println!("{}: {metrics}", config.eval.split);
         heartbeat.phase("category accuracy");
@@ -195,7 +195,8 @@ pub fn predict(args: &ConfigArgs, checkpoint: &Path, split: &str, out: &Path) ->
     let (_vs, model) = model_from_checkpoint(&config, &loaded, Some(&Checkpoint::open(checkpoint)?), device)?;
     let impressions = mtrec_data::read::read_eval(&config.data.shards, &loaded.manifest, split)?;
     heartbeat.phase("prediction");
-    let news_vectors = encode_all_news(&model, &loaded.news, config.eval.news_batch, device, &Local, &tick)?;
+    let news_vectors =
+        encode_all_news(&model, &loaded.news, config.eval.news_batch, device, &Local, &tick, None)?;
     let (history, batch) = (config.data.history, config.eval.user_batch);
     let rounds = impressions.len().div_ceil(batch.max(1));
     let scores = score_impressions(&model, &news_vectors, &impressions, history, batch, rounds, true, &tick)?;
@@ -248,7 +249,8 @@ pub fn embed(
     let loaded = setup::load(&config, &Local)?;
     let checkpoint = checkpoint.map(Checkpoint::open).transpose()?;
     let (_vs, model) = model_from_checkpoint(&config, &loaded, checkpoint.as_ref(), device)?;
-    let vectors = encode_all_news(&model, &loaded.news, config.eval.news_batch, device, &Local, &|| Ok(()))?;
+    let vectors =
+        encode_all_news(&model, &loaded.news, config.eval.news_batch, device, &Local, &|| Ok(()), None)?;
     let dim = vectors.size()[1] as usize;
     let values: Vec<f32> =
         Vec::try_from(vectors.to_device(tch::Device::Cpu).to_kind(tch::Kind::Float).view([-1]))?;
