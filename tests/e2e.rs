@@ -217,6 +217,47 @@ fn bench_prints_both_steps_with_their_phases() {
     assert!(text.contains("surgery step / main-only step:"), "{text}");
 }
 
+/// Both caches on (the frozen-layer cache with the lower of the tiny BERT's 2 layers frozen;
+/// the news-vector cache with `beta` 1, so it is read from step 2 on, and `gamma` 2): a run
+/// resumed from its step-10 checkpoint ends where the uninterrupted one does. The frozen-layer
+/// cache is built again on resume; the vector cache's rows that later steps may read (written
+/// at steps 9 and 10) travel in the checkpoint, and the resumed run reads the same vectors.
+#[test]
+fn a_run_with_both_caches_resumes_like_an_uninterrupted_one() {
+    let sets = [
+        "train.max_steps=24",
+        "checkpoint.every=10",
+        "checkpoint.keep=5",
+        "eval.every=0",
+        "eval.max_impressions=50",
+        "model.dropout=0.1",
+        "model.trainable_layers=1",
+        "data.vector_cache=true",
+        "data.cache_beta=1.0",
+    ];
+    let straight = fixture().root.join("caches-straight");
+    let out = run(&mut worker("train", &straight, &sets), true);
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(log.contains("frozen-layer cache: the embeddings and 1 layers computed once"), "{log}");
+    let hits = log.lines().find(|l| l.contains("news-vector cache:")).unwrap_or_else(|| panic!("{log}"));
+    let read: u64 = hits.split("cache: ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert!(read > 0, "the vector cache was never read: {hits}");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(straight.join("step-00000010/trainer.json")).unwrap())
+            .unwrap();
+    assert!(state["vector_cache_rows"].as_u64().unwrap() > 0, "{state}");
+
+    let resumed = fixture().root.join("caches-resumed");
+    std::fs::create_dir_all(&resumed).unwrap();
+    run(worker("train", &resumed, &sets).arg("--resume").arg(straight.join("step-00000010")), true);
+    let diff = max_param_diff(
+        &straight.join("step-00000024/model.safetensors"),
+        &resumed.join("step-00000024/model.safetensors"),
+    );
+    println!("both caches, resumed at step 10: max diff {diff:.3e}; {hits}");
+    assert!(diff <= 1e-6, "the resumed run differs by {diff:.3e}");
+}
+
 /// `bench --workload mind` on MIND-like shards (`synth --profile mind`), 2 ranks, 1 measured
 /// step (a smoke test: nothing here is timed): every variant reports each rank's figures, and
 /// the same global batch encodes no more titles with global de-duplication than per rank.
@@ -232,13 +273,13 @@ fn bench_mind_workload_reports_each_rank_and_both_deduplications() {
         true,
     );
     let shards = mtrec_e2e::prep_shards(&root.join("mind"), &root.join("shards"));
-    let bench = |extra: &[&str]| {
+    let bench = |batch_per_rank: &str, extra: &[&str]| {
         let mut cmd = tiny_worker("bench", &shards, &root.join("run"), &[]);
-        cmd.args(["--workload", "mind", "--batch-per-rank", "4,8", "--steps", "1", "--warmup", "0"])
-            .args(extra);
+        cmd.args(["--workload", "mind", "--batch-per-rank", batch_per_rank, "--steps", "1", "--warmup", "0"]);
+        cmd.args(extra);
         cmd
     };
-    let out = run(&mut mpirun(2, bench(&["--json"])), true);
+    let out = run(&mut mpirun(2, bench("4,8", &["--json"])), true);
     let report: serde_json::Value = serde_json::from_str(stdout(&out).trim())
         .unwrap_or_else(|e| panic!("one JSON object from rank 0 ({e}):\n{}", stdout(&out)));
     assert_eq!(report["world"], 2);
@@ -267,8 +308,24 @@ fn bench_mind_workload_reports_each_rank_and_both_deduplications() {
             "{c}"
         );
     }
+    // Both caches under 2 ranks (global de-duplication): they run and report their hit rate.
+    let variants = [
+        "--variant",
+        "frozen model.trainable_layers=1",
+        "--variant",
+        "vectors data.vector_cache=true",
+        "--json",
+    ];
+    let cached = bench("4", &variants);
+    let report: serde_json::Value =
+        serde_json::from_str(stdout(&run(&mut mpirun(2, cached), true)).trim()).unwrap();
+    let variants = report["variants"].as_array().unwrap();
+    assert_eq!(variants.len(), 2);
+    assert_eq!(variants[0]["trainable_layers"], 1);
+    assert!(variants[1]["cache_hit_rate"].as_f64().is_some(), "{}", variants[1]);
+
     // One process: per-rank de-duplication only, as tables.
-    let text = stdout(&run(&mut bench(&[]), true));
+    let text = stdout(&run(&mut bench("4,8", &[]), true));
     assert!(text.contains("| 8 | rank | 0 |") && text.contains("| 8 | 8 | rank |"), "{text}");
 }
 

@@ -95,8 +95,8 @@ pub struct HostBatch {
 
 /// How the unique news of a global batch are split over the ranks. The gathered table has
 /// `padded` rows per rank, rank `r`'s news at rows `r * padded ..r * padded + counts[r]`, then
-/// zero rows to `padded` (an all-gather moves equal blocks); row `world * padded` is the zero
-/// row padded history slots point at.
+/// zero rows to `padded` (an all-gather moves equal blocks); then one row per news item read from
+/// a news-vector cache (`reused`); then the zero row padded history slots point at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shares {
     /// News each rank encodes, in rank order.
@@ -105,7 +105,32 @@ pub struct Shares {
     pub padded: usize,
     /// Tokens each rank encodes (what the split balances).
     pub tokens: Vec<u64>,
+    /// `[world * padded]` the news item of each encoded row (-1 on padding rows).
+    pub table_news: Vec<i32>,
+    /// `[world * padded]` the global occurrences of each encoded row's news item (0 on padding).
+    pub table_occurrences: Vec<u32>,
+    /// News read from the cache, in table order after the encoded rows.
+    pub reused: Vec<i32>,
 }
+
+impl Shares {
+    /// Occurrence counts of the encoded news (the auxiliary losses' denominators; all of the
+    /// global batch's news without a cache). `labelled_tokens[nid]`: NER-labelled tokens.
+    pub fn encoded_counts(&self, labelled_tokens: &[u32]) -> GlobalCounts {
+        let mut counts = GlobalCounts::default();
+        for (&nid, &occurrences) in self.table_news.iter().zip(&self.table_occurrences) {
+            if nid >= 0 {
+                counts.news += occurrences as u64;
+                counts.labelled_tokens += occurrences as u64 * labelled_tokens[nid as usize] as u64;
+            }
+        }
+        counts
+    }
+}
+
+/// A news-vector cache's choice for one global batch: given its unique news and whether each is
+/// a candidate of some sample, which to read from the cache.
+pub type Reuse<'a> = dyn FnMut(&[i32], &[bool]) -> Vec<bool> + 'a;
 
 /// Titles a global batch reads and encodes ([`Sampler::dedup_counts`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -140,6 +165,8 @@ pub fn balance_by_tokens(tokens: &[u32], world: usize) -> (Vec<usize>, Vec<u64>)
 struct Collected {
     news: Vec<i32>,
     occurrences: Vec<u32>,
+    /// Whether each news item is a candidate of some sample.
+    candidate: Vec<bool>,
     rows: Vec<Vec<i64>>,
     candidates: Vec<i64>,
     users: Vec<i64>,
@@ -229,7 +256,10 @@ impl<'a> Sampler<'a> {
     /// Rank `rank`'s batch of the global batch at `step` with global de-duplication: the unique
     /// news of all ranks' samples split over the ranks by [`balance_by_tokens`] (`tokens[nid]`:
     /// the title's tokens), this rank's share in `news` with its global occurrences, and this
-    /// rank's samples indexing the gathered table ([`Shares`]).
+    /// rank's samples indexing the gathered table ([`Shares`]). With a news-vector cache,
+    /// `reuse` gets the global batch's unique news and whether each is a candidate, and says which
+    /// to read from the cache: those are left out of the shares and read from table rows after
+    /// them.
     #[allow(clippy::too_many_arguments)]
     pub fn assemble_global(
         &self,
@@ -240,33 +270,59 @@ impl<'a> Sampler<'a> {
         rank: usize,
         world: usize,
         tokens: &[u32],
+        reuse: Option<&mut Reuse<'_>>,
     ) -> HostBatch {
         let global = self.collect(epoch, &self.rank_samples(order, step, batch_size, 0, 1));
-        let title_tokens: Vec<u32> = global.news.iter().map(|&nid| tokens[nid as usize]).collect();
-        let (owner, share_tokens) = balance_by_tokens(&title_tokens, world);
+        let n = global.news.len();
+        let cached = match reuse {
+            Some(reuse) => reuse(&global.news, &global.candidate),
+            None => vec![false; n],
+        };
+        let encoded: Vec<usize> = (0..n).filter(|&u| !cached[u]).collect();
+        let title_tokens: Vec<u32> = encoded.iter().map(|&u| tokens[global.news[u] as usize]).collect();
+        let (owner_of_encoded, share_tokens) = balance_by_tokens(&title_tokens, world);
         let mut counts = vec![0usize; world];
-        let position: Vec<usize> = owner
-            .iter()
-            .map(|&r| {
-                counts[r] += 1;
-                counts[r] - 1
-            })
-            .collect();
+        // Table row of each unique news item: its rank's block, or after the blocks if cached.
+        let mut owner = vec![usize::MAX; n];
+        let mut position = vec![0usize; n];
+        for (&u, &r) in encoded.iter().zip(&owner_of_encoded) {
+            owner[u] = r;
+            position[u] = counts[r];
+            counts[r] += 1;
+        }
         let padded = counts.iter().copied().max().unwrap_or(0);
-        let row = |u: &i64| (owner[*u as usize] * padded + position[*u as usize]) as i64;
+        let mut reused = Vec::new();
+        let mut row_of = vec![0i64; n];
+        for u in 0..n {
+            row_of[u] = if cached[u] {
+                reused.push(global.news[u]);
+                (world * padded + reused.len() - 1) as i64
+            } else {
+                (owner[u] * padded + position[u]) as i64
+            };
+        }
+        let mut table_news = vec![-1i32; world * padded];
+        let mut table_occurrences = vec![0u32; world * padded];
+        for &u in &encoded {
+            table_news[row_of[u] as usize] = global.news[u];
+            table_occurrences[row_of[u] as usize] = global.occurrences[u];
+        }
+        let row = |u: &i64| row_of[*u as usize];
         let per_rank = batch_size / world;
         let own = rank * per_rank..(rank + 1) * per_rank;
         let width = 1 + self.negatives;
-        let mine: Vec<usize> = (0..global.news.len()).filter(|&u| owner[u] == rank).collect();
+        let mine: Vec<usize> = encoded.iter().copied().filter(|&u| owner[u] == rank).collect();
         let collected = Collected {
             news: mine.iter().map(|&u| global.news[u]).collect(),
             occurrences: mine.iter().map(|&u| global.occurrences[u]).collect(),
+            candidate: Vec::new(),
             rows: global.rows[own.clone()].iter().map(|r| r.iter().map(row).collect()).collect(),
             candidates: global.candidates[own.start * width..own.end * width].iter().map(row).collect(),
             users: global.users[own].to_vec(),
         };
-        let shares = Shares { counts, padded, tokens: share_tokens };
-        pad_history(collected, (world * padded) as i64, Some(shares))
+        let pad = (world * padded + reused.len()) as i64;
+        let shares = Shares { counts, padded, tokens: share_tokens, table_news, table_occurrences, reused };
+        pad_history(collected, pad, Some(shares))
     }
 
     /// The unique news of `samples`, first occurrence first, with each sample's rows into them.
@@ -274,13 +330,16 @@ impl<'a> Sampler<'a> {
         let mut unique: HashMap<i32, i64> = HashMap::new();
         let mut news = Vec::new();
         let mut occurrences: Vec<u32> = Vec::new();
-        let mut slot = |nid: i32, news: &mut Vec<i32>| -> i64 {
+        let mut candidate: Vec<bool> = Vec::new();
+        let mut slot = |nid: i32, news: &mut Vec<i32>, is_candidate: bool| -> i64 {
             let index = *unique.entry(nid).or_insert_with(|| {
                 news.push(nid);
                 occurrences.push(0);
+                candidate.push(false);
                 news.len() as i64 - 1
             });
             occurrences[index as usize] += 1;
+            candidate[index as usize] |= is_candidate;
             index
         };
         let mut rows = Vec::with_capacity(samples.len());
@@ -290,11 +349,11 @@ impl<'a> Sampler<'a> {
             let (imp, cands) = self.candidates(epoch, sample);
             let impression = &self.impressions[imp];
             let history = &impression.history[impression.history.len().saturating_sub(self.history)..];
-            rows.push(history.iter().map(|&nid| slot(nid, &mut news)).collect::<Vec<_>>());
-            candidates.extend(cands.iter().map(|&nid| slot(nid, &mut news)));
+            rows.push(history.iter().map(|&nid| slot(nid, &mut news, false)).collect::<Vec<_>>());
+            candidates.extend(cands.iter().map(|&nid| slot(nid, &mut news, true)));
             users.push(impression.user as i64);
         }
-        Collected { news, occurrences, rows, candidates, users }
+        Collected { news, occurrences, candidate, rows, candidates, users }
     }
 
     /// Title slots and unique titles of the global batch at `step` split over `world` ranks:
@@ -344,7 +403,7 @@ impl<'a> Sampler<'a> {
 
 /// Pads history rows (left-aligned, padding index `pad`) into a [`HostBatch`].
 fn pad_history(collected: Collected, pad: i64, shares: Option<Shares>) -> HostBatch {
-    let Collected { news, occurrences, rows, candidates, users } = collected;
+    let Collected { news, occurrences, rows, candidates, users, .. } = collected;
     let history_len = rows.iter().map(Vec::len).max().unwrap_or(0).max(1);
     let mut history = Vec::with_capacity(rows.len() * history_len);
     let mut history_mask = Vec::with_capacity(rows.len() * history_len);
@@ -459,7 +518,7 @@ mod tests {
         let (world, batch_size, step) = (3, 12, 1);
         let whole = sampler.assemble(1, &sampler.rank_samples(&order, step, batch_size, 0, 1));
         let batches: Vec<HostBatch> = (0..world)
-            .map(|rank| sampler.assemble_global(1, &order, step, batch_size, rank, world, &tokens))
+            .map(|rank| sampler.assemble_global(1, &order, step, batch_size, rank, world, &tokens, None))
             .collect();
         let shares = batches[0].shares.clone().expect("global");
         // The gathered table: each rank's share, padded to `padded` rows.
@@ -511,6 +570,74 @@ mod tests {
         let longest = whole.news.iter().map(|&n| tokens[n as usize] as u64).max().unwrap();
         let (most, least) = (shares.tokens.iter().max().unwrap(), shares.tokens.iter().min().unwrap());
         assert!(most - least <= longest, "LPT balance: {:?} (longest title {longest})", shares.tokens);
+    }
+
+    /// With a news-vector cache's `reuse`: the news it picks (here every history-only news item
+    /// with an even id) are encoded by no rank and read from the rows after the shares; every
+    /// sample still reads its own news; `reuse` is told exactly which news are candidates.
+    #[test]
+    fn reused_news_leave_the_shares_and_are_read_after_them() {
+        let imps = impressions();
+        let sampler = Sampler::new(&imps, 5, 4, 6);
+        let order = sampler.epoch_order(1);
+        let tokens = vec![4u32; 1000];
+        let (world, batch_size, step) = (2, 12, 1);
+        let whole = sampler.assemble(1, &sampler.rank_samples(&order, step, batch_size, 0, 1));
+        let candidates: std::collections::HashSet<i32> =
+            whole.candidates.iter().map(|&i| whole.news[i as usize]).collect();
+        let batches: Vec<HostBatch> = (0..world)
+            .map(|rank| {
+                let mut reuse = |news: &[i32], candidate: &[bool]| -> Vec<bool> {
+                    for (nid, &c) in news.iter().zip(candidate) {
+                        assert_eq!(c, candidates.contains(nid), "news {nid}");
+                    }
+                    news.iter().zip(candidate).map(|(&nid, &c)| !c && nid % 2 == 0).collect()
+                };
+                sampler.assemble_global(1, &order, step, batch_size, rank, world, &tokens, Some(&mut reuse))
+            })
+            .collect();
+        let shares = batches[0].shares.clone().unwrap();
+        assert!(!shares.reused.is_empty());
+        assert!(shares.reused.iter().all(|&n| n % 2 == 0 && !candidates.contains(&n)));
+        assert!(shares.table_news.iter().all(|&n| n < 0 || !shares.reused.contains(&n)));
+        let table: Vec<i32> = shares.table_news.iter().chain(&shares.reused).copied().collect();
+        let read = |i: i64| table.get(i as usize).copied().unwrap_or(0);
+        let per_rank = batch_size / world;
+        for (rank, batch) in batches.iter().enumerate() {
+            for b in 0..per_rank {
+                let g = rank * per_rank + b;
+                let mine: Vec<i32> = batch.candidates[b * 5..(b + 1) * 5].iter().map(|&i| read(i)).collect();
+                let want: Vec<i32> =
+                    whole.candidates[g * 5..(g + 1) * 5].iter().map(|&i| whole.news[i as usize]).collect();
+                assert_eq!(mine, want);
+                for k in 0..batch.history_len {
+                    let (i, m) = (
+                        batch.history[b * batch.history_len + k],
+                        batch.history_mask[b * batch.history_len + k],
+                    );
+                    if m {
+                        let j = whole.history[g * whole.history_len + k];
+                        assert_eq!(read(i), whole.news[j as usize]);
+                    } else {
+                        assert_eq!(
+                            i as usize,
+                            table.len(),
+                            "padding reads the zero row after the reused rows"
+                        );
+                    }
+                }
+            }
+        }
+        // The auxiliary counts cover the encoded news only.
+        let labelled = vec![1u32; 1000];
+        let counts = shares.encoded_counts(&labelled);
+        let reused_occurrences: u64 = shares
+            .reused
+            .iter()
+            .map(|n| whole.occurrences[whole.news.iter().position(|m| m == n).unwrap()] as u64)
+            .sum();
+        let all: u64 = whole.occurrences.iter().map(|&c| c as u64).sum();
+        assert_eq!(counts.news, all - reused_occurrences);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::layer_cache::LayerCache;
 use crate::optim::AdamW;
 use crate::setup::{self, LabelCounts, Loaded};
 use crate::step::{PhaseTimes, train_step};
+use crate::vector_cache::{CacheSchedule, VectorCache};
 use mtrec_data::batch::{DedupCounts, GlobalCounts, HostBatch, Sampler};
 use mtrec_data::read::{NewsTable, TrainImpression};
 use mtrec_dist::{Collective, Local};
@@ -43,6 +44,8 @@ pub struct BenchResult {
     pub slots: f64,
     pub titles: f64,
     pub tokens: f64,
+    /// With a news-vector cache: the share of the global batches' news read from it.
+    pub cache_hit_rate: Option<f64>,
 }
 
 impl BenchResult {
@@ -117,7 +120,7 @@ pub fn reference_batch(vocab: i64, seed: u64) -> (NewsTable, HostBatch) {
 /// Where a runner's batches come from.
 enum Source<'a> {
     /// The reference batch, every step.
-    Reference(DeviceBatch),
+    Reference(Box<DeviceBatch>),
     /// Consecutive batches of epoch 0's order.
     Mind { batches: Batches<'a>, order: Vec<u32>, steps_per_epoch: u64 },
 }
@@ -132,6 +135,8 @@ struct Runner<'a> {
     source: Source<'a>,
     /// The frozen-layer cache of a `mind` runner, when its config has one.
     layer_cache: Option<LayerCache>,
+    /// The news-vector cache of a `mind` runner with `data.vector_cache`, and its schedule.
+    vector_cache: Option<(VectorCache, CacheSchedule)>,
     samples: usize,
     steps: Vec<Duration>,
     total: PhaseTimes,
@@ -144,6 +149,8 @@ struct StepCounts {
     slots: usize,
     titles: usize,
     tokens: usize,
+    cache_hits: usize,
+    cache_news: usize,
 }
 
 impl<'a> Runner<'a> {
@@ -166,6 +173,17 @@ impl<'a> Runner<'a> {
             }
             Source::Reference(_) => None,
         };
+        let vector_cache = match (&source, config.data.vector_cache) {
+            (Source::Mind { batches, .. }, true) => {
+                let num_news = batches.news().input_ids.len();
+                let hidden = model.bert.config.hidden_size;
+                Some((
+                    VectorCache::new(num_news, hidden, config.data.cache_gamma, device),
+                    CacheSchedule::new(num_news, &config.data, config.train.seed),
+                ))
+            }
+            _ => None,
+        };
         let samples = config.train.batch_size / collective.placement().world_size;
         Ok(Runner {
             config: config.clone(),
@@ -175,6 +193,7 @@ impl<'a> Runner<'a> {
             optimizer,
             source,
             layer_cache,
+            vector_cache,
             samples,
             steps: Vec::new(),
             total: PhaseTimes::default(),
@@ -190,10 +209,13 @@ impl<'a> Runner<'a> {
             Source::Mind { batches, order, steps_per_epoch } => {
                 let device = self.params.values.device();
                 let step = index as u64 % steps_per_epoch;
-                fresh = batches.device(0, order, step, device, self.layer_cache.as_ref());
+                let first = cache_first_step(&self.config);
+                let schedule = self.vector_cache.as_mut().map(|(_, s)| (s, first + index as u64));
+                fresh = batches.device(0, order, step, device, self.layer_cache.as_ref(), schedule);
                 &fresh
             }
         };
+        let before = self.vector_cache.as_ref().map_or((0, 0), |(c, _)| (c.hits, c.news));
         let started = Instant::now();
         let (_, times) = train_step(
             &self.model,
@@ -205,8 +227,13 @@ impl<'a> Runner<'a> {
             1.0,
             index as u64,
             true,
+            self.vector_cache.as_mut().map(|(cache, _)| cache),
         )?;
         if measured {
+            if let Some((cache, _)) = &self.vector_cache {
+                self.counts.cache_hits += (cache.hits - before.0) as usize;
+                self.counts.cache_news += (cache.news - before.1) as usize;
+            }
             self.steps.push(started.elapsed());
             self.total = self.total + times;
             let real_history = batch.history_mask.sum(tch::Kind::Int64).int64_value(&[]) as usize;
@@ -227,8 +254,18 @@ impl<'a> Runner<'a> {
             slots: per_step(self.counts.slots),
             titles: per_step(self.counts.titles),
             tokens: per_step(self.counts.tokens),
+            cache_hit_rate: self
+                .vector_cache
+                .as_ref()
+                .map(|_| self.counts.cache_hits as f64 / self.counts.cache_news.max(1) as f64),
         }
     }
+}
+
+/// The step number a `mind` runner's first step has for the news-vector cache: `5 / beta`, where
+/// `p(step)` is within 1% of `p_max`, so the bench measures the cache after its warm-up.
+fn cache_first_step(config: &Config) -> u64 {
+    if config.data.cache_beta > 0.0 { (5.0 / config.data.cache_beta).ceil() as u64 } else { 1 }
 }
 
 /// Times `steps` steps of each runner after `warmup` unmeasured ones. The configurations take
@@ -267,7 +304,7 @@ pub fn run_reference(
                 let (table, host) = reference_batch(model.bert.config.vocab_size, config.train.seed);
                 let labelled: u64 = table.ner_tags.iter().flatten().filter(|&&t| t >= 0).count() as u64;
                 let counts = GlobalCounts { news: host.news.len() as u64, labelled_tokens: labelled };
-                Source::Reference(DeviceBatch::new(&host, &table, counts, 1, device, None))
+                Source::Reference(Box::new(DeviceBatch::new(&host, &table, counts, 1, device, None)))
             };
             Runner::new(config, LABELS, None, source, &Local)
         })
@@ -320,7 +357,7 @@ pub fn run_mind(
             let batches = Batches::new(
                 sampler,
                 &data.loaded.news,
-                config.data.dedup,
+                &config.data,
                 config.train.batch_size,
                 collective.placement(),
             );
@@ -371,6 +408,7 @@ mod tests {
             slots: 0.0,
             titles: 0.0,
             tokens: 0.0,
+            cache_hit_rate: None,
         };
         let odd = result(ms(&[400, 100, 700]));
         assert_eq!((odd.mean(), odd.median()), (Duration::from_millis(400), Duration::from_millis(400)));

@@ -43,6 +43,9 @@ pub struct TrainerState {
     pub max_steps: Option<u64>,
     #[serde(default)]
     pub warmup_steps: Option<u64>,
+    /// Rows of a news-vector cache saved in optimizer.safetensors (`crate::vector_cache`).
+    #[serde(default)]
+    pub vector_cache_rows: Option<u64>,
 }
 
 /// `run_dir/best.json`: the checkpoint with the best evaluation AUC so far; `checkpoint` is
@@ -492,6 +495,7 @@ mod tests {
             optimizer_sha256: String::new(),
             max_steps: None,
             warmup_steps: None,
+            vector_cache_rows: None,
         }
     }
 

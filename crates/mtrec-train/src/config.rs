@@ -102,6 +102,16 @@ pub struct DataConfig {
     /// Which news a rank encodes when the world is larger than one (a world of one encodes
     /// its batch's unique news either way).
     pub dedup: Dedup,
+    /// SpeedyFeed's news-vector cache (`crate::vector_cache`): approximate, off by default.
+    pub vector_cache: bool,
+    /// The cache's `p_max`: each step reads the cache with probability
+    /// `p_max (1 - exp(-cache_beta step))`.
+    pub cache_p_max: f64,
+    /// The cache's `beta` (SpeedyFeed's MIND setting, `--beta_for_cache 0.002`).
+    pub cache_beta: f64,
+    /// The cache's `gamma`: a vector computed at step `s` may be read at steps `s + 1 ..= s +
+    /// gamma` (SpeedyFeed's MIND setting, `--max_step_in_cache 2`).
+    pub cache_gamma: u64,
 }
 
 impl Default for DataConfig {
@@ -112,6 +122,10 @@ impl Default for DataConfig {
             negatives: 4,
             prefetch: 4,
             dedup: Dedup::Global,
+            vector_cache: false,
+            cache_p_max: 1.0,
+            cache_beta: 0.002,
+            cache_gamma: 2,
         }
     }
 }
@@ -416,6 +430,8 @@ impl Config {
             ("optim.beta2", o.beta2, 0.0, 1.0, true),
             ("optim.eps", o.eps, f64::MIN_POSITIVE, f64::INFINITY, false),
             ("optim.max_grad_norm", o.max_grad_norm, 0.0, f64::INFINITY, false),
+            ("data.cache_p_max", self.data.cache_p_max, 0.0, 1.0, false),
+            ("data.cache_beta", self.data.cache_beta, 0.0, f64::INFINITY, false),
         ];
         for (field, value, low, high, open) in ranges {
             let inside = value.is_finite() && value >= low && if open { value < high } else { value <= high };
@@ -447,6 +463,13 @@ impl Config {
 
     /// Checks the settings that depend on the world size.
     pub fn validate_for_world(&self, world_size: usize) -> Result<(), TrainError> {
+        if self.data.vector_cache && world_size > 1 && self.data.dedup != Dedup::Global {
+            return Err(TrainError::Config(
+                "data.vector_cache with more than one rank needs data.dedup = \"global\" (the cache is \
+                 updated from the all-gathered vectors of the global batch)"
+                    .into(),
+            ));
+        }
         if !self.train.batch_size.is_multiple_of(world_size) {
             return Err(TrainError::Config(format!(
                 "train.batch_size = {} is not divisible by the world size {world_size}",

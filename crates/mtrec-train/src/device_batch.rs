@@ -1,6 +1,7 @@
 //! A host batch turned into tensors on the training device.
-use crate::config::Dedup;
+use crate::config::{DataConfig, Dedup};
 use crate::layer_cache::LayerCache;
+use crate::vector_cache::CacheSchedule;
 use mtrec_data::batch::{GlobalCounts, HostBatch, Sampler, Shares, titles};
 use mtrec_data::read::NewsTable;
 use mtrec_dist::Placement;
@@ -10,6 +11,8 @@ use tch::{Device, Tensor};
 /// Everything one step needs, on the device.
 #[derive(Debug)]
 pub struct DeviceBatch {
+    /// With a news-vector cache: what the step reads from it and writes to it.
+    pub reuse: Option<Reuse>,
     /// The news this rank encodes (titles bucketed by length, labels, entities): its batch's
     /// unique news, or with `shares` its share of the global batch's.
     pub news: NewsInputs,
@@ -85,6 +88,7 @@ impl DeviceBatch {
         DeviceBatch {
             news: news_inputs(table, &host.news, device, cache),
             shares: host.shares.clone(),
+            reuse: None,
             history: upload(Tensor::from_slice(&host.history).view([b, host.history_len as i64]), device),
             history_mask: upload(
                 Tensor::from_slice(&host.history_mask).view([b, host.history_len as i64]),
@@ -100,9 +104,52 @@ impl DeviceBatch {
     }
 }
 
+/// A news-vector cache's part of one step ([`crate::vector_cache`]).
+#[derive(Debug)]
+pub struct Reuse {
+    /// Step number (1-based) the batch belongs to.
+    pub step: u64,
+    /// `[C]` int64 news read from the cache: the table rows after the encoded ones.
+    pub read: Tensor,
+    /// `[E]` int64 encoded table rows holding a news item, and their news ids (device and host):
+    /// what the step writes to the cache.
+    pub written_rows: Tensor,
+    pub written_news: Tensor,
+    pub written_news_host: Vec<i32>,
+    /// Unique news of the global batch.
+    pub news: usize,
+}
+
+impl Reuse {
+    fn new(step: u64, shares: &Shares, device: Device) -> Reuse {
+        let (rows, news): (Vec<i64>, Vec<i32>) = shares
+            .table_news
+            .iter()
+            .enumerate()
+            .filter(|(_, nid)| **nid >= 0)
+            .map(|(row, &nid)| (row as i64, nid))
+            .unzip();
+        let ids = |values: Vec<i64>| upload(Tensor::from_slice(&values), device);
+        Reuse {
+            step,
+            read: ids(shares.reused.iter().map(|&n| n as i64).collect()),
+            written_rows: ids(rows),
+            written_news: ids(news.iter().map(|&n| n as i64).collect()),
+            news: news.len() + shares.reused.len(),
+            written_news_host: news,
+        }
+    }
+
+    /// News read from the cache.
+    pub fn hits(&self) -> usize {
+        self.news - self.written_news_host.len()
+    }
+}
+
 /// Turns a step of the epoch's sample order into this rank's [`DeviceBatch`]: the samples, their
 /// news de-duplicated per rank or over the global batch (`data.dedup`; a world of one encodes its
-/// batch's unique news either way), and the global batch's occurrence counts.
+/// batch's unique news either way; a news-vector cache always assembles the global batch), and
+/// the occurrence counts of the news the step encodes.
 #[derive(Debug)]
 pub struct Batches<'a> {
     pub sampler: Sampler<'a>,
@@ -111,7 +158,7 @@ pub struct Batches<'a> {
     title_tokens: Vec<u32>,
     /// Labelled NER tokens per news item (the auxiliary losses' global counts).
     labelled_tokens: Vec<u32>,
-    global_dedup: bool,
+    global: bool,
     batch_size: usize,
     placement: Placement,
 }
@@ -120,7 +167,7 @@ impl<'a> Batches<'a> {
     pub fn new(
         sampler: Sampler<'a>,
         news: &'a NewsTable,
-        dedup: Dedup,
+        data: &DataConfig,
         batch_size: usize,
         placement: Placement,
     ) -> Self {
@@ -133,7 +180,7 @@ impl<'a> Batches<'a> {
                 .map(|tags| tags.iter().filter(|&&t| t >= 0).count() as u32)
                 .collect(),
             news,
-            global_dedup: dedup == Dedup::Global && placement.world_size > 1,
+            global: data.vector_cache || (data.dedup == Dedup::Global && placement.world_size > 1),
             batch_size,
             placement,
         }
@@ -144,19 +191,39 @@ impl<'a> Batches<'a> {
         self.news
     }
 
-    /// This rank's host batch of step `step` of the epoch with sample order `order`.
-    pub fn host(&self, epoch: u64, order: &[u32], step: u64) -> HostBatch {
+    /// This rank's host batch of step `step` of the epoch with sample order `order`; with a
+    /// vector-cache `schedule`, for step number `number` (1-based, over the run; steps in order).
+    pub fn host(
+        &self,
+        epoch: u64,
+        order: &[u32],
+        step: u64,
+        schedule: Option<(&mut CacheSchedule, u64)>,
+    ) -> HostBatch {
         let Placement { rank, world_size: world, .. } = self.placement;
-        if self.global_dedup {
-            self.sampler.assemble_global(epoch, order, step, self.batch_size, rank, world, &self.title_tokens)
-        } else {
-            self.sampler
-                .assemble(epoch, &self.sampler.rank_samples(order, step, self.batch_size, rank, world))
+        if !self.global {
+            return self
+                .sampler
+                .assemble(epoch, &self.sampler.rank_samples(order, step, self.batch_size, rank, world));
         }
+        let mut split = schedule.map(|(schedule, number)| {
+            move |news: &[i32], candidate: &[bool]| schedule.split(number, news, candidate).cached
+        });
+        let reuse = split.as_mut().map(|f| f as &mut mtrec_data::batch::Reuse<'_>);
+        self.sampler.assemble_global(
+            epoch,
+            order,
+            step,
+            self.batch_size,
+            rank,
+            world,
+            &self.title_tokens,
+            reuse,
+        )
     }
 
-    /// [`Batches::host`] with the global batch's counts, on `device` (with the states of a
-    /// frozen-layer `cache`).
+    /// [`Batches::host`] with the counts of the news it encodes, on `device` (with the states
+    /// of a frozen-layer `cache`, and what a vector-cache `schedule` decided).
     pub fn device(
         &self,
         epoch: u64,
@@ -164,9 +231,18 @@ impl<'a> Batches<'a> {
         step: u64,
         device: Device,
         cache: Option<&LayerCache>,
+        schedule: Option<(&mut CacheSchedule, u64)>,
     ) -> DeviceBatch {
-        let host = self.host(epoch, order, step);
-        let global = self.sampler.global_counts(epoch, order, step, self.batch_size, &self.labelled_tokens);
-        DeviceBatch::new(&host, self.news, global, self.placement.world_size, device, cache)
+        let number = schedule.as_ref().map(|(_, number)| *number);
+        let host = self.host(epoch, order, step, schedule);
+        let counts = match &host.shares {
+            Some(shares) => shares.encoded_counts(&self.labelled_tokens),
+            None => self.sampler.global_counts(epoch, order, step, self.batch_size, &self.labelled_tokens),
+        };
+        let mut batch = DeviceBatch::new(&host, self.news, counts, self.placement.world_size, device, cache);
+        if let (Some(number), Some(shares)) = (number, &host.shares) {
+            batch.reuse = Some(Reuse::new(number, shares, device));
+        }
+        batch
     }
 }

@@ -141,6 +141,7 @@ mod tests {
             optimizer_sha256: String::new(),
             max_steps: None,
             warmup_steps: None,
+            vector_cache_rows: None,
         };
         let dir = checkpoint::save(run.path(), &saved, &saved, state).unwrap();
         let fresh = nn::VarStore::new(tch::Device::Cpu);

@@ -21,6 +21,7 @@ pub mod step;
 pub mod stop;
 pub mod surgery;
 pub mod train;
+pub mod vector_cache;
 
 pub use config::Config;
 pub use train::{Resume, Start, Stopped, TrainSummary, train};

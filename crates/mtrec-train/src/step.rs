@@ -9,6 +9,7 @@ use crate::device_batch::DeviceBatch;
 use crate::flat::FlatParams;
 use crate::optim::AdamW;
 use crate::surgery::{self, SurgeryMode};
+use crate::vector_cache::VectorCache;
 use mtrec_data::batch::Shares;
 use mtrec_dist::Collective;
 use mtrec_model::loss::{category_loss, click_scores, main_loss};
@@ -128,17 +129,28 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// All-gathers the ranks' vectors (each padded to `shares.padded` rows) into the table.
-    fn gather(own: Tensor, shares: &Shares, collective: &dyn Collective) -> Result<Exchange, TrainError> {
+    /// All-gathers the ranks' vectors (each padded to `shares.padded` rows) into the table,
+    /// followed by the vectors `reused` from a news-vector cache.
+    fn gather(
+        own: Tensor,
+        shares: &Shares,
+        reused: Option<Tensor>,
+        collective: &dyn Collective,
+    ) -> Result<Exchange, TrainError> {
         let (n, d) = own.size2().expect("vectors are [N, d]");
         let (world, padded) = (shares.counts.len() as i64, shares.padded as i64);
         let block = Tensor::zeros([padded, d], (Kind::Float, own.device()));
         block.narrow(0, 0, n).copy_(&own.detach());
         let gathered = collective.all_gather(&block)?.view([world * padded, d]);
-        let table = Tensor::cat(&[gathered, block.zeros_like().narrow(0, 0, 1)], 0)
-            .to_kind(own.kind())
-            .set_requires_grad(true);
+        let zero = block.zeros_like().narrow(0, 0, 1);
+        let parts: Vec<Tensor> = [Some(gathered), reused, Some(zero)].into_iter().flatten().collect();
+        let table = Tensor::cat(&parts, 0).to_kind(own.kind()).set_requires_grad(true);
         Ok(Exchange { own, table, world, padded })
+    }
+
+    /// `[world * padded, d]` the encoded rows of the table (every rank's fresh vectors).
+    fn encoded(&self) -> Tensor {
+        self.table.narrow(0, 0, self.world * self.padded).detach()
     }
 
     /// This rank's part of the main task gradient: through its user encoder and scores (the
@@ -176,7 +188,8 @@ impl Exchange {
 /// The category and NER losses exist when their heads do (`mtl.category`, `mtl.ner`). Each is
 /// over the global batch: the main loss a mean over samples, the category loss over news, the
 /// NER loss per `mtl.ner_loss` ([`NerLoss`]). With global de-duplication (`batch.shares`) the
-/// vectors are all-gathered (the `exchange` phase).
+/// vectors are all-gathered (the `exchange` phase), and with a news-vector cache the news the
+/// batch reuses are read from it.
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     model: &NewsRecModel,
@@ -184,6 +197,7 @@ pub fn forward(
     mtl: &MtlConfig,
     dropout: &Dropout,
     collective: &dyn Collective,
+    vector_cache: Option<&VectorCache>,
     clock: &mut Clock,
     times: &mut PhaseTimes,
 ) -> Result<Forward, TrainError> {
@@ -204,7 +218,8 @@ pub fn forward(
         }
         Some(shares) => {
             times.forward += clock.lap();
-            let exchange = Exchange::gather(news.vectors.shallow_clone(), shares, collective)?;
+            let reused = batch.reuse.as_ref().zip(vector_cache).map(|(reuse, cache)| cache.read(&reuse.read));
+            let exchange = Exchange::gather(news.vectors.shallow_clone(), shares, reused, collective)?;
             times.exchange += clock.lap();
             (exchange.table.shallow_clone(), Some(exchange))
         }
@@ -253,11 +268,13 @@ pub fn train_step(
     lr_scale: f64,
     rng_seed: u64,
     time_phases: bool,
+    vector_cache: Option<&mut VectorCache>,
 ) -> Result<(StepStats, PhaseTimes), TrainError> {
     let mut clock = Clock { device: params.values.device(), enabled: time_phases, last: Instant::now() };
     let mut times = PhaseTimes::default();
-    let (losses, g_main, aux_grads) =
-        task_gradients(model, params, collective, batch, mtl, rng_seed, &mut clock, &mut times)?;
+    let cache = vector_cache.as_deref();
+    let (losses, g_main, aux_grads, fresh) =
+        task_gradients(model, params, collective, batch, mtl, rng_seed, cache, &mut clock, &mut times)?;
 
     // surgery on the shared (BERT) slice; task-specific parameters keep their own gradient
     let surgery::Combined { update: mut g, stats: surgery_stats, aux_norm: grad_norm_aux } =
@@ -268,6 +285,13 @@ pub fn train_step(
     let grad_norm_main = g_main.norm();
     let grad_norm = optimizer.clip(&mut g);
     optimizer.step(params, &g, lr_scale);
+    // 5. the fresh vectors into the news-vector cache
+    if let (Some(cache), Some(reuse), Some(fresh)) = (vector_cache, &batch.reuse, fresh) {
+        let written = fresh.index_select(0, &reuse.written_rows);
+        cache.write(reuse.step, &reuse.written_news_host, &reuse.written_news, &written);
+        cache.hits += reuse.hits() as u64;
+        cache.news += reuse.news as u64;
+    }
     times.optimizer = clock.lap();
 
     let stats = StepStats {
@@ -284,8 +308,10 @@ pub fn train_step(
 
 /// The globally averaged task gradients of one batch (flat `[P]`): `g_main` of `L_main`, and the
 /// auxiliary objectives' (one, `aux_weight (L_category + L_ner)`, or for PCGrad one per task);
-/// each all-reduced as its own buffer, `g_main`'s while the auxiliary backward passes run.
-#[allow(clippy::too_many_arguments)]
+/// each all-reduced as its own buffer, `g_main`'s while the auxiliary backward passes run. With
+/// global de-duplication, also the freshly encoded vectors of every rank (the table's encoded
+/// rows, for a news-vector cache).
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub fn task_gradients(
     model: &NewsRecModel,
     params: &FlatParams,
@@ -293,15 +319,17 @@ pub fn task_gradients(
     batch: &DeviceBatch,
     mtl: &MtlConfig,
     rng_seed: u64,
+    vector_cache: Option<&VectorCache>,
     clock: &mut Clock,
     times: &mut PhaseTimes,
-) -> Result<(Losses, Tensor, Vec<Tensor>), TrainError> {
+) -> Result<(Losses, Tensor, Vec<Tensor>, Option<Tensor>), TrainError> {
     let vars = params.tensors();
 
     // 1. forward
     let rank = collective.placement().rank as u64;
     let dropout = Dropout::training(params.values.device(), mtrec_data::batch::mix_seed(&[rng_seed, rank]));
-    let Forward { losses, exchange } = forward(model, batch, mtl, &dropout, collective, clock, times)?;
+    let Forward { losses, exchange } =
+        forward(model, batch, mtl, &dropout, collective, vector_cache, clock, times)?;
 
     // 2. g_main; its all-reduce (average over ranks) runs while the auxiliary backward passes do
     let aux_losses: Vec<&Tensor> =
@@ -345,7 +373,7 @@ pub fn task_gradients(
     }
     times.backward_aux = clock.lap();
 
-    Ok((losses, g_main, aux_grads))
+    Ok((losses, g_main, aux_grads, exchange.as_ref().map(Exchange::encoded)))
 }
 
 /// Reads a device scalar (a host synchronisation: only at log steps).

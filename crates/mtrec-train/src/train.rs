@@ -20,6 +20,7 @@ use crate::optim::{AdamW, schedule};
 use crate::setup::{self, Loaded};
 use crate::step::{StepStats, scalar, train_step};
 use crate::stop::{Signal, StopSignal};
+use crate::vector_cache::{self, CacheSchedule, VectorCache};
 use mtrec_data::batch::{Sampler, mix_seed};
 use mtrec_data::read::{EvalImpression, TrainImpression};
 use mtrec_dist::{Collective, Heartbeat};
@@ -251,6 +252,33 @@ fn check_resumable(
     Ok(())
 }
 
+/// A run's news-vector cache and its schedule; a resumed run's holds the rows its checkpoint
+/// saved (the ones a later step may read), so it reads what an uninterrupted run would.
+fn vector_cache_for_run(
+    config: &Config,
+    model: &NewsRecModel,
+    news: &mtrec_data::read::NewsTable,
+    device: Device,
+    resume_from: Option<&Checkpoint>,
+) -> Result<(VectorCache, CacheSchedule), TrainError> {
+    let num_news = news.input_ids.len();
+    let hidden = model.bert.config.hidden_size;
+    let mut cache = VectorCache::new(num_news, hidden, config.data.cache_gamma, device);
+    let mut schedule = CacheSchedule::new(num_news, &config.data, config.train.seed);
+    if let Some((ckpt, rows)) = resume_from.and_then(|c| Some((c, c.state.vector_cache_rows? as i64))) {
+        let kind = |k| (k, Device::Cpu);
+        let targets = [
+            (vector_cache::NIDS.to_string(), Tensor::zeros([rows], kind(tch::Kind::Int64))),
+            (vector_cache::STEPS.to_string(), Tensor::zeros([rows], kind(tch::Kind::Int64))),
+            (vector_cache::VECTORS.to_string(), Tensor::zeros([rows, hidden], kind(tch::Kind::Float))),
+        ];
+        checkpoint::read_safetensors_into(&ckpt.optimizer_file(), &targets)?;
+        cache.restore(&targets[0].1, &targets[1].1, &targets[2].1)?;
+        schedule.restore(&Vec::<i64>::try_from(&targets[0].1)?, &Vec::<i64>::try_from(&targets[1].1)?);
+    }
+    Ok((cache, schedule))
+}
+
 /// Names and tensors of the optimizer state, for `optimizer.safetensors`.
 fn optimizer_tensors(optimizer: &AdamW) -> Vec<(String, Tensor)> {
     vec![
@@ -317,6 +345,8 @@ struct Trainer<'a> {
     params: FlatParams,
     /// The frozen layers' states of every news item, when `model.layer_cache` applies.
     layer_cache: Option<LayerCache>,
+    /// The news-vector cache (`data.vector_cache`) and the schedule the input pipeline follows.
+    vector_cache: Option<(VectorCache, CacheSchedule)>,
     optimizer: AdamW,
     start_step: u64,
     checkpoints: Checkpointer,
@@ -397,7 +427,7 @@ impl<'a> Trainer<'a> {
         let batches = Batches::new(
             sampler,
             &loaded.news,
-            config.data.dedup,
+            &config.data,
             config.train.batch_size,
             collective.placement(),
         );
@@ -445,6 +475,10 @@ impl<'a> Trainer<'a> {
             Ok(())
         };
         let layer_cache = LayerCache::for_run(config, &model, &loaded.news, device, collective, &beat)?;
+        let vector_cache = match config.data.vector_cache {
+            true => Some(vector_cache_for_run(config, &model, &loaded.news, device, resume_from.as_ref())?),
+            false => None,
+        };
 
         // checkpointer, metrics, signals
         let run_dir = config.train.run_dir.clone();
@@ -485,6 +519,7 @@ impl<'a> Trainer<'a> {
             model,
             params,
             layer_cache,
+            vector_cache,
             optimizer,
             start_step,
             checkpoints,
@@ -511,6 +546,7 @@ impl<'a> Trainer<'a> {
                 self.start_step,
                 self.device,
                 self.layer_cache.as_ref(),
+                self.vector_cache.as_ref().map(|(_, schedule)| schedule.clone()),
             );
             for (step, batch) in batches {
                 let step_number = step + 1;
@@ -526,6 +562,7 @@ impl<'a> Trainer<'a> {
                     lr_scale,
                     mix_seed(&[config.train.seed, step_number, 0x9C]),
                     false,
+                    self.vector_cache.as_mut().map(|(cache, _)| cache),
                 )?;
                 Fault::strike(self.fault, step_number)?;
                 let last = step_number == max_steps;
@@ -569,14 +606,26 @@ impl<'a> Trainer<'a> {
                     || (config.checkpoint.every > 0 && step_number % config.checkpoint.every == 0);
                 if checkpoint_due && placement.is_main() {
                     heartbeat.phase(format!("checkpoint at step {step_number}"));
-                    let state = trainer_state(
+                    let mut state = trainer_state(
                         config,
                         data.steps_per_epoch,
                         placement.world_size,
                         step_number,
                         evaluation.as_ref(),
                     );
-                    self.checkpoints.save(state, &self.params, &self.optimizer, evaluation.as_ref())?;
+                    let cache_rows = self
+                        .vector_cache
+                        .as_ref()
+                        .map(|(cache, _)| cache.live_rows(step_number))
+                        .unwrap_or_default();
+                    state.vector_cache_rows = cache_rows.first().map(|(_, nids)| nids.size()[0] as u64);
+                    self.checkpoints.save(
+                        state,
+                        &self.params,
+                        &self.optimizer,
+                        &cache_rows,
+                        evaluation.as_ref(),
+                    )?;
                 }
                 if evaluation.is_some() {
                     final_eval = evaluation;
@@ -595,6 +644,14 @@ impl<'a> Trainer<'a> {
         })?;
         self.checkpoints.writer.finish()?;
         self.metrics.bar.finish_and_clear();
+        if let (Some((cache, _)), true) = (&self.vector_cache, placement.is_main()) {
+            tracing::info!(
+                "news-vector cache: {} of the {} news of this run's global batches read from it ({:.1}%)",
+                cache.hits,
+                cache.news,
+                100.0 * cache.hits as f64 / cache.news.max(1) as f64
+            );
+        }
 
         let seconds = started.elapsed().as_secs_f64();
         let end = stopped.as_ref().map_or(max_steps, |s| s.step);
@@ -620,6 +677,7 @@ fn spawn_input_pipeline<'scope>(
     start_step: u64,
     device: Device,
     cache: Option<&'scope LayerCache>,
+    mut schedule: Option<CacheSchedule>,
 ) -> std::sync::mpsc::Receiver<(u64, DeviceBatch)> {
     let (tx, rx) = std::sync::mpsc::sync_channel(config.data.prefetch.max(1));
     scope.spawn(move || {
@@ -630,7 +688,8 @@ fn spawn_input_pipeline<'scope>(
                 epoch_order = Some((epoch, data.batches.sampler.epoch_order(epoch)));
             }
             let order = &epoch_order.as_ref().expect("set above").1;
-            let batch = data.batches.device(epoch, order, step % data.steps_per_epoch, device, cache);
+            let reuse = schedule.as_mut().map(|s| (s, step + 1));
+            let batch = data.batches.device(epoch, order, step % data.steps_per_epoch, device, cache, reuse);
             if tx.send((step, batch)).is_err() {
                 return; // the loop ended
             }
@@ -659,6 +718,7 @@ fn trainer_state(
         optimizer_sha256: String::new(),
         max_steps: Some(config.train.max_steps),
         warmup_steps: Some(config.optim.warmup_steps),
+        vector_cache_rows: None,
     }
 }
 
@@ -682,6 +742,7 @@ impl Checkpointer {
         state: TrainerState,
         params: &FlatParams,
         optimizer: &AdamW,
+        cache_rows: &[(String, Tensor)],
         evaluation: Option<&RankingMetrics>,
     ) -> Result<(), TrainError> {
         let step = state.step;
@@ -690,8 +751,9 @@ impl Checkpointer {
             self.best = Some(Best::at(step, m.auc));
         }
         let protect = self.best.as_ref().map(|b| self.run_dir.join(&b.checkpoint));
-        let dir =
-            self.writer.submit(&params.master_tensors(), &optimizer_tensors(optimizer), state, protect)?;
+        let mut training_state = optimizer_tensors(optimizer);
+        training_state.extend(cache_rows.iter().map(|(name, t)| (name.clone(), t.shallow_clone())));
+        let dir = self.writer.submit(&params.master_tensors(), &training_state, state, protect)?;
         if improved.is_some() {
             self.writer.finish()?; // best.json only ever names a complete checkpoint
             self.best.as_ref().expect("set above").write(&self.run_dir)?;

@@ -46,9 +46,18 @@ fn tiny_with_dropout(sets: &[&str]) -> Tiny {
 /// The losses of a forward pass without dropout, in a world of one.
 fn losses_of(t: &Tiny, batch: &DeviceBatch) -> Losses {
     let mut clock = Clock::new(Device::Cpu, false);
-    forward(&t.model, batch, &t.config.mtl, &Dropout::Off, &Local, &mut clock, &mut PhaseTimes::default())
-        .unwrap()
-        .losses
+    forward(
+        &t.model,
+        batch,
+        &t.config.mtl,
+        &Dropout::Off,
+        &Local,
+        None,
+        &mut clock,
+        &mut PhaseTimes::default(),
+    )
+    .unwrap()
+    .losses
 }
 
 /// The flat gradient of one loss of a fresh forward pass (dropout off: the same graph).
@@ -59,13 +68,14 @@ fn gradient_of(t: &Tiny, pick: impl Fn(&Losses) -> Tensor) -> Tensor {
 
 fn gradients_of(t: &Tiny, batch: &DeviceBatch) -> (Tensor, Vec<Tensor>) {
     let mut clock = Clock::new(Device::Cpu, false);
-    let (_, g_main, aux) = task_gradients(
+    let (_, g_main, aux, _) = task_gradients(
         &t.model,
         &t.params,
         &Local,
         batch,
         &t.config.mtl,
         1,
+        None,
         &mut clock,
         &mut PhaseTimes::default(),
     )
@@ -216,7 +226,14 @@ fn the_exchanged_main_gradient_equals_one_backward_pass() {
     let labelled = table.ner_tags.iter().flatten().filter(|&&t| t >= 0).count() as u64;
     let counts = GlobalCounts { news: n as u64, labelled_tokens: labelled };
     let per_rank = DeviceBatch::new(&host, &table, counts, 1, Device::Cpu, None);
-    host.shares = Some(Shares { counts: vec![n], padded: n, tokens: vec![0] });
+    host.shares = Some(Shares {
+        counts: vec![n],
+        padded: n,
+        tokens: vec![0],
+        table_news: host.news.clone(),
+        table_occurrences: host.occurrences.clone(),
+        reused: Vec::new(),
+    });
     let global = DeviceBatch::new(&host, &table, counts, 1, Device::Cpu, None);
     let (main_a, aux_a) = gradients_of(&t, &per_rank);
     let (main_b, aux_b) = gradients_of(&t, &global);
@@ -255,13 +272,14 @@ fn the_frozen_layer_cache_equals_the_uncached_model_without_frozen_dropout() {
             batch,
             &t.config.mtl,
             7,
+            None,
             &mut clock,
             &mut PhaseTimes::default(),
         )
         .unwrap()
     };
-    let (losses_a, main_a, aux_a) = step(&t, &cached);
-    let (losses_b, main_b, aux_b) = step(&t, &t.batch);
+    let (losses_a, main_a, aux_a, _) = step(&t, &cached);
+    let (losses_b, main_b, aux_b, _) = step(&t, &t.batch);
     let value = |l: &Tensor| l.double_value(&[]);
     assert!((value(&losses_a.main) - value(&losses_b.main)).abs() <= 1e-6 * value(&losses_a.main).abs());
     let scale = main_a.abs().max().double_value(&[]);
@@ -278,6 +296,6 @@ fn the_frozen_layer_cache_equals_the_uncached_model_without_frozen_dropout() {
     // Dropout in the frozen part (`model.layer_cache = false`) draws other masks.
     let with_frozen_dropout =
         tiny_with_dropout(&["model.trainable_layers=1", "model.dropout=0.1", "model.layer_cache=false"]);
-    let (losses_c, _, _) = step(&with_frozen_dropout, &with_frozen_dropout.batch);
+    let (losses_c, _, _, _) = step(&with_frozen_dropout, &with_frozen_dropout.batch);
     assert!((value(&losses_c.main) - value(&losses_a.main)).abs() > 1e-6, "frozen dropout changes the loss");
 }

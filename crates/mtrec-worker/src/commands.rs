@@ -278,6 +278,8 @@ pub struct BenchOptions {
     pub workload: Workload,
     /// `mind`: samples per rank and step, one variant each.
     pub batch_per_rank: Vec<usize>,
+    /// `mind`: `NAME SECTION.KEY=VALUE ...` each; default per-rank and global de-duplication.
+    pub variants: Vec<String>,
     pub warmup: usize,
     pub steps: usize,
     pub json: bool,
@@ -290,7 +292,7 @@ pub fn bench(job: &Job, args: &ConfigArgs, options: &BenchOptions) -> anyhow::Re
             bail!("bench --workload reference runs in one process; under mpirun use --workload mind")
         }
         Workload::Reference => bench_reference(&config, options),
-        Workload::Mind => bench_mind(job, &config, options),
+        Workload::Mind => bench_mind(job, args, &config, options),
     }
 }
 
@@ -447,7 +449,14 @@ fn rank_figures(collective: &dyn Collective, r: &bench::BenchResult) -> anyhow::
     Ok(all.chunks(FIGURES).map(|c| c.try_into().expect("FIGURES values")).collect())
 }
 
-fn bench_mind(job: &Job, config: &Config, options: &BenchOptions) -> anyhow::Result<()> {
+/// `NAME SECTION.KEY=VALUE ...`: a bench variant's name and its `--set`s.
+fn parse_variant(text: &str) -> anyhow::Result<(String, Vec<String>)> {
+    let mut words = text.split_whitespace();
+    let name = words.next().with_context(|| format!("--variant `{text}`: no name"))?;
+    Ok((name.to_string(), words.map(str::to_string).collect()))
+}
+
+fn bench_mind(job: &Job, args: &ConfigArgs, config: &Config, options: &BenchOptions) -> anyhow::Result<()> {
     let collective = connect(job, config)?;
     let placement = collective.placement();
     let world = placement.world_size;
@@ -455,14 +464,22 @@ fn bench_mind(job: &Job, config: &Config, options: &BenchOptions) -> anyhow::Res
     if options.batch_per_rank.contains(&0) {
         bail!("--batch-per-rank: every batch needs at least one sample per rank");
     }
-    let dedups: &[Dedup] = if world > 1 { &[Dedup::Rank, Dedup::Global] } else { &[Dedup::Rank] };
+    // The named variants, or per-rank and global de-duplication (only per-rank in one process).
+    let named: Vec<(String, Vec<String>)> = if !options.variants.is_empty() {
+        options.variants.iter().map(|v| parse_variant(v)).collect::<anyhow::Result<_>>()?
+    } else if world > 1 {
+        ["rank", "global"].map(|d| (d.to_string(), vec![format!("data.dedup={d}")])).to_vec()
+    } else {
+        vec![("rank".to_string(), vec!["data.dedup=rank".to_string()])]
+    };
     let mut variants = Vec::new();
     for &per_rank in &options.batch_per_rank {
-        for &dedup in dedups {
-            let mut variant = config.clone();
+        for (name, sets) in &named {
+            let overrides: Vec<String> = args.overrides.iter().chain(sets).cloned().collect();
+            let mut variant =
+                Config::load(&args.config, &overrides).with_context(|| format!("bench variant `{name}`"))?;
             variant.train.batch_size = per_rank * world;
-            variant.data.dedup = dedup;
-            variants.push((per_rank, dedup, variant));
+            variants.push((per_rank, name.clone(), variant));
         }
     }
     let data = bench::MindData::load(config, collective)?;
@@ -481,6 +498,7 @@ fn bench_mind(job: &Job, config: &Config, options: &BenchOptions) -> anyhow::Res
         .map(|(b, w)| (b, w, bench::dedup_counts(&sampler, b, w, DEDUP_STEPS)))
         .collect();
     let dedup_name = |d: Dedup| if d == Dedup::Global { "global" } else { "rank" };
+    let effective_dedup = |c: &Config| dedup_name(if world > 1 { c.data.dedup } else { Dedup::Rank });
     // Global throughput: every rank's step ends with the same collectives, so the slowest rank's
     // mean step time is the job's.
     let global = |f: &[[f64; FIGURES]]| {
@@ -493,7 +511,8 @@ fn bench_mind(job: &Job, config: &Config, options: &BenchOptions) -> anyhow::Res
         let variants_json: Vec<serde_json::Value> = variants
             .iter()
             .zip(&figures)
-            .map(|((per_rank, dedup, variant), f)| {
+            .zip(&results)
+            .map(|(((per_rank, name, variant), f), result)| {
                 let (step, titles, tokens, slots) = global(f);
                 let ranks: Vec<serde_json::Value> = f
                     .iter()
@@ -509,7 +528,10 @@ fn bench_mind(job: &Job, config: &Config, options: &BenchOptions) -> anyhow::Res
                     .collect();
                 serde_json::json!({
                     "batch_per_rank": per_rank, "global_batch": variant.train.batch_size,
-                    "dedup": dedup_name(*dedup), "step_s": step,
+                    "variant": name, "dedup": effective_dedup(variant),
+                    "trainable_layers": variant.model.trainable_layers, "layer_cache": variant.model.layer_cache,
+                    "vector_cache": variant.data.vector_cache, "cache_hit_rate": result.cache_hit_rate,
+                    "step_s": step,
                     "samples_per_s": variant.train.batch_size as f64 / step, "tokens_per_s": tokens / step,
                     "title_slots": slots, "titles": titles, "tokens": tokens, "ranks": ranks,
                 })
@@ -547,16 +569,16 @@ fn bench_mind(job: &Job, config: &Config, options: &BenchOptions) -> anyhow::Res
         options.warmup
     );
     println!(
-        "| samples/rank | dedup | rank | title slots | titles encoded | tokens | forward | exchange | \
+        "| samples/rank | variant | rank | title slots | titles encoded | tokens | forward | exchange | \
          backward main | backward aux | surgery | optimizer | step s | samples/s |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for ((per_rank, dedup, _), f) in variants.iter().zip(&figures) {
+    for ((per_rank, name, _), f) in variants.iter().zip(&figures) {
         for (rank, r) in f.iter().enumerate() {
             println!(
                 "| {per_rank} | {} | {rank} | {:.0} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | \
                  {:.3} | {:.3} | {:.2} |",
-                dedup_name(*dedup),
+                name,
                 r[2],
                 r[3],
                 r[4],
@@ -572,18 +594,20 @@ fn bench_mind(job: &Job, config: &Config, options: &BenchOptions) -> anyhow::Res
         }
     }
     println!(
-        "\n| samples/rank | global batch | dedup | titles encoded (all ranks) | of title slots | samples/s | tokens/s |"
+        "\n| samples/rank | global batch | variant | titles encoded (all ranks) | of title slots | samples/s | tokens/s \
+         | vector-cache hits |"
     );
-    println!("|---|---|---|---|---|---|---|");
-    for ((per_rank, dedup, variant), f) in variants.iter().zip(&figures) {
+    println!("|---|---|---|---|---|---|---|---|");
+    for (((per_rank, name, variant), f), result) in variants.iter().zip(&figures).zip(&results) {
         let (step, titles, tokens, slots) = global(f);
         println!(
-            "| {per_rank} | {} | {} | {titles:.0} | {:.2} | {:.2} | {:.0} |",
+            "| {per_rank} | {} | {} | {titles:.0} | {:.2} | {:.2} | {:.0} | {} |",
             variant.train.batch_size,
-            dedup_name(*dedup),
+            name,
             titles / slots.max(1.0),
             variant.train.batch_size as f64 / step,
-            tokens / step
+            tokens / step,
+            result.cache_hit_rate.map_or("-".to_string(), |h| format!("{:.1}%", 100.0 * h))
         );
     }
     println!(

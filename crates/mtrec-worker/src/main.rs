@@ -98,6 +98,11 @@ enum Command {
         /// With `--workload mind`: samples per rank and step, one variant each.
         #[arg(long, value_delimiter = ',', default_value = "32,64")]
         batch_per_rank: Vec<usize>,
+        /// With `--workload mind`: a variant, `NAME SECTION.KEY=VALUE ...` (repeatable), e.g.
+        /// `--variant "cached model.trainable_layers=2"`. Default: per-rank and global
+        /// de-duplication (per-rank alone in one process).
+        #[arg(long = "variant")]
+        variants: Vec<String>,
         /// Measured steps of each kind (at least 1).
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
         steps: u32,
@@ -224,10 +229,11 @@ fn run(cli: Cli, job: &Job) -> anyhow::Result<i32> {
         Command::Embed { model, shards, checkpoint, config, overrides, out } => {
             done(commands::embed(model, shards, checkpoint.as_deref(), config.as_deref(), &overrides, &out))
         }
-        Command::Bench { config, workload, batch_per_rank, steps, warmup, json } => {
+        Command::Bench { config, workload, batch_per_rank, variants, steps, warmup, json } => {
             let options = commands::BenchOptions {
                 workload,
                 batch_per_rank,
+                variants,
                 warmup: warmup as usize,
                 steps: steps as usize,
                 json,
