@@ -110,7 +110,7 @@ pub struct DataConfig {
     /// The cache's `beta` (SpeedyFeed's MIND setting, `--beta_for_cache 0.002`).
     pub cache_beta: f64,
     /// The cache's `gamma`: a vector computed at step `s` may be read at steps `s + 1 ..= s +
-    /// gamma` (SpeedyFeed's MIND setting, `--max_step_in_cache 2`).
+    /// gamma` (20; SpeedyRec's MIND command uses 2: `crate::vector_cache` says why 20).
     pub cache_gamma: u64,
 }
 
@@ -125,7 +125,7 @@ impl Default for DataConfig {
             vector_cache: false,
             cache_p_max: 1.0,
             cache_beta: 0.002,
-            cache_gamma: 2,
+            cache_gamma: 20,
         }
     }
 }
@@ -547,5 +547,12 @@ mod tests {
         let config = Config::parse("[train]\nbatch_size = 6\n", &[]).unwrap();
         let err = config.validate_for_world(4).unwrap_err().to_string();
         assert!(err.contains("train.batch_size = 6") && err.contains("world size 4"), "{err}");
+        // The vector cache is kept alike on every rank through global de-duplication only.
+        let config = Config::parse("[data]\nvector_cache = true\ndedup = \"rank\"\n", &[]).unwrap();
+        assert!(config.validate_for_world(1).is_ok());
+        let err = config.validate_for_world(2).unwrap_err().to_string();
+        assert!(err.contains("data.vector_cache") && err.contains("data.dedup = \"global\""), "{err}");
+        let err = Config::parse("", &["data.cache_p_max=1.5".into()]).unwrap_err().to_string();
+        assert!(err.contains("data.cache_p_max = 1.5"), "{err}");
     }
 }

@@ -582,6 +582,7 @@ impl<'a> Trainer<'a> {
                     };
                     let news = &data.loaded.news;
                     let cache = self.layer_cache.as_ref();
+                    let eval_started = Instant::now();
                     match evaluate(
                         &self.model,
                         news,
@@ -593,7 +594,7 @@ impl<'a> Trainer<'a> {
                         cache,
                     ) {
                         Ok(metrics) => {
-                            self.metrics.write_eval(step_number, &metrics)?;
+                            self.metrics.write_eval(step_number, &metrics, eval_started.elapsed())?;
                             evaluation = Some(metrics);
                         }
                         Err(TrainError::Stopped(s)) => signal = Some(s),
@@ -950,9 +951,14 @@ impl MetricsLogger {
         self.append(&record)
     }
 
-    fn write_eval(&mut self, step: u64, metrics: &RankingMetrics) -> Result<(), TrainError> {
+    fn write_eval(
+        &mut self,
+        step: u64,
+        metrics: &RankingMetrics,
+        took: std::time::Duration,
+    ) -> Result<(), TrainError> {
         if self.main_rank {
-            let line = format!("step {step}: {}: {metrics}", self.split);
+            let line = format!("step {step}: {}: {metrics} ({:.1} s)", self.split, took.as_secs_f64());
             if self.bar.is_hidden() {
                 tracing::info!("{line}");
             } else {
@@ -961,6 +967,7 @@ impl MetricsLogger {
         }
         let mut record = eval_record(step, &self.split, metrics);
         record["time"] = json!(unix_time());
+        record["seconds"] = json!(took.as_secs_f64());
         self.append(&record)
     }
 

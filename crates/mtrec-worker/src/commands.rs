@@ -479,6 +479,7 @@ fn bench_mind(job: &Job, args: &ConfigArgs, config: &Config, options: &BenchOpti
             let mut variant =
                 Config::load(&args.config, &overrides).with_context(|| format!("bench variant `{name}`"))?;
             variant.train.batch_size = per_rank * world;
+            variant.validate_for_world(world).with_context(|| format!("bench variant `{name}`"))?;
             variants.push((per_rank, name.clone(), variant));
         }
     }
