@@ -548,7 +548,10 @@ mod tests {
         let input = BertInput::Tokens { input_ids: &ids, positions: &positions };
         let states = bert.forward(input, &groups, &[&cls], &Dropout::training(Device::Cpu, 2), 0);
         assert_eq!(states[0].kind(), Kind::Float, "final states");
-        let logits = states[0].matmul(&Tensor::ones([8, 3], (Kind::Float, Device::Cpu)));
+        // A head with distinct columns: with equal ones the logits are equal, the loss's gradient
+        // is zero up to rounding, and whether it reached layer 0 depended on the summation order.
+        let head = Tensor::arange(24, (Kind::Float, Device::Cpu)).view([8, 3]) / 24.0;
+        let logits = states[0].matmul(&head);
         let loss = crate::loss::category_loss(
             &logits,
             &Tensor::from_slice(&[0i64, 2]),

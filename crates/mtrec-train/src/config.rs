@@ -59,6 +59,10 @@ pub struct ModelConfig {
     /// (`crate::layer_cache`; exact, but without dropout in the frozen part). `false` runs the
     /// frozen layers every step, with dropout, as a frozen module in training mode does.
     pub layer_cache: bool,
+    /// Empty: the frozen-layer cache lives in host memory. A folder: each rank keeps it in a
+    /// memory-mapped file there (`layer-cache-rank<N>.f32`, removed at the end), so the OS pages
+    /// it and a cache larger than memory still works, at disk speed for the pages not cached.
+    pub layer_cache_dir: PathBuf,
     /// With `init = "random"`: number of layers (0 = as in config.json).
     pub layers: i64,
     /// With `init = "random"`: hidden size (0 = as in config.json).
@@ -80,6 +84,7 @@ impl Default for ModelConfig {
             amf_subcategory: false,
             trainable_layers: 0,
             layer_cache: true,
+            layer_cache_dir: PathBuf::new(),
             layers: 0,
             hidden_size: 0,
             heads: 0,

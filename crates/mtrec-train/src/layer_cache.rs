@@ -14,7 +14,10 @@
 //! Held in host memory, packed (each news item's real tokens only, `[CLS]` and `[SEP]`
 //! included), and copied per batch to the device with the batch. Its size is news x mean tokens
 //! x hidden x 4 bytes: MIND-small with bert-base (65,238 news, about 16 tokens a title, 768)
-//! about 3.2 GB; MIND-large (161,013 news) about 7.9 GB (`README.md`, "Choosing a step").
+//! about 3.2 GB; MIND-large (161,013 news) about 7.9 GB (`README.md`, "Choosing a step"). When
+//! that does not fit, `model.layer_cache_dir` names a folder (a node-local disk) where each rank
+//! keeps it in a memory-mapped file instead: the OS keeps the pages it can in memory (popular
+//! news are read every few steps, so theirs stay) and reads the rest from the disk.
 //!
 //! Built sharded: the news are split into one contiguous range per rank, balanced by tokens;
 //! each rank runs its range on its device, and the ranges are broadcast so every rank holds the
@@ -34,11 +37,73 @@ const BUILD_TOKENS: usize = 16_384;
 /// Elements per broadcast of the build's exchange (64 MiB of f32).
 const EXCHANGE_ELEMENTS: usize = 1 << 24;
 
+/// Where the states live.
+#[derive(Debug)]
+enum Storage {
+    Memory(Vec<f32>),
+    /// A memory-mapped file, removed when the cache is dropped.
+    Mapped {
+        map: memmap2::MmapMut,
+        path: std::path::PathBuf,
+    },
+}
+
+impl Storage {
+    /// `len` zeroed f32 values in memory, or in a new file `path`.
+    fn new(len: usize, path: Option<std::path::PathBuf>) -> Result<Storage, TrainError> {
+        let Some(path) = path else {
+            return Ok(Storage::Memory(vec![0f32; len]));
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .and_then(|file| file.set_len((len * std::mem::size_of::<f32>()) as u64).map(|()| file))
+            .map_err(|e| TrainError::io(&path, e))?;
+        // SAFETY: the file was created for this process alone and is not resized while mapped.
+        let map = unsafe { memmap2::MmapMut::map_mut(&file) }.map_err(|e| TrainError::io(&path, e))?;
+        Ok(Storage::Mapped { map, path })
+    }
+
+    fn values(&self) -> &[f32] {
+        match self {
+            Storage::Memory(values) => values,
+            // SAFETY: the map is page-aligned and holds whole f32 values (its length is a
+            // multiple of 4); every bit pattern is a valid f32.
+            Storage::Mapped { map, .. } => unsafe {
+                std::slice::from_raw_parts(map.as_ptr() as *const f32, map.len() / 4)
+            },
+        }
+    }
+
+    fn values_mut(&mut self) -> &mut [f32] {
+        match self {
+            Storage::Memory(values) => values,
+            // SAFETY: as in `values`; the map is borrowed mutably.
+            Storage::Mapped { map, .. } => unsafe {
+                std::slice::from_raw_parts_mut(map.as_mut_ptr() as *mut f32, map.len() / 4)
+            },
+        }
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if let Storage::Mapped { path, .. } = self
+            && let Err(e) = std::fs::remove_file(&*path)
+        {
+            tracing::warn!("could not remove the frozen-layer cache file {}: {e}", path.display());
+        }
+    }
+}
+
 /// Every news item's states after the frozen layers.
 #[derive(Debug)]
 pub struct LayerCache {
     /// `[total tokens, d]` row-major: news item `n`'s tokens at rows `offsets[n]..offsets[n + 1]`.
-    states: Vec<f32>,
+    states: Storage,
     offsets: Vec<usize>,
     hidden: usize,
     /// The layer the cached states enter (the number of frozen layers).
@@ -65,13 +130,23 @@ impl LayerCache {
             return Ok(None);
         };
         let started = std::time::Instant::now();
-        let cache = LayerCache::build(model, news, first_layer, device, collective, tick)?;
+        let dir = &config.model.layer_cache_dir;
+        let file = (!dir.as_os_str().is_empty())
+            .then(|| dir.join(format!("layer-cache-rank{}.f32", collective.placement().rank)));
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+        }
+        let where_held = match &file {
+            Some(file) => format!("memory-mapped from {}", file.display()),
+            None => "in host memory".to_string(),
+        };
+        let cache = LayerCache::build(model, news, first_layer, device, collective, tick, file)?;
         if collective.placement().is_main() {
             tracing::info!(
                 news = news.input_ids.len() - 1,
                 tokens = cache.tokens(),
-                "frozen-layer cache: the embeddings and {first_layer} layers computed once, {:.2} GB in host \
-                 memory, built in {:.1} s",
+                "frozen-layer cache: the embeddings and {first_layer} layers computed once, {:.2} GB \
+                 {where_held}, built in {:.1} s",
                 cache.bytes() as f64 / 1e9,
                 started.elapsed().as_secs_f64()
             );
@@ -80,7 +155,9 @@ impl LayerCache {
     }
 
     /// Runs the embeddings and the first `first_layer` layers of `model` over every news item of
-    /// `news` (this rank its range, on `device`), then exchanges the ranges.
+    /// `news` (this rank its range, on `device`), then exchanges the ranges. `file`: keep the
+    /// states in that memory-mapped file (created, and removed with the cache) instead of memory.
+    #[allow(clippy::too_many_arguments)]
     pub fn build(
         model: &NewsRecModel,
         news: &NewsTable,
@@ -88,6 +165,7 @@ impl LayerCache {
         device: Device,
         collective: &dyn Collective,
         tick: Tick,
+        file: Option<std::path::PathBuf>,
     ) -> Result<LayerCache, TrainError> {
         let placement = collective.placement();
         let hidden = model.bert.config.hidden_size as usize;
@@ -97,7 +175,8 @@ impl LayerCache {
             offsets.push(offsets.last().expect("starts with 0") + title_tokens(ids));
         }
         let total = *offsets.last().expect("starts with 0");
-        let mut states = vec![0f32; total * hidden];
+        let mut storage = Storage::new(total * hidden, file)?;
+        let states = storage.values_mut();
         // Rank r runs the news whose first token falls in the r-th equal share of the tokens.
         let world = placement.world_size;
         let bounds: Vec<usize> = (0..=world)
@@ -155,17 +234,18 @@ impl LayerCache {
                 tick()?;
             }
         }
-        Ok(LayerCache { states, offsets, hidden, first_layer })
+        Ok(LayerCache { states: storage, offsets, hidden, first_layer })
     }
 
     /// The cached states of `titles`' packed tokens (title `i` is news item `nids[i]`), on
     /// `device`: what [`TitleBatch::lower`] takes.
     pub fn lower_states(&self, nids: &[i32], titles: &TitleBatch, device: Device) -> LowerStates {
+        let states = self.states.values();
         let mut packed = Vec::with_capacity(titles.tokens.max(titles.len) * self.hidden);
         for &i in &titles.order {
             let nid = nids[i] as usize;
             packed.extend_from_slice(
-                &self.states[self.offsets[nid] * self.hidden..self.offsets[nid + 1] * self.hidden],
+                &states[self.offsets[nid] * self.hidden..self.offsets[nid + 1] * self.hidden],
             );
         }
         let states = Tensor::from_slice(&packed).view([-1, self.hidden as i64]);
@@ -174,7 +254,7 @@ impl LayerCache {
 
     /// Bytes the states take.
     pub fn bytes(&self) -> usize {
-        self.states.len() * std::mem::size_of::<f32>()
+        std::mem::size_of_val(self.states.values())
     }
 
     /// Tokens cached (over every news item).

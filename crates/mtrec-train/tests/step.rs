@@ -258,11 +258,26 @@ fn the_frozen_layer_cache_equals_the_uncached_model_without_frozen_dropout() {
     let (table, host) = reference_batch(t.model.bert.config.vocab_size, 3);
     let labelled = table.ner_tags.iter().flatten().filter(|&&t| t >= 0).count() as u64;
     let counts = GlobalCounts { news: host.news.len() as u64, labelled_tokens: labelled };
-    let cache = LayerCache::build(&t.model, &table, 1, Device::Cpu, &Local, &|| Ok(())).unwrap();
+    let cache = LayerCache::build(&t.model, &table, 1, Device::Cpu, &Local, &|| Ok(()), None).unwrap();
     let tokens: usize = table.input_ids.iter().map(|ids| ids.len().max(1)).sum();
     assert_eq!(cache.tokens(), tokens, "every news item's real tokens, packed");
     let cached = DeviceBatch::new(&host, &table, counts, 1, Device::Cpu, Some(&cache));
     assert!(cached.news.titles.lower.is_some());
+    // In a memory-mapped file (`model.layer_cache_dir`) it holds the same states, and the file
+    // goes with the cache.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("layer-cache-rank0.f32");
+    let mapped =
+        LayerCache::build(&t.model, &table, 1, Device::Cpu, &Local, &|| Ok(()), Some(file.clone())).unwrap();
+    assert_eq!(std::fs::metadata(&file).unwrap().len() as usize, mapped.bytes());
+    let in_file = DeviceBatch::new(&host, &table, counts, 1, Device::Cpu, Some(&mapped));
+    let (a, b) = (
+        &cached.news.titles.lower.as_ref().unwrap().states,
+        &in_file.news.titles.lower.as_ref().unwrap().states,
+    );
+    assert_eq!(max_diff(a, b), 0.0);
+    drop(mapped);
+    assert!(!file.exists(), "the cache file is removed with the cache");
     let step = |t: &Tiny, batch: &DeviceBatch| {
         let mut clock = Clock::new(Device::Cpu, false);
         task_gradients(
