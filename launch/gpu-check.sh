@@ -7,7 +7,9 @@
 #   3. `eval`, `predict` and `embed` in bf16 with AMF;
 #   4. `mpirun -n 2` on one GPU: must end with NCCL's error, not hang;
 #   5. `bench` with bert-base sizes in bf16 (samples/s, tokens/s, phase times, model FLOP/s, MFU);
-#   6. a MIND-small-sized evaluation (42k news, ~73k dev impressions), timed.
+#   6. a MIND-small-sized evaluation (42k news, ~73k dev impressions), timed;
+#   7. `bench --workload mind` on MIND-like data: the exact step, 2 of 6 layers trainable with and
+#      without the frozen-layer cache, and the news-vector cache (the CUDA paths of both caches).
 #
 #   launch/gpu-check.sh [REPORT.md]
 #
@@ -126,6 +128,20 @@ big=(--config configs/bench-bert-base.toml --set "model.path=$model" --set "trai
 started=$SECONDS
 { fence; "$worker" eval "${big[@]}" --checkpoint "$work/small/step-00000001" 2>&1 | grep -E "dev:|error"
   echo "evaluation (encode every news item, score every dev impression) and start-up: $((SECONDS - started)) s"; fence; } >>"$report"
+
+say "== 7. bench on MIND-like data, the caches"
+section "7. bench --workload mind: exact, frozen-layer cache, vector cache (MiniLM, bf16)"
+"$prep" synth --profile mind --out "$work/mind-like" --seed 3 --news "$(pick 20000 2000)" --users "$(pick 20000 400)" \
+  --impressions "$(pick 40000 1500)"
+"$prep" mind --train "$work/mind-like/train" --dev "$work/mind-like/dev" --model "$model" --out "$work/shards-like"
+mind=(--config configs/minilm.toml --set "model.path=$model" --set "train.device=$device" --set train.precision=bf16
+  --set "data.shards=$work/shards-like" --set data.history=50 --workload mind)
+if [ "$small" = 1 ]; then mind+=(--batch-per-rank 8 --steps 1 --warmup 1); else mind+=(--batch-per-rank 64 --steps 10 --warmup 3); fi
+fence
+"$worker" bench "${mind[@]}" --variant exact --variant "frozen-2 model.trainable_layers=2 model.layer_cache=false" \
+  --variant "cached-2 model.trainable_layers=2" --variant "vectors data.vector_cache=true" >>"$report" 2>&1 \
+  || echo "bench failed" >>"$report"
+fence
 
 cat "$report"
 echo "report: $report"
