@@ -618,6 +618,7 @@ impl<'a> Trainer<'a> {
                         .vector_cache
                         .as_ref()
                         .map(|(cache, _)| cache.live_rows(step_number))
+                        .filter(|rows| rows[0].1.size()[0] > 0) // nothing a later step could read
                         .unwrap_or_default();
                     state.vector_cache_rows = cache_rows.first().map(|(_, nids)| nids.size()[0] as u64);
                     self.checkpoints.save(
