@@ -15,7 +15,7 @@ use crate::layer_cache::LayerCache;
 use crate::optim::AdamW;
 use crate::setup::{self, LabelCounts, Loaded};
 use crate::step::{PhaseTimes, train_step};
-use crate::vector_cache::{CacheSchedule, VectorCache};
+use crate::vector_cache::{self, CacheSchedule, VectorCache};
 use mtrec_data::batch::{DedupCounts, GlobalCounts, HostBatch, Sampler};
 use mtrec_data::read::{NewsTable, TrainImpression};
 use mtrec_dist::{Collective, Local};
@@ -173,16 +173,11 @@ impl<'a> Runner<'a> {
             }
             Source::Reference(_) => None,
         };
-        let vector_cache = match (&source, config.data.vector_cache) {
-            (Source::Mind { batches, .. }, true) => {
-                let num_news = batches.news().input_ids.len();
-                let hidden = model.bert.config.hidden_size;
-                Some((
-                    VectorCache::new(num_news, hidden, config.data.cache_gamma, device),
-                    CacheSchedule::new(num_news, &config.data, config.train.seed),
-                ))
+        let vector_cache = match &source {
+            Source::Mind { batches, .. } => {
+                vector_cache::for_run(config, &model, batches.news(), device, None)?
             }
-            _ => None,
+            Source::Reference(_) => None,
         };
         let samples = config.train.batch_size / collective.placement().world_size;
         Ok(Runner {

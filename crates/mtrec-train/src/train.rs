@@ -252,33 +252,6 @@ fn check_resumable(
     Ok(())
 }
 
-/// A run's news-vector cache and its schedule; a resumed run's holds the rows its checkpoint
-/// saved (the ones a later step may read), so it reads what an uninterrupted run would.
-fn vector_cache_for_run(
-    config: &Config,
-    model: &NewsRecModel,
-    news: &mtrec_data::read::NewsTable,
-    device: Device,
-    resume_from: Option<&Checkpoint>,
-) -> Result<(VectorCache, CacheSchedule), TrainError> {
-    let num_news = news.input_ids.len();
-    let hidden = model.bert.config.hidden_size;
-    let mut cache = VectorCache::new(num_news, hidden, config.data.cache_gamma, device);
-    let mut schedule = CacheSchedule::new(num_news, &config.data, config.train.seed);
-    if let Some((ckpt, rows)) = resume_from.and_then(|c| Some((c, c.state.vector_cache_rows? as i64))) {
-        let kind = |k| (k, Device::Cpu);
-        let targets = [
-            (vector_cache::NIDS.to_string(), Tensor::zeros([rows], kind(tch::Kind::Int64))),
-            (vector_cache::STEPS.to_string(), Tensor::zeros([rows], kind(tch::Kind::Int64))),
-            (vector_cache::VECTORS.to_string(), Tensor::zeros([rows, hidden], kind(tch::Kind::Float))),
-        ];
-        checkpoint::read_safetensors_into(&ckpt.optimizer_file(), &targets)?;
-        cache.restore(&targets[0].1, &targets[1].1, &targets[2].1)?;
-        schedule.restore(&Vec::<i64>::try_from(&targets[0].1)?, &Vec::<i64>::try_from(&targets[1].1)?);
-    }
-    Ok((cache, schedule))
-}
-
 /// Names and tensors of the optimizer state, for `optimizer.safetensors`.
 fn optimizer_tensors(optimizer: &AdamW) -> Vec<(String, Tensor)> {
     vec![
@@ -475,10 +448,7 @@ impl<'a> Trainer<'a> {
             Ok(())
         };
         let layer_cache = LayerCache::for_run(config, &model, &loaded.news, device, collective, &beat)?;
-        let vector_cache = match config.data.vector_cache {
-            true => Some(vector_cache_for_run(config, &model, &loaded.news, device, resume_from.as_ref())?),
-            false => None,
-        };
+        let vector_cache = vector_cache::for_run(config, &model, &loaded.news, device, resume_from.as_ref())?;
 
         // checkpointer, metrics, signals
         let run_dir = config.train.run_dir.clone();

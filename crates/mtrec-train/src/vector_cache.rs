@@ -26,11 +26,45 @@
 //! for MIND-large) and updates it from the all-gathered fresh vectors, so every rank's copy stays
 //! the same without an exchange of its own; SpeedyRec keeps one copy per process too.
 use crate::TrainError;
-use crate::config::DataConfig;
+use crate::checkpoint::{self, Checkpoint};
+use crate::config::{Config, DataConfig};
 use mtrec_data::batch::mix_seed;
+use mtrec_data::read::NewsTable;
+use mtrec_model::NewsRecModel;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
+
+/// The cache a run with `config` uses and its schedule, when `data.vector_cache` is on. A
+/// resumed run's holds the rows its checkpoint saved (the ones a later step may read), so it
+/// reads what an uninterrupted run would.
+pub fn for_run(
+    config: &Config,
+    model: &NewsRecModel,
+    news: &NewsTable,
+    device: Device,
+    resume_from: Option<&Checkpoint>,
+) -> Result<Option<(VectorCache, CacheSchedule)>, TrainError> {
+    if !config.data.vector_cache {
+        return Ok(None);
+    }
+    let num_news = news.input_ids.len();
+    let hidden = model.bert.config.hidden_size;
+    let mut cache = VectorCache::new(num_news, hidden, config.data.cache_gamma, device);
+    let mut schedule = CacheSchedule::new(num_news, &config.data, config.train.seed);
+    if let Some((ckpt, rows)) = resume_from.and_then(|c| Some((c, c.state.vector_cache_rows? as i64))) {
+        let kind = |k| (k, Device::Cpu);
+        let targets = [
+            (NIDS.to_string(), Tensor::zeros([rows], kind(Kind::Int64))),
+            (STEPS.to_string(), Tensor::zeros([rows], kind(Kind::Int64))),
+            (VECTORS.to_string(), Tensor::zeros([rows, hidden], kind(Kind::Float))),
+        ];
+        checkpoint::read_safetensors_into(&ckpt.optimizer_file(), &targets)?;
+        cache.restore(&targets[0].1, &targets[1].1, &targets[2].1)?;
+        schedule.restore(&Vec::<i64>::try_from(&targets[0].1)?, &Vec::<i64>::try_from(&targets[1].1)?);
+    }
+    Ok(Some((cache, schedule)))
+}
 
 /// Which news each step reads from the cache: decided on the host, ahead of the step, from the
 /// steps at which each news item was last encoded (what is in the cache does not matter, only
