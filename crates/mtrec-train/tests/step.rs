@@ -66,20 +66,27 @@ fn gradient_of(t: &Tiny, pick: impl Fn(&Losses) -> Tensor) -> Tensor {
     flat_grad(&t.params, &t.params.tensors(), &pick(&losses), false).unwrap()
 }
 
-fn gradients_of(t: &Tiny, batch: &DeviceBatch) -> (Tensor, Vec<Tensor>) {
+/// The losses, `g_main` and the auxiliary gradients of one step on `batch` in a world of one
+/// (`seed` picks the dropout masks).
+fn task_gradients_of(t: &Tiny, batch: &DeviceBatch, seed: u64) -> (Losses, Tensor, Vec<Tensor>) {
     let mut clock = Clock::new(Device::Cpu, false);
-    let (_, g_main, aux, _) = task_gradients(
+    let (losses, g_main, aux, _) = task_gradients(
         &t.model,
         &t.params,
         &Local,
         batch,
         &t.config.mtl,
-        1,
+        seed,
         None,
         &mut clock,
         &mut PhaseTimes::default(),
     )
     .unwrap();
+    (losses, g_main, aux)
+}
+
+fn gradients_of(t: &Tiny, batch: &DeviceBatch) -> (Tensor, Vec<Tensor>) {
+    let (_, g_main, aux) = task_gradients_of(t, batch, 1);
     (g_main, aux)
 }
 
@@ -278,23 +285,8 @@ fn the_frozen_layer_cache_equals_the_uncached_model_without_frozen_dropout() {
     assert_eq!(max_diff(a, b), 0.0);
     drop(mapped);
     assert!(!file.exists(), "the cache file is removed with the cache");
-    let step = |t: &Tiny, batch: &DeviceBatch| {
-        let mut clock = Clock::new(Device::Cpu, false);
-        task_gradients(
-            &t.model,
-            &t.params,
-            &Local,
-            batch,
-            &t.config.mtl,
-            7,
-            None,
-            &mut clock,
-            &mut PhaseTimes::default(),
-        )
-        .unwrap()
-    };
-    let (losses_a, main_a, aux_a, _) = step(&t, &cached);
-    let (losses_b, main_b, aux_b, _) = step(&t, &t.batch);
+    let (losses_a, main_a, aux_a) = task_gradients_of(&t, &cached, 7);
+    let (losses_b, main_b, aux_b) = task_gradients_of(&t, &t.batch, 7);
     let value = |l: &Tensor| l.double_value(&[]);
     assert!((value(&losses_a.main) - value(&losses_b.main)).abs() <= 1e-6 * value(&losses_a.main).abs());
     let scale = main_a.abs().max().double_value(&[]);
@@ -311,6 +303,6 @@ fn the_frozen_layer_cache_equals_the_uncached_model_without_frozen_dropout() {
     // Dropout in the frozen part (`model.layer_cache = false`) draws other masks.
     let with_frozen_dropout =
         tiny_with_dropout(&["model.trainable_layers=1", "model.dropout=0.1", "model.layer_cache=false"]);
-    let (losses_c, _, _, _) = step(&with_frozen_dropout, &with_frozen_dropout.batch);
+    let (losses_c, _, _) = task_gradients_of(&with_frozen_dropout, &with_frozen_dropout.batch, 7);
     assert!((value(&losses_c.main) - value(&losses_a.main)).abs() > 1e-6, "frozen dropout changes the loss");
 }
