@@ -422,31 +422,77 @@ const DEDUP_WORLDS: [usize; 4] = [1, 2, 4, 8];
 /// Global batches that count covers.
 const DEDUP_STEPS: u64 = 20;
 
-/// One rank's figures of one variant, in the order [`rank_figures`] moves them.
+/// One rank's figures of one variant: its mean and median step time, and per step its title
+/// slots, titles encoded, tokens and phase times.
+struct RankFigures {
+    step_s: f64,
+    step_s_median: f64,
+    title_slots: f64,
+    titles: f64,
+    tokens: f64,
+    phases: mtrec_train::step::PhaseTimes,
+}
+
+/// Values of [`RankFigures`] as the ranks move them.
 const FIGURES: usize = 11;
+
+impl RankFigures {
+    fn of(r: &bench::BenchResult) -> RankFigures {
+        RankFigures {
+            step_s: r.mean().as_secs_f64(),
+            step_s_median: r.median().as_secs_f64(),
+            title_slots: r.slots,
+            titles: r.titles,
+            tokens: r.tokens,
+            phases: r.phases,
+        }
+    }
+
+    fn to_values(&self) -> [f64; FIGURES] {
+        let p = &self.phases;
+        [
+            self.step_s,
+            self.step_s_median,
+            self.title_slots,
+            self.titles,
+            self.tokens,
+            p.forward.as_secs_f64(),
+            p.exchange.as_secs_f64(),
+            p.backward_main.as_secs_f64(),
+            p.backward_aux.as_secs_f64(),
+            p.surgery.as_secs_f64(),
+            p.optimizer.as_secs_f64(),
+        ]
+    }
+
+    fn from_values(v: &[f64]) -> RankFigures {
+        let seconds = |x: f64| std::time::Duration::from_secs_f64(x.max(0.0));
+        RankFigures {
+            step_s: v[0],
+            step_s_median: v[1],
+            title_slots: v[2],
+            titles: v[3],
+            tokens: v[4],
+            phases: mtrec_train::step::PhaseTimes {
+                forward: seconds(v[5]),
+                exchange: seconds(v[6]),
+                backward_main: seconds(v[7]),
+                backward_aux: seconds(v[8]),
+                surgery: seconds(v[9]),
+                optimizer: seconds(v[10]),
+            },
+        }
+    }
+}
 
 /// Every rank's figures of `r`, on every rank (a sum over ranks of vectors that hold each rank's
 /// own figures at its offset).
-fn rank_figures(collective: &dyn Collective, r: &bench::BenchResult) -> anyhow::Result<Vec<[f64; FIGURES]>> {
+fn rank_figures(collective: &dyn Collective, r: &bench::BenchResult) -> anyhow::Result<Vec<RankFigures>> {
     let p = collective.placement();
     let mut all = vec![0.0; FIGURES * p.world_size];
-    let phases = r.phases;
-    let mine = [
-        r.mean().as_secs_f64(),
-        r.median().as_secs_f64(),
-        r.slots,
-        r.titles,
-        r.tokens,
-        phases.forward.as_secs_f64(),
-        phases.exchange.as_secs_f64(),
-        phases.backward_main.as_secs_f64(),
-        phases.backward_aux.as_secs_f64(),
-        phases.surgery.as_secs_f64(),
-        phases.optimizer.as_secs_f64(),
-    ];
-    all[FIGURES * p.rank..FIGURES * (p.rank + 1)].copy_from_slice(&mine);
+    all[FIGURES * p.rank..FIGURES * (p.rank + 1)].copy_from_slice(&RankFigures::of(r).to_values());
     collective.all_reduce_sum_f64(&mut all)?;
-    Ok(all.chunks(FIGURES).map(|c| c.try_into().expect("FIGURES values")).collect())
+    Ok(all.chunks(FIGURES).map(RankFigures::from_values).collect())
 }
 
 /// `NAME SECTION.KEY=VALUE ...`: a bench variant's name and its `--set`s.
@@ -486,7 +532,7 @@ fn bench_mind(job: &Job, args: &ConfigArgs, config: &Config, options: &BenchOpti
     let data = bench::MindData::load(config, collective)?;
     let configs: Vec<Config> = variants.iter().map(|(_, _, c)| c.clone()).collect();
     let results = bench::run_mind(&configs, &data, collective, options.warmup, options.steps)?;
-    let figures: Vec<Vec<[f64; FIGURES]>> =
+    let figures: Vec<Vec<RankFigures>> =
         results.iter().map(|r| rank_figures(collective, r)).collect::<anyhow::Result<_>>()?;
     if !placement.is_main() {
         return Ok(());
@@ -502,11 +548,10 @@ fn bench_mind(job: &Job, args: &ConfigArgs, config: &Config, options: &BenchOpti
     let effective_dedup = |c: &Config| dedup_name(if world > 1 { c.data.dedup } else { Dedup::Rank });
     // Global throughput: every rank's step ends with the same collectives, so the slowest rank's
     // mean step time is the job's.
-    let global = |f: &[[f64; FIGURES]]| {
-        let step = f.iter().map(|r| r[0]).fold(0.0, f64::max).max(1e-9);
-        let (titles, tokens, slots) =
-            f.iter().fold((0.0, 0.0, 0.0), |(a, b, c), r| (a + r[3], b + r[4], c + r[2]));
-        (step, titles, tokens, slots)
+    let global = |f: &[RankFigures]| {
+        let step = f.iter().map(|r| r.step_s).fold(0.0, f64::max).max(1e-9);
+        let sum = |value: fn(&RankFigures) -> f64| f.iter().map(value).sum::<f64>();
+        (step, sum(|r| r.titles), sum(|r| r.tokens), sum(|r| r.title_slots))
     };
     if options.json {
         let variants_json: Vec<serde_json::Value> = variants
@@ -520,10 +565,9 @@ fn bench_mind(job: &Job, args: &ConfigArgs, config: &Config, options: &BenchOpti
                     .enumerate()
                     .map(|(rank, r)| {
                         serde_json::json!({
-                            "rank": rank, "step_s": r[0], "step_s_median": r[1], "title_slots": r[2],
-                            "titles": r[3], "tokens": r[4], "samples_per_s": *per_rank as f64 / r[0],
-                            "phases": {"forward": r[5], "exchange": r[6], "backward_main": r[7],
-                                       "backward_aux": r[8], "surgery": r[9], "optimizer": r[10]},
+                            "rank": rank, "step_s": r.step_s, "step_s_median": r.step_s_median,
+                            "title_slots": r.title_slots, "titles": r.titles, "tokens": r.tokens,
+                            "samples_per_s": *per_rank as f64 / r.step_s, "phases": phases_json(&r.phases),
                         })
                     })
                     .collect();
@@ -576,21 +620,22 @@ fn bench_mind(job: &Job, args: &ConfigArgs, config: &Config, options: &BenchOpti
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for ((per_rank, name, _), f) in variants.iter().zip(&figures) {
         for (rank, r) in f.iter().enumerate() {
+            let p = &r.phases;
             println!(
                 "| {per_rank} | {} | {rank} | {:.0} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | \
                  {:.3} | {:.3} | {:.2} |",
                 name,
-                r[2],
-                r[3],
-                r[4],
-                r[5],
-                r[6],
-                r[7],
-                r[8],
-                r[9],
-                r[10],
-                r[0],
-                *per_rank as f64 / r[0]
+                r.title_slots,
+                r.titles,
+                r.tokens,
+                p.forward.as_secs_f64(),
+                p.exchange.as_secs_f64(),
+                p.backward_main.as_secs_f64(),
+                p.backward_aux.as_secs_f64(),
+                p.surgery.as_secs_f64(),
+                p.optimizer.as_secs_f64(),
+                r.step_s,
+                *per_rank as f64 / r.step_s
             );
         }
     }
