@@ -322,7 +322,7 @@ impl MindData {
 
     /// The sampler training would use with `config`.
     pub fn sampler(&self, config: &Config) -> Sampler<'_> {
-        Sampler::new(&self.impressions, config.train.seed, config.data.negatives, config.data.history)
+        setup::sampler(config, &self.impressions)
     }
 }
 
@@ -339,15 +339,7 @@ pub fn run_mind(
         .iter()
         .map(|config| {
             let sampler = data.sampler(config);
-            let steps_per_epoch = sampler.steps_per_epoch(config.train.batch_size);
-            if steps_per_epoch == 0 {
-                return Err(TrainError::Config(format!(
-                    "bench: a global batch of {} exceeds the {} training samples in {}",
-                    config.train.batch_size,
-                    sampler.index().len(),
-                    config.data.shards.display()
-                )));
-            }
+            let steps_per_epoch = setup::steps_per_epoch(config, &sampler)?;
             let order = sampler.epoch_order(0);
             let batches = Batches::new(
                 sampler,

@@ -3,8 +3,9 @@
 use crate::TrainError;
 use crate::agree::same_on_every_rank;
 use crate::config::{Config, DeviceChoice, ModelInit};
+use mtrec_data::batch::Sampler;
 use mtrec_data::manifest::Manifest;
-use mtrec_data::read::NewsTable;
+use mtrec_data::read::{NewsTable, TrainImpression};
 use mtrec_dist::Collective;
 use mtrec_model::{BertConfig, ModelSpec, NewsRecModel};
 use std::path::{Path, PathBuf};
@@ -166,6 +167,24 @@ pub fn entity_table(config: &Config, shards: &Path) -> Result<Option<Tensor>, Tr
     }
     let (dim, values) = mtrec_data::read::read_entity_vectors(shards)?;
     Ok(Some(Tensor::from_slice(&values).view([-1, dim as i64])))
+}
+
+/// The sampler that draws training batches under `config`.
+pub fn sampler<'i>(config: &Config, impressions: &'i [TrainImpression]) -> Sampler<'i> {
+    Sampler::new(impressions, config.train.seed, config.data.negatives, config.data.history)
+}
+
+/// Global batches of `train.batch_size` in one epoch of `sampler`; an error when not even one fits.
+pub fn steps_per_epoch(config: &Config, sampler: &Sampler<'_>) -> Result<u64, TrainError> {
+    match sampler.steps_per_epoch(config.train.batch_size) {
+        0 => Err(TrainError::Config(format!(
+            "a global batch of {} samples (train.batch_size) exceeds the {} training samples in {}",
+            config.train.batch_size,
+            sampler.index().len(),
+            config.data.shards.display()
+        ))),
+        steps => Ok(steps),
+    }
 }
 
 /// Everything read from disk for a run.

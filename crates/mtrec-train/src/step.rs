@@ -45,6 +45,26 @@ pub struct PhaseTimes {
     pub optimizer: Duration,
 }
 
+impl PhaseTimes {
+    /// The phases' names, in step order: the order of [`PhaseTimes::seconds`].
+    pub const NAMES: [&'static str; 6] =
+        ["forward", "exchange", "backward_main", "backward_aux", "surgery", "optimizer"];
+
+    /// Each phase in seconds, in the order of [`PhaseTimes::NAMES`].
+    pub fn seconds(&self) -> [f64; 6] {
+        [self.forward, self.exchange, self.backward_main, self.backward_aux, self.surgery, self.optimizer]
+            .map(|d| d.as_secs_f64())
+    }
+
+    /// The inverse of [`PhaseTimes::seconds`] (negative values, which a sum over ranks cannot
+    /// give, read as zero).
+    pub fn from_seconds(s: [f64; 6]) -> PhaseTimes {
+        let [forward, exchange, backward_main, backward_aux, surgery, optimizer] =
+            s.map(|x| Duration::from_secs_f64(x.max(0.0)));
+        PhaseTimes { forward, exchange, backward_main, backward_aux, surgery, optimizer }
+    }
+}
+
 impl std::ops::Add for PhaseTimes {
     type Output = PhaseTimes;
     fn add(self, other: PhaseTimes) -> PhaseTimes {

@@ -21,7 +21,7 @@ use crate::setup::{self, Loaded};
 use crate::step::{StepStats, scalar, train_step};
 use crate::stop::{Signal, StopSignal};
 use crate::vector_cache::{self, CacheSchedule, VectorCache};
-use mtrec_data::batch::{Sampler, mix_seed};
+use mtrec_data::batch::mix_seed;
 use mtrec_data::read::{EvalImpression, TrainImpression};
 use mtrec_dist::{Collective, Heartbeat};
 use mtrec_model::NewsRecModel;
@@ -380,23 +380,14 @@ impl<'a> Trainer<'a> {
         resume_from: Option<Checkpoint>,
     ) -> Result<Trainer<'a>, TrainError> {
         let main_rank = collective.placement().is_main();
-        let sampler =
-            Sampler::new(impressions, config.train.seed, config.data.negatives, config.data.history);
+        let sampler = setup::sampler(config, impressions);
         if main_rank && sampler.index().skipped_without_negatives > 0 {
             tracing::warn!(
                 "{} clicks of impressions without a non-clicked news item form no sample and are skipped",
                 sampler.index().skipped_without_negatives
             );
         }
-        let steps_per_epoch = sampler.steps_per_epoch(config.train.batch_size);
-        if steps_per_epoch == 0 {
-            return Err(TrainError::Config(format!(
-                "train.batch_size = {} exceeds the {} training samples in {}",
-                config.train.batch_size,
-                sampler.index().len(),
-                config.data.shards.display()
-            )));
-        }
+        let steps_per_epoch = setup::steps_per_epoch(config, &sampler)?;
         let batches = Batches::new(
             sampler,
             &loaded.news,

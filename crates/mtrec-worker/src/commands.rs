@@ -297,14 +297,8 @@ pub fn bench(job: &Job, args: &ConfigArgs, options: &BenchOptions) -> anyhow::Re
 }
 
 fn phases_json(p: &mtrec_train::step::PhaseTimes) -> serde_json::Value {
-    serde_json::json!({
-        "forward": p.forward.as_secs_f64(),
-        "exchange": p.exchange.as_secs_f64(),
-        "backward_main": p.backward_main.as_secs_f64(),
-        "backward_aux": p.backward_aux.as_secs_f64(),
-        "surgery": p.surgery.as_secs_f64(),
-        "optimizer": p.optimizer.as_secs_f64(),
-    })
+    let names = mtrec_train::step::PhaseTimes::NAMES.iter().map(|name| name.to_string());
+    serde_json::Value::Object(names.zip(p.seconds().map(serde_json::Value::from)).collect())
 }
 
 fn bench_reference(config: &Config, options: &BenchOptions) -> anyhow::Result<()> {
@@ -449,38 +443,26 @@ impl RankFigures {
     }
 
     fn to_values(&self) -> [f64; FIGURES] {
-        let p = &self.phases;
-        [
+        let mut values = [0.0; FIGURES];
+        values[..5].copy_from_slice(&[
             self.step_s,
             self.step_s_median,
             self.title_slots,
             self.titles,
             self.tokens,
-            p.forward.as_secs_f64(),
-            p.exchange.as_secs_f64(),
-            p.backward_main.as_secs_f64(),
-            p.backward_aux.as_secs_f64(),
-            p.surgery.as_secs_f64(),
-            p.optimizer.as_secs_f64(),
-        ]
+        ]);
+        values[5..].copy_from_slice(&self.phases.seconds());
+        values
     }
 
     fn from_values(v: &[f64]) -> RankFigures {
-        let seconds = |x: f64| std::time::Duration::from_secs_f64(x.max(0.0));
         RankFigures {
             step_s: v[0],
             step_s_median: v[1],
             title_slots: v[2],
             titles: v[3],
             tokens: v[4],
-            phases: mtrec_train::step::PhaseTimes {
-                forward: seconds(v[5]),
-                exchange: seconds(v[6]),
-                backward_main: seconds(v[7]),
-                backward_aux: seconds(v[8]),
-                surgery: seconds(v[9]),
-                optimizer: seconds(v[10]),
-            },
+            phases: mtrec_train::step::PhaseTimes::from_seconds(v[5..].try_into().expect("six phases")),
         }
     }
 }
@@ -620,20 +602,13 @@ fn bench_mind(job: &Job, args: &ConfigArgs, config: &Config, options: &BenchOpti
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for ((per_rank, name, _), f) in variants.iter().zip(&figures) {
         for (rank, r) in f.iter().enumerate() {
-            let p = &r.phases;
+            let phases: Vec<String> = r.phases.seconds().iter().map(|s| format!("{s:.3}")).collect();
             println!(
-                "| {per_rank} | {} | {rank} | {:.0} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | \
-                 {:.3} | {:.3} | {:.2} |",
-                name,
+                "| {per_rank} | {name} | {rank} | {:.0} | {:.0} | {:.0} | {} | {:.3} | {:.2} |",
                 r.title_slots,
                 r.titles,
                 r.tokens,
-                p.forward.as_secs_f64(),
-                p.exchange.as_secs_f64(),
-                p.backward_main.as_secs_f64(),
-                p.backward_aux.as_secs_f64(),
-                p.surgery.as_secs_f64(),
-                p.optimizer.as_secs_f64(),
+                phases.join(" | "),
                 r.step_s,
                 *per_rank as f64 / r.step_s
             );
