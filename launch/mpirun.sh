@@ -1,23 +1,51 @@
 #!/usr/bin/env bash
 # Starts N ranks of mtrec-worker with mpirun, one GPU per rank (device = local rank), with the
-# environment NCCL needs, on this machine or on the hosts of a hostfile.
+# environment NCCL needs, on this machine or on the hosts of a hostfile; restarts the job after a
+# failure a restart can cure, as torchrun's --max-restarts.
 #
+#   launch/mpirun.sh [--hostfile F] [--max-restarts N] RANKS WORKER-ARGS...
 #   launch/mpirun.sh 8 train --config configs/mtrec.toml [--resume auto] [--set key=value ...]
-#   MPIRUN_FLAGS="--hostfile hosts" launch/mpirun.sh 16 train --config configs/mtrec.toml
+#   launch/mpirun.sh --hostfile nodes --max-restarts 3 16 train --config configs/mtrec.toml
 #
-# Ranks are mapped evenly, GPUS_PER_NODE per node (--map-by ppr:N:node). Without it: on several
-# hosts (--hostfile/--host in MPIRUN_FLAGS, a multi-node SLURM allocation) the GPUs visible here
-# (CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`); on this machine alone, all ranks here. Set
-# GPUS_PER_NODE when this machine is not like the compute nodes. Every NCCL_*, RUST_*,
-# MTREC_* variable, CUDA_VISIBLE_DEVICES, LD_LIBRARY_PATH and OMP_NUM_THREADS reaches every
-# rank; OMP_NUM_THREADS defaults to this machine's cores per local rank (at least 1).
+# Hosts: --hostfile F (or MTREC_HOSTFILE); other mpirun flags go in MPIRUN_FLAGS.
+# Network: MTREC_IFACE names the interface between the nodes, or its subnet as a CIDR
+# (10.1.2.0/24): OpenMPI's btl_tcp_if_include and oob_tcp_if_include, and for an interface name
+# NCCL_SOCKET_IFNAME too (unless set). MTREC_RSH_AGENT replaces ssh (OpenMPI's plm_rsh_agent;
+# `eval "$(launch/local-nodes.sh env)"` sets both for the local nodes).
+# Ranks per node: GPUS_PER_NODE (--map-by ppr:N:node). Without it: on several hosts the GPUs
+# visible here (CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`), else the ranks spread evenly over
+# the hostfile's hosts; on this machine alone, all ranks here. Every NCCL_*, RUST_*, MTREC_*
+# variable, CUDA_VISIBLE_DEVICES, LD_LIBRARY_PATH and OMP_NUM_THREADS reaches every rank;
+# OMP_NUM_THREADS defaults to this machine's cores per local rank (at least 1).
 # MTREC_WORKER overrides the binary (default: target/release/mtrec-worker when built, else
-# target/debug/mtrec-worker). Extra mpirun flags go in MPIRUN_FLAGS.
-set -euo pipefail
-if [ $# -lt 2 ] || ! [[ $1 =~ ^[1-9][0-9]*$ ]]; then
-  echo "usage: $0 RANKS WORKER-ARGS... (RANKS a positive number)" >&2
+# target/debug/mtrec-worker).
+#
+# Restarts (--max-restarts N, default 0): when the job fails in a way a restart can cure (exit
+# 70: a stall the watchdog saw; 71: a rank lost; 72: a transport error; a rank or daemon killed
+# by a signal), mpirun runs again, at most N times, and a `train` resumes from its newest
+# verified checkpoint (--resume auto is added). Each restart is logged with its cause and the
+# checkpoint it resumes. Exit 1 (a config, data, file or numeric error), 2 (usage), 101 (a panic)
+# and 75 (stopped by a signal, after a checkpoint) are never retried. Signals to this script
+# (INT, TERM, USR1, USR2, HUP) go to mpirun, and no restart follows them.
+set -uo pipefail
+say() { printf '[mpirun.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+usage() {
+  echo "usage: $0 [--hostfile F] [--max-restarts N] RANKS WORKER-ARGS... (RANKS a positive number)" >&2
   exit 2
-fi
+}
+hostfile=${MTREC_HOSTFILE:-}
+max_restarts=0
+while (($# > 0)); do
+  case $1 in
+    --hostfile) hostfile=${2:-}; [ -n "$hostfile" ] || usage; shift 2 ;;
+    --hostfile=*) hostfile=${1#*=}; shift ;;
+    --max-restarts) max_restarts=${2:-}; shift 2 ;;
+    --max-restarts=*) max_restarts=${1#*=}; shift ;;
+    *) break ;;
+  esac
+done
+[[ $max_restarts =~ ^[0-9]+$ ]] || { echo "--max-restarts $max_restarts: a number" >&2; exit 2; }
+if [ $# -lt 2 ] || ! [[ $1 =~ ^[1-9][0-9]*$ ]]; then usage; fi
 ranks=$1
 shift
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,21 +53,35 @@ default_worker=$root/target/release/mtrec-worker
 [ -x "$default_worker" ] || default_worker=$root/target/debug/mtrec-worker
 worker=${MTREC_WORKER:-$default_worker}
 [ -x "$worker" ] || { echo "$worker is not built: run cargo build --bins" >&2; exit 2; }
+[ -z "$hostfile" ] || [ -r "$hostfile" ] || { echo "hostfile $hostfile: not readable" >&2; exit 2; }
 
 # shellcheck source=launch/nccl-env.sh
 source "$root/launch/nccl-env.sh"
 
-# Ranks per node: GPUS_PER_NODE; else, over several hosts (a hostfile or host list in
-# MPIRUN_FLAGS, a multi-node SLURM allocation), the GPUs visible here; else all ranks here.
+flags=(--bind-to none)
+[ -n "$hostfile" ] && flags+=(--hostfile "$hostfile")
+if [ -n "${MTREC_IFACE:-}" ]; then
+  flags+=(--mca btl_tcp_if_include "$MTREC_IFACE" --mca oob_tcp_if_include "$MTREC_IFACE")
+  [[ $MTREC_IFACE == */* ]] || export NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-$MTREC_IFACE}
+fi
+[ -n "${MTREC_RSH_AGENT:-}" ] && flags+=(--mca plm_rsh_agent "$MTREC_RSH_AGENT")
+
+# Ranks per node: GPUS_PER_NODE; else, over several hosts (a hostfile, a host list in
+# MPIRUN_FLAGS, a multi-node SLURM allocation), the GPUs visible here, else an even spread over
+# the hostfile's hosts; else all ranks here.
 [[ ${GPUS_PER_NODE:-1} =~ ^[1-9][0-9]*$ ]] || { echo "GPUS_PER_NODE=$GPUS_PER_NODE: a positive number" >&2; exit 2; }
 per_node=${GPUS_PER_NODE:-}
 hosts_flag='(^| )(--?hostfile|--?machinefile|--?default-hostfile|--?host|-H)( |=|$)'
-if [ -z "$per_node" ] && { [[ " ${MPIRUN_FLAGS:-} " =~ $hosts_flag ]] || [ "${SLURM_JOB_NUM_NODES:-1}" -gt 1 ]; }; then
+if [ -z "$per_node" ] && { [ -n "$hostfile" ] || [[ " ${MPIRUN_FLAGS:-} " =~ $hosts_flag ]] || [ "${SLURM_JOB_NUM_NODES:-1}" -gt 1 ]; }; then
   if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
     IFS=, read -ra visible <<<"$CUDA_VISIBLE_DEVICES"
     per_node=${#visible[@]}
   elif command -v nvidia-smi >/dev/null 2>&1; then
     per_node=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+  fi
+  if ! [[ ${per_node:-} =~ ^[1-9][0-9]*$ ]] && [ -n "$hostfile" ]; then
+    hosts=$(grep -cvE '^[[:space:]]*(#|$)' "$hostfile" || true)
+    ((hosts > 0)) && per_node=$(((ranks + hosts - 1) / hosts))
   fi
 fi
 [[ ${per_node:-} =~ ^[1-9][0-9]*$ ]] || per_node=$ranks
@@ -49,8 +91,7 @@ if [ -z "${OMP_NUM_THREADS:-}" ]; then
   ((OMP_NUM_THREADS >= 1)) || OMP_NUM_THREADS=1
   export OMP_NUM_THREADS
 fi
-
-flags=(--bind-to none --map-by "ppr:$per_node:node")
+flags+=(--map-by "ppr:$per_node:node")
 for var in $(compgen -e); do
   case $var in
     NCCL_* | RUST_* | MTREC_* | CUDA_VISIBLE_DEVICES | LD_LIBRARY_PATH | OMP_NUM_THREADS) flags+=(-x "$var") ;;
@@ -58,5 +99,83 @@ for var in $(compgen -e); do
 done
 [ "$(id -u)" = 0 ] && flags+=(--allow-run-as-root)
 [ "$local_ranks" -gt "$(nproc)" ] && flags+=(--oversubscribe)
-# shellcheck disable=SC2086 # MPIRUN_FLAGS is a list of flags
-exec mpirun -n "$ranks" "${flags[@]}" ${MPIRUN_FLAGS:-} "$worker" "$@"
+
+# What an exit code says, and whether a restart may cure it (README, "Exit codes").
+cause() {
+  case $1 in
+    0) echo "done" ;;
+    1) echo "an error (config, data, file, numeric): not retryable" ;;
+    2) echo "a usage error: not retryable" ;;
+    70) echo "a rank saw no progress for dist.timeout_s (a stalled collective)" ;;
+    71) echo "a rank was lost (its process died or its host became unreachable)" ;;
+    72) echo "a transport (MPI/NCCL) error" ;;
+    75) echo "stopped by a signal after a checkpoint: not retried" ;;
+    101) echo "a panic (a bug): not retryable" ;;
+    *) if (($1 > 128)); then echo "killed by signal $(($1 - 128))"; else echo "mpirun failed (a daemon or node lost)"; fi ;;
+  esac
+}
+retryable() { case $1 in 0 | 1 | 2 | 75 | 101) return 1 ;; *) return 0 ;; esac; }
+
+# The run directory of a `train` (for the checkpoint a restart resumes).
+args=("$@")
+run_dir=
+if [ "${args[0]}" = train ]; then
+  config_args=()
+  for ((i = 1; i < ${#args[@]}; i++)); do
+    case ${args[i]} in
+      --config | --set) config_args+=("${args[i]}" "${args[i + 1]:-}"); i=$((i + 1)) ;;
+      --config=* | --set=*) config_args+=("${args[i]}") ;;
+    esac
+  done
+  run_dir=$("$worker" config "${config_args[@]}" --get train.run_dir 2>/dev/null) || run_dir=
+fi
+newest_checkpoint() {
+  [ -n "$run_dir" ] || { echo "none"; return; }
+  local newest
+  newest=$(find "$run_dir" -maxdepth 1 -name 'step-*' -type d 2>/dev/null | sort | tail -n 1)
+  echo "${newest:-none (step 0)}"
+}
+
+signalled=
+pid=
+forward() {
+  signalled=$1
+  [ -n "$pid" ] && kill "-$1" "$pid" 2>/dev/null
+}
+for sig in INT TERM USR1 USR2 HUP; do
+  # shellcheck disable=SC2064 # the signal's name, now
+  trap "forward $sig" "$sig"
+done
+
+restarts=0
+while :; do
+  # shellcheck disable=SC2086 # MPIRUN_FLAGS is a list of flags
+  mpirun -n "$ranks" "${flags[@]}" ${MPIRUN_FLAGS:-} "$worker" "${args[@]}" &
+  pid=$!
+  # `wait` returns early whenever a trap runs; wait again until mpirun itself has ended.
+  while :; do
+    wait "$pid"
+    rc=$?
+    kill -0 "$pid" 2>/dev/null || break
+  done
+  pid=
+  if [ "$rc" -eq 0 ]; then
+    ((restarts == 0)) || say "finished after $restarts restart(s)"
+    exit 0
+  fi
+  if [ -n "$signalled" ] || ! retryable "$rc"; then
+    ((max_restarts == 0)) || say "exit $rc: $(cause "$rc")${signalled:+ (after SIG$signalled)}; not restarting ($restarts restart(s) so far)"
+    exit "$rc"
+  fi
+  if ((restarts >= max_restarts)); then
+    ((max_restarts == 0)) || say "exit $rc: $(cause "$rc"); the $max_restarts restart(s) allowed are spent"
+    exit "$rc"
+  fi
+  restarts=$((restarts + 1))
+  resume=
+  if [ "${args[0]}" = train ] && [[ " ${args[*]} " != *" --resume "* ]]; then
+    args+=(--resume auto)
+    resume=" (--resume auto added)"
+  fi
+  say "restart $restarts/$max_restarts after exit $rc: $(cause "$rc"); resuming from $(newest_checkpoint)$resume"
+done

@@ -4,7 +4,8 @@
 //! environment, with other `--set`s, or behind `unshare -m` with an empty folder bind-mounted
 //! over a path (a node without the mount).
 use mtrec_e2e::{
-    binary, mpirun, mpirun_alone, python, repo_root, run, signal_a_rank, stdout, synthetic_shards, tiny_args,
+    binary, hostname, mpirun, mpirun_alone, python, repo_root, run, signal_a_rank, stdout, synthetic_shards,
+    tiny_args,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -113,7 +114,7 @@ fn text(out: &Output) -> String {
 fn rank_1_without_its_shards_ends_the_job() {
     let a = args("train", &fixture().root.join("no-shards"), &[]);
     let message =
-        format!("error: rank 1: {}/manifest.json: No such file or directory", fixture().shards.display());
+        format!("error: rank 1 on {}: {}/manifest.json: No such file or directory", hostname(), fixture().shards.display());
     let (output, _) = fails_with(mpmd(&a, Rank1::Without(fixture().shards.clone())), &message);
     assert_eq!(output.matches("No such file or directory").count(), 1, "said once:\n{output}");
     assert_eq!(output.matches("manifest.json").count(), 1, "the path named once:\n{output}");
@@ -124,9 +125,12 @@ fn rank_1_with_another_config_ends_the_job() {
     let run_dir = fixture().root.join("other-config");
     let (a, b) =
         (args("train", &run_dir, &[]), args("train", &run_dir, &["train.seed=8", "data.negatives=2"]));
-    let message = "error: rank 1: distributed: the resolved config differs from rank 0's: \
-                   data.negatives = 2 here, 4 on rank 0; train.seed = 8 here, 7 on rank 0";
-    fails_with(mpmd(&a, Rank1::Args(b)), message);
+    let message = format!(
+        "error: rank 1 on {}: distributed: the resolved config differs from rank 0's: data.negatives = 2 \
+         here, 4 on rank 0; train.seed = 8 here, 7 on rank 0",
+        hostname()
+    );
+    fails_with(mpmd(&a, Rank1::Args(b)), &message);
 }
 
 #[test]
@@ -134,22 +138,22 @@ fn rank_0_unable_to_create_its_run_dir_ends_the_job() {
     let file = fixture().root.join("a-file");
     std::fs::write(&file, "not a folder").unwrap();
     let run_dir = file.join("run");
-    let message = format!("error: rank 0: {}: Not a directory", run_dir.display());
+    let message = format!("error: rank 0 on {}: {}: Not a directory", hostname(), run_dir.display());
     fails_with(mpirun(2, worker(&args("train", &run_dir, &[]))), &message);
 }
 
 #[test]
 fn rank_1_failing_mid_run_ends_the_job() {
     let a = args("train", &fixture().root.join("mid-run"), &["train.max_steps=1000"]);
-    let message = "error: rank 1: distributed: MTREC_FAULT asked for an error after step 3";
-    fails_with(mpmd(&a, Rank1::Env(&[("MTREC_FAULT", "error@3")])), message);
+    let message = format!("error: rank 1 on {}: distributed: MTREC_FAULT asked for an error after step 3", hostname());
+    fails_with(mpmd(&a, Rank1::Env(&[("MTREC_FAULT", "error@3")])), &message);
 }
 
 #[test]
 fn a_panic_on_one_rank_ends_the_job() {
     let a = args("train", &fixture().root.join("panic"), &["train.max_steps=1000"]);
-    let message = "error: rank 1: panic: panicked at";
-    let (output, _) = fails_with(mpmd(&a, Rank1::Env(&[("MTREC_FAULT", "panic@3")])), message);
+    let message = format!("error: rank 1 on {}: panic: panicked at", hostname());
+    let (output, _) = fails_with(mpmd(&a, Rank1::Env(&[("MTREC_FAULT", "panic@3")])), &message);
     assert!(output.contains("MTREC_FAULT asked for a panic after step 3"), "{output}");
 }
 
@@ -168,11 +172,10 @@ fn a_hung_rank_ends_the_job_after_the_timeout() {
     let (output, seconds) = (text(&out), stopped_at.elapsed().as_secs_f64());
     assert!(started.elapsed() < ENDS_WITHIN * 2, "{output}");
     assert!(!out.status.success(), "{output}");
-    assert!(output.contains("no progress for") && output.contains("dist.timeout_s = 5"), "{output}");
-    println!(
-        "ended {seconds:.1} s after a rank was stopped: {}",
-        output.lines().find(|l| l.contains("no progress")).unwrap()
-    );
+    // The watchdog (no progress) or the liveness link (no heartbeat) of the running rank sees it.
+    let seen = |l: &&str| l.contains("no progress for") || l.contains("no heartbeat for");
+    assert!(output.lines().any(|l| seen(&l)) && output.contains("dist.timeout_s = 5"), "{output}");
+    println!("ended {seconds:.1} s after a rank was stopped: {}", output.lines().find(seen).unwrap());
     assert!(seconds < 30.0, "ended {seconds:.1} s after the rank stopped, with a 5 s timeout");
 }
 
@@ -183,7 +186,8 @@ fn rank_1_without_the_checkpoint_ends_the_job() {
     let mut a = args("train", &run_dir, &["train.max_steps=8"]);
     a.extend(["--resume".into(), "auto".into()]);
     let message = format!(
-        "error: rank 1: checkpoint: cannot read the checkpoint rank 0 resumes: {}: trainer.json: No such file",
+        "error: rank 1 on {}: checkpoint: cannot read the checkpoint rank 0 resumes: {}: trainer.json: No such file",
+        hostname(),
         run_dir.join("step-00000004").display()
     );
     fails_with(mpmd(&a, Rank1::Without(run_dir.clone())), &message);
@@ -194,8 +198,9 @@ fn used_run_dirs_are_refused_and_stale_writes_removed() {
     let run_dir = fixture().root.join("used");
     run(&mut mpirun(2, worker(&args("train", &run_dir, &["train.max_steps=4"]))), true);
     let message = format!(
-        "error: rank 0: config: train.run_dir {} already holds checkpoints (step-00000004): continue \
+        "error: rank 0 on {}: config: train.run_dir {} already holds checkpoints (step-00000004): continue \
          that run with --resume auto, or give this run another train.run_dir",
+        hostname(),
         run_dir.display()
     );
     fails_with(mpirun(2, worker(&args("train", &run_dir, &[]))), &message);

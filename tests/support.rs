@@ -21,6 +21,11 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// This machine's hostname, as a rank names its host in its messages (`rank 1 on HOST: ...`).
+pub fn hostname() -> String {
+    stdout(&run(&mut Command::new("hostname"), true)).trim().to_string()
+}
+
 /// The project venv's python (ci/setup.sh).
 pub fn python() -> PathBuf {
     repo_root().join(".venv/bin/python")

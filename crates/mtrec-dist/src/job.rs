@@ -11,9 +11,10 @@
 //! The communicators live in the [`Job`], which the binary's `main` owns until the very end: an
 //! error returned from a command leaves them alive for the abort, and only a run that succeeded
 //! drops them (`ncclCommDestroy`, then `MPI_Finalize`, which every rank then reaches).
+use crate::liveness::{self, Liveness, Rendezvous};
 use crate::{Backend, Collective, DistError, Local, MpiCollective, NcclCollective, Placement};
 use std::io::Write;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -33,6 +34,23 @@ pub fn rank() -> usize {
         usize::MAX => launcher_rank(),
         rank => rank,
     }
+}
+
+/// This machine's hostname.
+pub fn hostname() -> &'static str {
+    static HOSTNAME: OnceLock<String> = OnceLock::new();
+    HOSTNAME.get_or_init(|| {
+        let mut buffer = [0u8; 256];
+        // SAFETY: gethostname writes at most the buffer's length.
+        let ok = unsafe { libc::gethostname(buffer.as_mut_ptr() as *mut libc::c_char, buffer.len()) } == 0;
+        let end = buffer.iter().position(|b| *b == 0).unwrap_or(buffer.len());
+        if ok { String::from_utf8_lossy(&buffer[..end]).into_owned() } else { "unknown-host".into() }
+    })
+}
+
+/// `rank N on HOST`: how a rank names itself in what it prints.
+pub fn who() -> String {
+    format!("rank {} on {}", rank(), hostname())
 }
 
 /// The rank a launcher (mpirun, srun) set in the environment, before MPI starts.
@@ -63,6 +81,7 @@ pub fn say(line: &str) {
 pub fn abort_job(code: i32) -> ! {
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
+    liveness::announce_failing();
     std::thread::spawn(move || {
         std::thread::sleep(ABORT_BACKSTOP);
         // SAFETY: `_exit` ends the process without running any handler.
@@ -88,6 +107,10 @@ pub fn abort_job(code: i32) -> ! {
 /// it. Owned by `main` for the whole run (see the module documentation).
 pub struct Job {
     placement: Placement,
+    /// The host of every rank, by rank.
+    hosts: Arc<Vec<String>>,
+    /// The link that tells a lost rank (a world of more than one).
+    liveness: Option<Liveness>,
     nccl: OnceLock<NcclCollective>,
     mpi: Option<MpiCollective>,
     // Declared last: `MPI_Finalize` after the collectives above are released.
@@ -108,6 +131,8 @@ impl Job {
             RANK.store(0, Ordering::Relaxed);
             return Ok(Job {
                 placement: Placement::SINGLE,
+                hosts: Arc::new(vec![hostname().to_string()]),
+                liveness: None,
                 nccl: OnceLock::new(),
                 mpi: None,
                 _universe: None,
@@ -122,12 +147,35 @@ impl Job {
         RANK.store(placement.rank, Ordering::Relaxed);
         WORLD_SIZE.store(placement.world_size, Ordering::SeqCst);
         MPI_UP.store(true, Ordering::SeqCst);
-        Ok(Job { placement, nccl: OnceLock::new(), mpi: Some(mpi), _universe: Some(universe) })
+        crate::mpi_collective::report_errors_as_transport_failures();
+        let hosts = Arc::new(mpi.all_gather_strings(hostname()));
+        let liveness = (placement.world_size > 1).then(|| start_liveness(&mpi, &hosts)).flatten();
+        Ok(Job {
+            placement,
+            hosts,
+            liveness,
+            nccl: OnceLock::new(),
+            mpi: Some(mpi),
+            _universe: Some(universe),
+        })
     }
 
     /// Where this process sits.
     pub fn placement(&self) -> Placement {
         self.placement
+    }
+
+    /// The host each rank runs on, by rank.
+    pub fn hosts(&self) -> &[String] {
+        &self.hosts
+    }
+
+    /// From now on a rank that sends nothing for `timeout` is lost (the command's
+    /// `dist.timeout_s`; 60 s before a command sets it).
+    pub fn set_peer_timeout(&self, timeout: Duration) {
+        if let Some(liveness) = &self.liveness {
+            liveness.set_timeout(timeout);
+        }
     }
 
     /// The collective for `backend`: a world of one is [`Local`] (no NCCL needed); CPU tensors
@@ -161,6 +209,46 @@ impl Job {
             }
             (Backend::Cpu, Some(mpi)) => Ok(mpi),
             (Backend::Cuda, Some(_)) => Ok(self.nccl.get().expect("built by the first call")),
+        }
+    }
+}
+
+impl Drop for Job {
+    /// Only a command that succeeded drops its job: its peers hear a goodbye, not a loss.
+    fn drop(&mut self) {
+        if let Some(liveness) = &self.liveness {
+            liveness.finish();
+        }
+    }
+}
+
+/// Rank 0 listens and sends its addresses to the others, which connect ([`crate::liveness`]).
+/// A rank without the link says why; the job goes on with the watchdog alone.
+fn start_liveness(mpi: &MpiCollective, hosts: &Arc<Vec<String>>) -> Option<Liveness> {
+    let rank = mpi.placement().rank;
+    let mut bytes = Vec::new();
+    let mut listener = None;
+    if rank == 0 {
+        match Liveness::listen() {
+            Ok((l, rendezvous)) => {
+                bytes = rendezvous.encode();
+                listener = Some(l);
+            }
+            Err(e) => say(&format!("warning: {}: no liveness link ({e}): a lost peer is seen by the watchdog only", who())),
+        }
+    }
+    if mpi.broadcast_bytes(&mut bytes, 0).is_err() {
+        return None;
+    }
+    if let Some(listener) = listener {
+        return Some(Liveness::watch_all(listener, Arc::clone(hosts)));
+    }
+    let rendezvous = Rendezvous::decode(&bytes)?;
+    match Liveness::watch_rank_zero(rank, &rendezvous, Arc::clone(hosts)) {
+        Ok(liveness) => Some(liveness),
+        Err(e) => {
+            say(&format!("warning: {}: {e}", who()));
+            None
         }
     }
 }

@@ -13,16 +13,19 @@
 //! This crate knows nothing about models or training: it moves tensors and numbers between ranks.
 
 mod job;
+mod liveness;
 mod local;
 mod mpi_collective;
 mod nccl;
 mod watchdog;
 
-pub use job::{ABORT_BACKSTOP, Job, abort_job, launcher_rank, rank, say};
+pub use job::{ABORT_BACKSTOP, Job, abort_job, hostname, launcher_rank, rank, say, who};
+pub use liveness::EXIT_PEER_LOST;
 pub use local::Local;
 pub use mpi_collective::MpiCollective;
 pub use mpi_collective::mpi_library_version;
 pub use nccl::{NcclCollective, nccl_library_status};
+pub use mpi_collective::EXIT_TRANSPORT;
 pub use watchdog::{EXIT_STALLED, Heartbeat, Watchdog};
 
 use tch::Tensor;
@@ -38,8 +41,18 @@ pub enum DistError {
     BadRoot { op: &'static str, root: usize, world_size: usize },
     #[error("NCCL: {0}")]
     Nccl(String),
+    /// A collective between ranks failed in the transport: a restart may cure it.
+    #[error("{0}")]
+    Transport(String),
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
+}
+
+impl DistError {
+    /// Whether a restart of the job may cure this error (see README, "Exit codes").
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, DistError::Transport(_))
+    }
 }
 
 /// Where this process sits in the job.

@@ -5,6 +5,42 @@ use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
 use tch::{Kind, Tensor};
 
+/// Exit code of a rank whose transport (MPI or NCCL) failed: a peer's link broke, a message
+/// could not be delivered (retryable).
+pub const EXIT_TRANSPORT: i32 = 72;
+
+/// MPI's default answer to an error is to abort with the error's class as the exit code, which
+/// says nothing to a launcher. This handler on the world communicator prints the rank, its host
+/// and MPI's text, and ends the job with [`EXIT_TRANSPORT`].
+pub(crate) fn report_errors_as_transport_failures() {
+    unsafe extern "C" fn on_error(_comm: *mut mpi::ffi::MPI_Comm, code: *mut std::os::raw::c_int) {
+        let mut text = [0 as std::os::raw::c_char; mpi::ffi::MPI_MAX_ERROR_STRING as usize + 1];
+        let mut len = 0;
+        // SAFETY: MPI passes a valid error code; the buffer holds MPI_MAX_ERROR_STRING bytes.
+        let message = unsafe {
+            mpi::ffi::MPI_Error_string(*code, text.as_mut_ptr(), &mut len);
+            std::ffi::CStr::from_ptr(text.as_ptr()).to_string_lossy().into_owned()
+        };
+        crate::say(&format!("error: {}: MPI: {message} (error code {}); ending the job", crate::who(), unsafe {
+            *code
+        }));
+        crate::abort_job(EXIT_TRANSPORT);
+    }
+    // SAFETY: the handler is called with (comm, code, ...) and reads only its two fixed
+    // arguments, so a non-variadic definition receives them as the C ABI passes them; MPI is
+    // initialised.
+    unsafe {
+        let handler: mpi::ffi::MPI_Comm_errhandler_function = Some(std::mem::transmute::<
+            unsafe extern "C" fn(*mut mpi::ffi::MPI_Comm, *mut std::os::raw::c_int),
+            unsafe extern "C" fn(*mut mpi::ffi::MPI_Comm, *mut std::os::raw::c_int, ...),
+        >(on_error));
+        let mut errhandler: mpi::ffi::MPI_Errhandler = std::mem::zeroed();
+        if mpi::ffi::MPI_Comm_create_errhandler(handler, &mut errhandler) == 0 {
+            mpi::ffi::MPI_Comm_set_errhandler(mpi::ffi::RSMPI_COMM_WORLD, errhandler);
+        }
+    }
+}
+
 /// Elements per non-blocking all-reduce bucket (4 MiB of f32).
 const BUCKET_ELEMENTS: usize = 1 << 20;
 
@@ -39,6 +75,19 @@ impl MpiCollective {
     /// Broadcasts raw bytes from `root` (same length on every rank).
     pub(crate) fn broadcast_fixed(&self, bytes: &mut [u8], root: usize) {
         self.world.process_at_rank(root as i32).broadcast_into(bytes);
+    }
+
+    /// Every rank's `text` (up to 255 bytes), in rank order.
+    pub(crate) fn all_gather_strings(&self, text: &str) -> Vec<String> {
+        const WIDTH: usize = 256;
+        let mut mine = [0u8; WIDTH];
+        let bytes = &text.as_bytes()[..text.len().min(WIDTH - 1)];
+        mine[..bytes.len()].copy_from_slice(bytes);
+        let mut all = vec![0u8; WIDTH * self.placement.world_size];
+        self.world.all_gather_into(&mine[..], &mut all[..]);
+        all.chunks(WIDTH)
+            .map(|c| String::from_utf8_lossy(&c[..c.iter().position(|b| *b == 0).unwrap_or(WIDTH)]).into_owned())
+            .collect()
     }
 
     fn check_root(&self, op: &'static str, root: usize) -> Result<(), DistError> {

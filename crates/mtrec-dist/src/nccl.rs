@@ -32,6 +32,11 @@ fn nccl_err(what: &str, err: impl std::fmt::Debug) -> DistError {
     DistError::Nccl(format!("{what}: {err:?}"))
 }
 
+/// A failed NCCL call between ranks (a peer gone, a broken link): retryable.
+fn transport_err(what: &str, err: impl std::fmt::Debug) -> DistError {
+    DistError::Transport(format!("NCCL {what}: {err:?}"))
+}
+
 /// NCCL's version when its library can be opened, otherwise what to do about it.
 pub fn nccl_library_status() -> Result<String, String> {
     // SAFETY: only tries to open the library by name.
@@ -77,7 +82,7 @@ impl NcclCollective {
         // SAFETY: `comm` is a valid out-pointer; every rank passes the same id and world size.
         unsafe {
             nccl::comm_init_rank(&mut comm, placement.world_size as i32, id, placement.rank as i32)
-                .map_err(|e| nccl_err("ncclCommInitRank", e))?;
+                .map_err(|e| transport_err("ncclCommInitRank", e))?;
         }
         crate::job::register_nccl(comm as *mut std::ffi::c_void);
         tracing::info!(rank = placement.rank, device, "NCCL communicator ready");
@@ -118,7 +123,7 @@ impl Collective for NcclCollective {
                 self.comm,
                 std::ptr::null_mut(),
             )
-            .map_err(|e| nccl_err("ncclAllReduce", e))?;
+            .map_err(|e| transport_err("ncclAllReduce", e))?;
         }
         Ok(())
     }
@@ -134,7 +139,7 @@ impl Collective for NcclCollective {
         // SAFETY: as in all_reduce_mean.
         unsafe {
             nccl::broadcast(ptr, ptr, count, datatype, root as i32, self.comm, std::ptr::null_mut())
-                .map_err(|e| nccl_err("ncclBroadcast", e))?;
+                .map_err(|e| transport_err("ncclBroadcast", e))?;
         }
         Ok(())
     }
@@ -156,7 +161,7 @@ impl Collective for NcclCollective {
                 self.comm,
                 std::ptr::null_mut(),
             )
-            .map_err(|e| nccl_err("ncclAllGather", e))?;
+            .map_err(|e| transport_err("ncclAllGather", e))?;
         }
         Ok(gathered)
     }
@@ -179,7 +184,7 @@ impl Collective for NcclCollective {
                 self.comm,
                 std::ptr::null_mut(),
             )
-            .map_err(|e| nccl_err("ncclReduceScatter", e))?;
+            .map_err(|e| transport_err("ncclReduceScatter", e))?;
         }
         Ok(block)
     }

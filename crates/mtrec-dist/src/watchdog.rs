@@ -68,9 +68,9 @@ impl Watchdog {
                 if idle > timeout && !watched.finished.load(Ordering::Relaxed) {
                     let phase = watched.phase.lock().map(|p| p.clone()).unwrap_or_default();
                     crate::say(&format!(
-                        "error: rank {}: no progress for {:.0} s in {phase} (dist.timeout_s = {}): a \
+                        "error: {}: no progress for {:.0} s in {phase} (dist.timeout_s = {}): a \
                          collective is stalled or another rank died; ending the job",
-                        crate::rank(),
+                        crate::who(),
                         idle.as_secs_f64(),
                         timeout.as_secs()
                     ));

@@ -42,6 +42,10 @@ pub enum TrainError {
     Model(#[from] mtrec_model::ModelError),
     #[error("distributed: {0}")]
     Dist(String),
+    /// A loss became NaN or infinite: the run diverged (not retryable: a restart from the last
+    /// checkpoint would diverge again).
+    #[error("training diverged: {0}")]
+    Diverged(String),
     #[error(transparent)]
     Collective(#[from] mtrec_dist::DistError),
     #[error("torch: {0}")]

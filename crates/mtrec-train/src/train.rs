@@ -872,6 +872,7 @@ impl MetricsLogger {
     ) -> Result<(), TrainError> {
         let pending = std::mem::take(&mut self.pending);
         let losses = all_rank_losses(&pending, collective)?;
+        losses.check_finite(step, pending.len())?;
         let conflicts: Vec<f64> =
             pending.iter().filter_map(|s| s.surgery.as_ref().map(|g| scalar(&g.conflict))).collect();
         self.conflicts += conflicts.iter().sum::<f64>();
@@ -951,6 +952,24 @@ struct WindowLosses {
 /// Each rank's loss is its share of the global batch's (the main loss a mean over equal slices,
 /// the auxiliary ones divided by the global counts over the world size), so their average over
 /// ranks is the global batch's loss; one all-reduce per log step.
+impl WindowLosses {
+    /// Refuses a NaN or infinite loss, naming the loss and the window of steps it is the mean of
+    /// (the same on every rank: the losses are the global batch's).
+    fn check_finite(&self, step: u64, window: usize) -> Result<(), TrainError> {
+        for (name, value) in [("main", self.main), ("category", self.category), ("NER", self.ner)] {
+            if let Some(value) = value.filter(|v| !v.is_finite()) {
+                let first = step + 1 - window.max(1) as u64;
+                return Err(TrainError::Diverged(format!(
+                    "the {name} loss of the global batch is {value} in steps {first}..={step}; lower the \
+                     learning rate (optim.lr_bert, optim.lr_task) or check the data, and resume from a \
+                     checkpoint before step {first}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn all_rank_losses(pending: &[StepStats], collective: &dyn Collective) -> Result<WindowLosses, TrainError> {
     let Some(first) = pending.first() else {
         return Ok(WindowLosses { main: None, category: None, ner: None });
@@ -981,6 +1000,17 @@ fn all_rank_losses(pending: &[StepStats], collective: &dyn Collective) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_non_finite_loss_ends_the_run_naming_the_loss_and_steps() {
+        let finite = WindowLosses { main: Some(0.7), category: Some(2.3), ner: None };
+        assert!(finite.check_finite(10, 10).is_ok());
+        let nan = WindowLosses { main: Some(0.7), category: Some(f64::NAN), ner: None };
+        let message = nan.check_finite(20, 10).unwrap_err().to_string();
+        assert!(message.starts_with("training diverged: the category loss of the global batch is NaN in steps 11..=20"), "{message}");
+        let inf = WindowLosses { main: Some(f64::INFINITY), category: None, ner: None };
+        assert!(inf.check_finite(3, 1).unwrap_err().to_string().contains("main loss of the global batch is inf in steps 3..=3"));
+    }
 
     #[test]
     fn a_resumed_run_keeps_the_metrics_up_to_its_checkpoint_and_logs_each_step_once() {

@@ -24,10 +24,30 @@ fn watch(config: &Config) -> Watchdog {
     Watchdog::start(std::time::Duration::from_secs(config.dist.timeout_s))
 }
 
+/// [`watch`], for a command whose ranks work together: a rank silent on the job's liveness link
+/// for `dist.timeout_s` is lost too.
+fn watch_job(job: &Job, config: &Config) -> Watchdog {
+    job.set_peer_timeout(std::time::Duration::from_secs(config.dist.timeout_s));
+    watch(config)
+}
+
 /// The collective for this job: NCCL when training on CUDA, else MPI (or a world of one).
 fn connect<'a>(job: &'a Job, config: &Config) -> anyhow::Result<&'a dyn Collective> {
     // A CUDA device that is not there (no driver, no GPU, too few) is refused here, before NCCL.
-    let cuda = setup::device(config.train.device, job.placement().local_rank)?.is_cuda();
+    let placement = job.placement();
+    let device = setup::device(config.train.device, placement.local_rank)?;
+    if mtrec_dist::launched_by_mpi() {
+        mtrec_dist::say(&format!(
+            "rank {}/{} on {}: local rank {}/{}, device {device:?}, pid {}",
+            placement.rank,
+            placement.world_size,
+            mtrec_dist::hostname(),
+            placement.local_rank,
+            placement.local_size,
+            std::process::id()
+        ));
+    }
+    let cuda = device.is_cuda();
     let backend = if cuda { Backend::Cuda } else { Backend::Cpu };
     job.collective(backend).context("connecting to the other ranks")
 }
@@ -40,7 +60,7 @@ pub fn train(job: &Job, args: &ConfigArgs, resume: Option<&str>, reschedule: boo
         Some("auto") => Resume::Auto,
         Some(dir) => Resume::From(PathBuf::from(dir)),
     };
-    let watchdog = watch(&config);
+    let watchdog = watch_job(job, &config);
     let heartbeat = watchdog.heartbeat();
     heartbeat.phase("connecting to the other ranks");
     let collective = connect(job, &config)?;
@@ -131,7 +151,7 @@ fn model_from_checkpoint(
 
 pub fn eval(job: &Job, args: &ConfigArgs, checkpoint: &Path) -> anyhow::Result<()> {
     let config = load_config(args)?;
-    let watchdog = watch(&config);
+    let watchdog = watch_job(job, &config);
     let heartbeat = watchdog.heartbeat();
     heartbeat.phase("connecting to the other ranks");
     let collective = connect(job, &config)?;

@@ -163,15 +163,20 @@ fn main() {
     }
 }
 
-/// `rank N: ` in a job launched by mpirun or srun, nothing in a plain run.
+/// `rank N on HOST: ` in a job launched by mpirun or srun, nothing in a plain run.
 fn rank_prefix() -> String {
-    if mtrec_dist::launched_by_mpi() { format!("rank {}: ", mtrec_dist::rank()) } else { String::new() }
+    if mtrec_dist::launched_by_mpi() { format!("{}: ", mtrec_dist::who()) } else { String::new() }
 }
 
-/// The one failure path: this rank's message, then the whole job ends (exit code 1).
+/// The one failure path: this rank's message, then the whole job ends, with
+/// [`mtrec_dist::EXIT_TRANSPORT`] when a collective failed between ranks (a restart may cure
+/// it) and 1 for everything else (a config, data, file or numeric error: a restart would fail
+/// again).
 fn fail(error: anyhow::Error) -> ! {
     mtrec_dist::say(&format!("error: {}{}", rank_prefix(), one_message(&error)));
-    mtrec_dist::abort_job(1)
+    let transport =
+        error.chain().any(|e| e.downcast_ref::<mtrec_dist::DistError>().is_some_and(|d| d.is_retryable()));
+    mtrec_dist::abort_job(if transport { mtrec_dist::EXIT_TRANSPORT } else { 1 })
 }
 
 /// The error and its causes, each said once: a cause whose text its parent already ends with

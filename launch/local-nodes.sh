@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# Nodes on one machine: N network + UTS namespaces node1..nodeN on one bridge, so that mpirun,
+# srun and the tests run a job across "hosts" that have their own network stack, address and
+# hostname (the filesystem is shared, as over NFS; `unshare -m` gives a node a disk of its own).
+#
+#   launch/local-nodes.sh start N          # make node1..nodeN (a second start is a no-op)
+#   launch/local-nodes.sh stop             # kill their processes, remove them: nothing is left
+#   launch/local-nodes.sh status           # the nodes, their addresses and processes (exit 3: none)
+#   launch/local-nodes.sh exec NODE CMD... # run CMD on NODE, with NODE's hostname
+#   launch/local-nodes.sh kill NODE        # SIGKILL every process on NODE (its power is gone)
+#   launch/local-nodes.sh cut NODE | heal NODE   # take NODE's link down (a partition) or up again
+#   launch/local-nodes.sh pids NODE        # the processes running on NODE
+#   eval "$(launch/local-nodes.sh env)"    # MTREC_IFACE and MTREC_RSH_AGENT for launch/mpirun.sh
+#   launch/local-nodes.sh rsh NODE CMD...  # OpenMPI's remote shell (plm_rsh_agent): ssh without sshd
+#                                          # (with the variables of target/local-nodes/NODE.env)
+#
+# The bridge `mtrecbr0` holds .1 of a private /24 (the first of 10.213.0.0/24 .. 10.213.255.0/24
+# that no interface uses; MTREC_NODES_SUBNET=10.1.2.0/24 picks one), nodeK holds .(K+1) on its
+# interface `mtrec0`. The node names go into /etc/hosts (marked, removed by stop). State lives in
+# target/local-nodes/ (MTREC_NODES_DIR overrides it). Needs root (ip netns, /etc/hosts).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+dir=${MTREC_NODES_DIR:-$root/target/local-nodes}
+bridge=mtrecbr0
+mark="# mtrec local-nodes"
+PATH=$PATH:/usr/sbin:/sbin
+
+say() { printf '[local-nodes] %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+need_root() { [ "$(id -u)" = 0 ] || die "network namespaces and /etc/hosts need root: run it as root"; }
+
+nodes() { if [ -f "$dir/nodes" ]; then cat "$dir/nodes"; fi; }
+subnet() { cat "$dir/subnet" 2>/dev/null; }
+# The /24's first three octets, e.g. 10.213.7
+prefix() { local s; s=$(subnet); echo "${s%.*}"; }
+address() { echo "$(prefix).$((${1#node} + 1))"; }
+is_node() { nodes | grep -qx "$1"; }
+node_arg() {
+  if [ -z "${1:-}" ] || ! is_node "$1"; then
+    die "'${1:-}' is not a running local node (nodes: $(nodes | tr '\n' ' '))"
+  fi
+}
+
+used_subnets() { ip -4 -o addr show | awk '{ split($4, a, "."); print a[1] "." a[2] "." a[3] }'; }
+
+pick_subnet() {
+  if [ -n "${MTREC_NODES_SUBNET:-}" ]; then
+    [[ $MTREC_NODES_SUBNET =~ ^([0-9]+\.[0-9]+\.[0-9]+)\.0/24$ ]] ||
+      die "MTREC_NODES_SUBNET=$MTREC_NODES_SUBNET: a /24 such as 10.1.2.0/24"
+    used_subnets | grep -qx "${BASH_REMATCH[1]}" && die "MTREC_NODES_SUBNET=$MTREC_NODES_SUBNET is in use here"
+    echo "$MTREC_NODES_SUBNET"
+    return
+  fi
+  local i used
+  used=$(used_subnets)
+  for ((i = 0; i < 256; i++)); do
+    grep -qx "10.213.$i" <<<"$used" || { echo "10.213.$i.0/24"; return; }
+  done
+  die "every 10.213.x.0/24 is in use: set MTREC_NODES_SUBNET"
+}
+
+start() {
+  local n=${1:-}
+  [[ $n =~ ^[1-9][0-9]?$ ]] || die "usage: $0 start N (1 to 99 nodes)"
+  need_root
+  if [ -f "$dir/nodes" ]; then
+    local have
+    have=$(nodes | wc -l)
+    [ "$have" -eq "$n" ] || die "$have nodes are running already: stop them first"
+    say "already running: $(nodes | tr '\n' ' ')on $(subnet)"
+    return
+  fi
+  mkdir -p "$dir"
+  local net k name
+  net=$(pick_subnet)
+  echo "$net" >"$dir/subnet"
+  : >"$dir/nodes.tmp"
+  ip link add "$bridge" type bridge
+  ip addr add "$(prefix).1/24" dev "$bridge"
+  ip link set "$bridge" up
+  for ((k = 1; k <= n; k++)); do
+    name=node$k
+    ip netns add "$name"
+    ip link add "mtrec-$name" type veth peer name mtrec0 netns "$name"
+    ip link set "mtrec-$name" master "$bridge" up
+    ip -n "$name" addr add "$(prefix).$((k + 1))/24" dev mtrec0
+    ip -n "$name" link set mtrec0 up
+    ip -n "$name" link set lo up
+    echo "$name" >>"$dir/nodes.tmp"
+  done
+  mv "$dir/nodes.tmp" "$dir/nodes"
+  hosts_remove
+  for name in $(nodes); do echo "$(address "$name") $name $mark"; done >>/etc/hosts
+  for name in $(nodes); do wait_reachable "$name"; done
+  say "started $(nodes | tr '\n' ' ')on $net (bridge $bridge $(prefix).1)"
+}
+
+# A TCP connect from the host to the node's address, bounded in time: bash's /dev/tcp needs no
+# ping. Any answer (a refused connection included) proves the node is reachable.
+wait_reachable() {
+  local i addr answer
+  addr=$(address "$1")
+  for ((i = 0; i < 50; i++)); do
+    answer=$(timeout 1 bash -c "exec 3<>/dev/tcp/$addr/9 && echo connected" 2>&1 || true)
+    [[ $answer == *connected* || $answer == *refused* ]] && return 0
+    sleep 0.1
+  done
+  die "$1 ($addr) does not answer a TCP connect from the host"
+}
+
+hosts_remove() {
+  if grep -q "$mark" /etc/hosts; then
+    # /etc/hosts may be a bind mount: rewrite it in place instead of replacing the file.
+    local kept
+    kept=$(grep -v "$mark" /etc/hosts)
+    printf '%s\n' "$kept" >/etc/hosts
+  fi
+}
+
+pids() { ip netns pids "$1" 2>/dev/null || true; }
+
+kill_node() {
+  local name=$1 p i
+  for ((i = 0; i < 50; i++)); do
+    p=$(pids "$name")
+    [ -z "$p" ] && return 0
+    # shellcheck disable=SC2086 # a list of pids
+    kill -KILL $p 2>/dev/null || true
+    sleep 0.1
+  done
+  die "processes on $name survive SIGKILL: $(pids "$name" | tr '\n' ' ')"
+}
+
+stop() {
+  need_root
+  local name
+  if [ ! -f "$dir/nodes" ] && ! ip link show "$bridge" >/dev/null 2>&1; then
+    say "not running"
+    return
+  fi
+  for name in $(nodes); do
+    kill_node "$name"
+    ip netns del "$name" 2>/dev/null || true
+    ip link del "mtrec-$name" 2>/dev/null || true
+  done
+  ip link del "$bridge" 2>/dev/null || true
+  hosts_remove
+  rm -f "$dir/nodes" "$dir/subnet" "$dir"/node*.env
+  say "stopped"
+}
+
+status() {
+  if [ ! -f "$dir/nodes" ]; then
+    say "not running"
+    return 3
+  fi
+  local name state
+  echo "subnet $(subnet), bridge $bridge $(prefix).1"
+  for name in $(nodes); do
+    state=$(ip -o link show "mtrec-$name" 2>/dev/null | grep -q 'state UP\|,UP' && echo up || echo cut)
+    echo "$name $(address "$name") link $state, $(pids "$name" | wc -l) processes"
+  done
+}
+
+# CMD on NODE with its hostname: the node's network namespace, a UTS namespace of its own.
+exec_on() {
+  local name=$1
+  shift
+  node_arg "$name"
+  (($# > 0)) || die "usage: $0 exec NODE CMD..."
+  # shellcheck disable=SC2016 # expanded by that shell
+  exec ip netns exec "$name" unshare -u sh -c 'hostname "$0" && exec "$@"' "$name" "$@"
+}
+
+case ${1:-} in
+  start) start "${2:-}" ;;
+  stop) stop ;;
+  status) status ;;
+  exec) shift; exec_on "$@" ;;
+  rsh)
+    # OpenMPI's plm_rsh_agent: `AGENT HOST COMMAND...`, COMMAND a line for the remote shell, as
+    # ssh takes it. The variables of target/local-nodes/NODE.env (if any) are set on that node
+    # only, as a node's own login environment would (tests make one node differ with it).
+    shift
+    node=${1:-}
+    shift
+    if [ -f "$dir/$node.env" ]; then
+      set -a
+      # shellcheck disable=SC1090 # written by whoever wants the node to differ
+      . "$dir/$node.env"
+      set +a
+    fi
+    exec_on "$node" sh -c "$*"
+    ;;
+  kill) node_arg "${2:-}"; kill_node "$2"; say "killed every process on $2" ;;
+  cut) node_arg "${2:-}"; ip link set "mtrec-$2" down; say "$2 cut off (link mtrec-$2 down)" ;;
+  heal) node_arg "${2:-}"; ip link set "mtrec-$2" up; say "$2 reconnected" ;;
+  pids) node_arg "${2:-}"; pids "$2" ;;
+  env)
+    [ -f "$dir/nodes" ] || die "not running: $0 start N"
+    echo "export MTREC_IFACE=$(subnet) MTREC_RSH_AGENT='$root/launch/local-nodes.sh rsh'"
+    ;;
+  *)
+    sed -n '4,14p' "$0" >&2
+    exit 2
+    ;;
+esac
