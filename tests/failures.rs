@@ -113,8 +113,11 @@ fn text(out: &Output) -> String {
 #[test]
 fn rank_1_without_its_shards_ends_the_job() {
     let a = args("train", &fixture().root.join("no-shards"), &[]);
-    let message =
-        format!("error: rank 1 on {}: {}/manifest.json: No such file or directory", hostname(), fixture().shards.display());
+    let message = format!(
+        "error: rank 1 on {}: {}/manifest.json: No such file or directory",
+        hostname(),
+        fixture().shards.display()
+    );
     let (output, _) = fails_with(mpmd(&a, Rank1::Without(fixture().shards.clone())), &message);
     assert_eq!(output.matches("No such file or directory").count(), 1, "said once:\n{output}");
     assert_eq!(output.matches("manifest.json").count(), 1, "the path named once:\n{output}");
@@ -145,7 +148,8 @@ fn rank_0_unable_to_create_its_run_dir_ends_the_job() {
 #[test]
 fn rank_1_failing_mid_run_ends_the_job() {
     let a = args("train", &fixture().root.join("mid-run"), &["train.max_steps=1000"]);
-    let message = format!("error: rank 1 on {}: distributed: MTREC_FAULT asked for an error after step 3", hostname());
+    let message =
+        format!("error: rank 1 on {}: distributed: MTREC_FAULT asked for an error after step 3", hostname());
     fails_with(mpmd(&a, Rank1::Env(&[("MTREC_FAULT", "error@3")])), &message);
 }
 

@@ -14,8 +14,8 @@
 use crate::liveness::{self, Liveness, Rendezvous};
 use crate::{Backend, Collective, DistError, Local, MpiCollective, NcclCollective, Placement};
 use std::io::Write;
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// How long [`abort_job`] waits for `ncclCommAbort` and `MPI_Abort` before `_exit`.
@@ -234,7 +234,10 @@ fn start_liveness(mpi: &MpiCollective, hosts: &Arc<Vec<String>>) -> Option<Liven
                 bytes = rendezvous.encode();
                 listener = Some(l);
             }
-            Err(e) => say(&format!("warning: {}: no liveness link ({e}): a lost peer is seen by the watchdog only", who())),
+            Err(e) => say(&format!(
+                "warning: {}: no liveness link ({e}): a lost peer is seen by the watchdog only",
+                who()
+            )),
         }
     }
     if mpi.broadcast_bytes(&mut bytes, 0).is_err() {

@@ -22,10 +22,10 @@ mod watchdog;
 pub use job::{ABORT_BACKSTOP, Job, abort_job, hostname, launcher_rank, rank, say, who};
 pub use liveness::EXIT_PEER_LOST;
 pub use local::Local;
+pub use mpi_collective::EXIT_TRANSPORT;
 pub use mpi_collective::MpiCollective;
 pub use mpi_collective::mpi_library_version;
 pub use nccl::{NcclCollective, nccl_library_status};
-pub use mpi_collective::EXIT_TRANSPORT;
 pub use watchdog::{EXIT_STALLED, Heartbeat, Watchdog};
 
 use tch::Tensor;

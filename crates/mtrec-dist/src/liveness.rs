@@ -218,7 +218,13 @@ impl Liveness {
                 links.lock().unwrap_or_else(|e| e.into_inner()).push(clone);
             }
         }
-        let watch = Watch { peers, listener, hosts, finished: Arc::clone(&finished), timeout_ms: Arc::clone(&timeout_ms) };
+        let watch = Watch {
+            peers,
+            listener,
+            hosts,
+            finished: Arc::clone(&finished),
+            timeout_ms: Arc::clone(&timeout_ms),
+        };
         std::thread::Builder::new()
             .name("liveness".into())
             .spawn(move || watch.run())
@@ -353,11 +359,7 @@ mod tests {
     fn rendezvous_round_trips_and_orders_candidates() {
         let r = Rendezvous {
             port: 4242,
-            addresses: vec![
-                Ipv4Addr::LOCALHOST,
-                Ipv4Addr::new(192, 0, 2, 7),
-                Ipv4Addr::new(10, 213, 0, 2),
-            ],
+            addresses: vec![Ipv4Addr::LOCALHOST, Ipv4Addr::new(192, 0, 2, 7), Ipv4Addr::new(10, 213, 0, 2)],
         };
         assert_eq!(Rendezvous::decode(&r.encode()), Some(r.clone()));
         let same = r.candidates(true, None);
@@ -373,8 +375,11 @@ mod tests {
     #[test]
     fn losses_are_told_by_host_and_cause() {
         let hosts = vec!["node1".to_string(), "node1".into(), "node2".into(), "node2".into()];
-        let text =
-            describe(&[(2, Loss::Closed), (3, Loss::Closed), (1, Loss::Silent)], &hosts, Duration::from_secs(20));
+        let text = describe(
+            &[(2, Loss::Closed), (3, Loss::Closed), (1, Loss::Silent)],
+            &hosts,
+            Duration::from_secs(20),
+        );
         assert_eq!(
             text,
             "rank 2 on node2, rank 3 on node2 (link closed without a word: the process died or was \
@@ -388,7 +393,9 @@ mod tests {
     fn a_goodbye_is_not_a_loss_but_a_silent_close_is() {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let address = listener.local_addr().unwrap();
-        for (said, expected) in [(Some(BYE), None), (None, Some(Loss::Closed)), (Some(BEAT), Some(Loss::Closed))] {
+        for (said, expected) in
+            [(Some(BYE), None), (None, Some(Loss::Closed)), (Some(BEAT), Some(Loss::Closed))]
+        {
             let mut far = TcpStream::connect(address).unwrap();
             let (near, _) = listener.accept().unwrap();
             near.set_nonblocking(true).unwrap();

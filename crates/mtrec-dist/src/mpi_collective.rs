@@ -21,9 +21,11 @@ pub(crate) fn report_errors_as_transport_failures() {
             mpi::ffi::MPI_Error_string(*code, text.as_mut_ptr(), &mut len);
             std::ffi::CStr::from_ptr(text.as_ptr()).to_string_lossy().into_owned()
         };
-        crate::say(&format!("error: {}: MPI: {message} (error code {}); ending the job", crate::who(), unsafe {
-            *code
-        }));
+        crate::say(&format!(
+            "error: {}: MPI: {message} (error code {}); ending the job",
+            crate::who(),
+            unsafe { *code }
+        ));
         crate::abort_job(EXIT_TRANSPORT);
     }
     // SAFETY: the handler is called with (comm, code, ...) and reads only its two fixed
@@ -86,7 +88,9 @@ impl MpiCollective {
         let mut all = vec![0u8; WIDTH * self.placement.world_size];
         self.world.all_gather_into(&mine[..], &mut all[..]);
         all.chunks(WIDTH)
-            .map(|c| String::from_utf8_lossy(&c[..c.iter().position(|b| *b == 0).unwrap_or(WIDTH)]).into_owned())
+            .map(|c| {
+                String::from_utf8_lossy(&c[..c.iter().position(|b| *b == 0).unwrap_or(WIDTH)]).into_owned()
+            })
             .collect()
     }
 

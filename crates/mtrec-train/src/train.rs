@@ -1007,9 +1007,19 @@ mod tests {
         assert!(finite.check_finite(10, 10).is_ok());
         let nan = WindowLosses { main: Some(0.7), category: Some(f64::NAN), ner: None };
         let message = nan.check_finite(20, 10).unwrap_err().to_string();
-        assert!(message.starts_with("training diverged: the category loss of the global batch is NaN in steps 11..=20"), "{message}");
+        assert!(
+            message.starts_with(
+                "training diverged: the category loss of the global batch is NaN in steps 11..=20"
+            ),
+            "{message}"
+        );
         let inf = WindowLosses { main: Some(f64::INFINITY), category: None, ner: None };
-        assert!(inf.check_finite(3, 1).unwrap_err().to_string().contains("main loss of the global batch is inf in steps 3..=3"));
+        assert!(
+            inf.check_finite(3, 1)
+                .unwrap_err()
+                .to_string()
+                .contains("main loss of the global batch is inf in steps 3..=3")
+        );
     }
 
     #[test]
