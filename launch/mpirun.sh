@@ -173,7 +173,7 @@ while :; do
   fi
   restarts=$((restarts + 1))
   resume=
-  if [ "${args[0]}" = train ] && [[ " ${args[*]} " != *" --resume "* ]]; then
+  if [ "${args[0]}" = train ] && [[ " ${args[*]} " != *" --resume "* && " ${args[*]} " != *" --resume="* ]]; then
     args+=(--resume auto)
     resume=" (--resume auto added)"
   fi

@@ -107,8 +107,6 @@ pub fn abort_job(code: i32) -> ! {
 /// it. Owned by `main` for the whole run (see the module documentation).
 pub struct Job {
     placement: Placement,
-    /// The host of every rank, by rank.
-    hosts: Arc<Vec<String>>,
     /// The link that tells a lost rank (a world of more than one).
     liveness: Option<Liveness>,
     nccl: OnceLock<NcclCollective>,
@@ -131,7 +129,6 @@ impl Job {
             RANK.store(0, Ordering::Relaxed);
             return Ok(Job {
                 placement: Placement::SINGLE,
-                hosts: Arc::new(vec![hostname().to_string()]),
                 liveness: None,
                 nccl: OnceLock::new(),
                 mpi: None,
@@ -150,24 +147,12 @@ impl Job {
         crate::mpi_collective::report_errors_as_transport_failures();
         let hosts = Arc::new(mpi.all_gather_strings(hostname()));
         let liveness = (placement.world_size > 1).then(|| start_liveness(&mpi, &hosts)).flatten();
-        Ok(Job {
-            placement,
-            hosts,
-            liveness,
-            nccl: OnceLock::new(),
-            mpi: Some(mpi),
-            _universe: Some(universe),
-        })
+        Ok(Job { placement, liveness, nccl: OnceLock::new(), mpi: Some(mpi), _universe: Some(universe) })
     }
 
     /// Where this process sits.
     pub fn placement(&self) -> Placement {
         self.placement
-    }
-
-    /// The host each rank runs on, by rank.
-    pub fn hosts(&self) -> &[String] {
-        &self.hosts
     }
 
     /// From now on a rank that sends nothing for `timeout` is lost (the command's

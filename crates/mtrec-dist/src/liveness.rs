@@ -54,6 +54,14 @@ fn announce(byte: u8) {
     }
 }
 
+/// Adds a link to those [`announce`] writes to.
+fn register_link(stream: &TcpStream) {
+    if let Ok(clone) = stream.try_clone() {
+        let links = LINKS.get_or_init(|| Mutex::new(Vec::new()));
+        links.lock().unwrap_or_else(|e| e.into_inner()).push(clone);
+    }
+}
+
 /// Called by [`crate::abort_job`]: this rank ends the job with its own message, its peers must
 /// not report it as lost.
 pub(crate) fn announce_failing() {
@@ -170,8 +178,8 @@ impl Liveness {
         Self::spawn(Vec::new(), Some(listener), hosts)
     }
 
-    /// Rank `rank` connects to rank 0 and watches it; `None` (and a warning) when no address of
-    /// rank 0 answers.
+    /// Rank `rank` connects to rank 0 and watches it; an error saying what was tried when no
+    /// address of rank 0 answers.
     pub fn watch_rank_zero(
         rank: usize,
         rendezvous: &Rendezvous,
@@ -212,11 +220,8 @@ impl Liveness {
     fn spawn(peers: Vec<Peer>, listener: Option<TcpListener>, hosts: Arc<Vec<String>>) -> Liveness {
         let finished = Arc::new(AtomicBool::new(false));
         let timeout_ms = Arc::new(AtomicU64::new(DEFAULT_TIMEOUT.as_millis() as u64));
-        let links = LINKS.get_or_init(|| Mutex::new(Vec::new()));
         for peer in &peers {
-            if let Ok(clone) = peer.stream.try_clone() {
-                links.lock().unwrap_or_else(|e| e.into_inner()).push(clone);
-            }
+            register_link(&peer.stream);
         }
         let watch = Watch {
             peers,
@@ -293,10 +298,7 @@ impl Watch {
                 continue;
             }
             let _ = stream.set_nonblocking(true);
-            if let Ok(clone) = stream.try_clone() {
-                let links = LINKS.get_or_init(|| Mutex::new(Vec::new()));
-                links.lock().unwrap_or_else(|e| e.into_inner()).push(clone);
-            }
+            register_link(&stream);
             let rank = u32::from_le_bytes(rank) as usize;
             self.peers.push(Peer { rank, stream, last_heard: Instant::now(), quiet: false });
         }
