@@ -172,26 +172,55 @@ exec_on() {
   exec ip netns exec "$name" unshare -u sh -c 'hostname "$0" && exec "$@"' "$name" "$@"
 }
 
+# OpenMPI's plm_rsh_agent: `AGENT NODE COMMAND...`, COMMAND a line for the remote shell, as ssh
+# takes it. The variables of target/local-nodes/NODE.env (if any) are set on that node only, as
+# a node's own login environment would (tests make one node differ with it). Like an ssh session
+# with ServerAliveInterval=1 and ServerAliveCountMax=MTREC_NODES_ALIVE_MAX (default 10), the
+# agent stays on the host and asks the node over its link every second (a TCP connect: a
+# refused connection is an answer). When the node has not answered for that many seconds the
+# session ends with 255, as ssh's does, and its processes on the node are killed, as sshd ends a
+# session whose client is gone. mpirun then reports its daemon on that node lost.
+remote_shell() {
+  local node=${1:-} session missed=0 max=${MTREC_NODES_ALIVE_MAX:-10}
+  node_arg "$node"
+  shift
+  if [ -f "$dir/$node.env" ]; then
+    set -a
+    # shellcheck disable=SC1090 # written by whoever wants the node to differ
+    . "$dir/$node.env"
+    set +a
+  fi
+  # A session (and process group) of its own, so that ending it reaches every process of it.
+  setsid bash "${BASH_SOURCE[0]}" exec "$node" sh -c "$*" <&0 &
+  session=$!
+  trap 'kill -TERM -- "-$session" 2>/dev/null || true' TERM INT HUP
+  while kill -0 "$session" 2>/dev/null; do
+    if answers "$(address "$node")"; then
+      missed=0
+      sleep 1
+    elif ((++missed >= max)); then
+      say "$node: no answer over its link for $max s; ending the session on it (exit 255, as ssh's)"
+      kill -KILL -- "-$session" 2>/dev/null || true
+      wait "$session" || true
+      exit 255
+    fi
+  done
+  wait "$session"
+}
+
+# Whether ADDRESS answers a TCP connect within 1 s (connected or refused: either is an answer).
+answers() {
+  local said
+  said=$(timeout 1 bash -c ": </dev/tcp/$1/9" 2>&1) && return 0
+  [[ $said == *refused* ]]
+}
+
 case ${1:-} in
   start) start "${2:-}" ;;
   stop) stop ;;
   status) status ;;
   exec) shift; exec_on "$@" ;;
-  rsh)
-    # OpenMPI's plm_rsh_agent: `AGENT HOST COMMAND...`, COMMAND a line for the remote shell, as
-    # ssh takes it. The variables of target/local-nodes/NODE.env (if any) are set on that node
-    # only, as a node's own login environment would (tests make one node differ with it).
-    shift
-    node=${1:-}
-    shift
-    if [ -f "$dir/$node.env" ]; then
-      set -a
-      # shellcheck disable=SC1090 # written by whoever wants the node to differ
-      . "$dir/$node.env"
-      set +a
-    fi
-    exec_on "$node" sh -c "$*"
-    ;;
+  rsh) shift; remote_shell "$@" ;;
   kill) node_arg "${2:-}"; kill_node "$2"; say "killed every process on $2" ;;
   cut) node_arg "${2:-}"; ip link set "mtrec-$2" down; say "$2 cut off (link mtrec-$2 down)" ;;
   heal) node_arg "${2:-}"; ip link set "mtrec-$2" up; say "$2 reconnected" ;;

@@ -1,0 +1,264 @@
+//! Two nodes on one machine, for real: `launch/local-nodes.sh` makes node1 and node2 (network +
+//! UTS namespaces on a bridge: their own addresses and hostnames), and OpenMPI runs the tiny
+//! config across them through `launch/mpirun.sh --hostfile` (its rsh agent enters a node's
+//! namespaces instead of ssh). One test runs every scenario in turn on the same two nodes and
+//! stops them at the end, also when a scenario fails:
+//! - 2 nodes x 2 ranks train equal to 1 rank with the same global batch, each rank on its node
+//!   with local ranks 0 and 1, and the step time against 1 node x 4 ranks;
+//! - node 2 loses power (SIGKILL to every process on it) or its link (a partition): the job
+//!   ends within `dist.timeout_s` + 30 s, a survivor names the lost ranks and their host, and
+//!   no process is left on either node;
+//! - `--max-restarts`: node 2 killed after a checkpoint, the job restarts by itself, resumes and
+//!   finishes with the weights of an uninterrupted run; a config error on node 2 is not retried.
+use mtrec_e2e::{
+    binary, max_param_diff, mpirun, repo_root, run, stdout, synthetic_shards, tiny_args, tiny_worker,
+};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const TIMEOUT_S: u64 = 20;
+/// The bound: the job ends within dist.timeout_s + 30 s of the loss.
+const ENDS_WITHIN: Duration = Duration::from_secs(TIMEOUT_S + 30);
+
+fn nodes_script(args: &[&str]) -> Output {
+    run(Command::new("bash").arg(repo_root().join("launch/local-nodes.sh")).args(args), true)
+}
+
+/// The two nodes, stopped when dropped (a failing scenario included).
+struct Nodes {
+    subnet: String,
+}
+
+impl Nodes {
+    fn start() -> Nodes {
+        nodes_script(&["stop"]);
+        nodes_script(&["start", "2"]);
+        let env = stdout(&nodes_script(&["env"]));
+        let subnet = env.split("MTREC_IFACE=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+        Nodes { subnet }
+    }
+
+    fn pids(&self, node: &str) -> Vec<String> {
+        stdout(&nodes_script(&["pids", node])).split_whitespace().map(String::from).collect()
+    }
+
+    /// Waits until neither node runs a process; the seconds it took.
+    fn wait_empty(&self, limit: Duration) -> f64 {
+        let start = Instant::now();
+        loop {
+            let left: Vec<String> = ["node1", "node2"].iter().flat_map(|n| self.pids(n)).collect();
+            if left.is_empty() {
+                return start.elapsed().as_secs_f64();
+            }
+            assert!(start.elapsed() < limit, "processes left on the nodes after {limit:?}: {left:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").arg(repo_root().join("launch/local-nodes.sh")).arg("stop").status();
+    }
+}
+
+/// `launch/mpirun.sh --hostfile (node1, node2: 2 slots each) [--max-restarts N] 4 train ...`.
+fn across_nodes(
+    nodes: &Nodes,
+    root: &Path,
+    restarts: u32,
+    shards: &Path,
+    run_dir: &Path,
+    sets: &[&str],
+) -> Command {
+    let hostfile = root.join("hosts");
+    std::fs::write(&hostfile, "node1 slots=2\nnode2 slots=2\n").unwrap();
+    let session = repo_root()
+        .join(format!("target/tmp/ompi/multinode-{}", run_dir.file_name().unwrap().to_string_lossy()));
+    std::fs::create_dir_all(&session).unwrap();
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo_root().join("launch/mpirun.sh"))
+        .arg("--hostfile")
+        .arg(&hostfile)
+        .args(["--max-restarts", &restarts.to_string(), "4"])
+        .args(tiny_args("train", shards, run_dir, sets))
+        .env("MTREC_WORKER", binary("mtrec-worker"))
+        .env("MTREC_IFACE", &nodes.subnet)
+        .env("MTREC_RSH_AGENT", format!("{} rsh", repo_root().join("launch/local-nodes.sh").display()))
+        .env("OMPI_MCA_orte_tmpdir_base", session)
+        .env_remove("MTREC_FAULT")
+        .current_dir(repo_root());
+    cmd
+}
+
+fn spawn(mut cmd: Command) -> Child {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
+}
+
+/// Waits for `child` at most `limit` (killed and reported past it); its output and seconds.
+fn finish(mut child: Child, limit: Duration, since: Instant) -> (Output, String, f64) {
+    while child.try_wait().unwrap().is_none() {
+        if since.elapsed() > limit {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!("still running after {limit:?}:\n{}", text(&out));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seconds = since.elapsed().as_secs_f64();
+    let out = child.wait_with_output().unwrap();
+    let output = text(&out);
+    (out, output, seconds)
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", stdout(out), String::from_utf8_lossy(&out.stderr))
+}
+
+/// The newest `"step":N` of a run's metrics.jsonl (0 before the first).
+fn logged_step(run_dir: &Path) -> u64 {
+    let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// "trained N steps in X s": the training seconds of a finished run's output.
+fn trained_seconds(output: &str) -> f64 {
+    let line =
+        output.lines().find(|l| l.starts_with("trained ")).unwrap_or_else(|| panic!("no summary:\n{output}"));
+    line.split(" in ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap()
+}
+
+fn checkpoint(run_dir: &Path, step: u64) -> PathBuf {
+    run_dir.join(format!("step-{step:08}/model.safetensors"))
+}
+
+#[test]
+fn two_local_nodes_train_lose_a_node_and_restart() {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("multinode");
+    if root.exists() {
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+    std::fs::create_dir_all(&root).unwrap();
+    let shards = synthetic_shards(&root);
+    let nodes = Nodes::start();
+    let common = ["train.max_steps=30", "checkpoint.every=5", "checkpoint.keep=10", "log.every=1", "optim.eps=1e-3"];
+    let timeout = format!("dist.timeout_s={TIMEOUT_S}");
+
+    // 1 rank with the whole batch: the reference.
+    let one = root.join("one-rank");
+    run(&mut tiny_worker("train", &shards, &one, &common), true);
+    let moved = max_param_diff(&checkpoint(&one, 30), &checkpoint(&one, 20));
+    assert!(moved > 1e-4, "training did not move the parameters ({moved:.3e})");
+    let within_floor = |run_dir: &Path, what: &str| {
+        let diff = max_param_diff(&checkpoint(&one, 30), &checkpoint(run_dir, 30));
+        println!(
+            "{what}: max |1 rank - 2 nodes x 2 ranks| = {diff:.3e}; steps 20-30 moved them up to {moved:.3e}"
+        );
+        assert!(diff <= 2e-2 * moved, "{what}: parameters differ by {diff:.3e}");
+    };
+
+    // 2 nodes x 2 ranks, against 1 rank and against 1 node x 4 ranks.
+    let two_nodes = root.join("two-nodes");
+    let (out, output, _) = finish(
+        spawn(across_nodes(&nodes, &root, 0, &shards, &two_nodes, &common)),
+        Duration::from_secs(300),
+        Instant::now(),
+    );
+    assert!(out.status.success(), "{output}");
+    for (rank, node, local) in [(0, "node1", 0), (1, "node1", 1), (2, "node2", 0), (3, "node2", 1)] {
+        let line = format!("rank {rank}/4 on {node}: local rank {local}/2, device Cpu");
+        assert!(output.contains(&line), "no {line:?} in:\n{output}");
+    }
+    within_floor(&two_nodes, "2 nodes x 2 ranks");
+    let one_node = root.join("one-node");
+    let local = run(&mut mpirun(4, tiny_worker("train", &shards, &one_node, &common)), true);
+    let (tcp, shm) = (trained_seconds(&output), trained_seconds(&stdout(&local)));
+    println!(
+        "step time, 2 nodes x 2 ranks (TCP) / 1 node x 4 ranks (shared memory): {tcp:.1} s / {shm:.1} s = {:.2}",
+        tcp / shm
+    );
+
+    // Node 2 loses its power, then its link: the job ends, a survivor says what was lost.
+    for (loss, action) in [("killed", "kill"), ("cut off", "cut")] {
+        let run_dir = root.join(format!("lost-{action}"));
+        let sets = ["train.max_steps=100000", "checkpoint.every=5", "log.every=1", timeout.as_str()];
+        let child = spawn(across_nodes(&nodes, &root, 0, &shards, &run_dir, &sets));
+        wait_until("step 3 logged", Duration::from_secs(120), || logged_step(&run_dir) >= 3);
+        let lost_at = Instant::now();
+        nodes_script(&[action, "node2"]);
+        let (out, output, seconds) = finish(child, ENDS_WITHIN, lost_at);
+        assert!(!out.status.success(), "{output}");
+        let said = output
+            .lines()
+            .find(|l| l.contains("lost rank"))
+            .unwrap_or_else(|| panic!("no survivor named the lost ranks:\n{output}"));
+        assert!(said.contains("on node2") && said.contains("on node1: lost"), "{said}");
+        nodes.wait_empty(ENDS_WITHIN.saturating_sub(lost_at.elapsed()) + Duration::from_secs(1));
+        println!(
+            "node 2 {loss}: the job ended {seconds:.1} s after (exit {:?}), no process left on the nodes {:.1} s after: {said}",
+            out.status.code(),
+            lost_at.elapsed().as_secs_f64()
+        );
+        if action == "cut" {
+            nodes_script(&["heal", "node2"]);
+        }
+    }
+
+    // --max-restarts: node 2 killed after the first checkpoint; the job restarts and finishes.
+    let restarted = root.join("restarted");
+    let started = Instant::now();
+    let child = spawn(across_nodes(
+        &nodes,
+        &root,
+        2,
+        &shards,
+        &restarted,
+        &[&common[..], &[timeout.as_str()]].concat(),
+    ));
+    wait_until("checkpoint step-00000010", Duration::from_secs(180), || checkpoint(&restarted, 10).is_file());
+    let killed_after = logged_step(&restarted);
+    nodes_script(&["kill", "node2"]);
+    let (out, output, seconds) = finish(child, Duration::from_secs(400), started);
+    assert!(out.status.success(), "{output}");
+    let restart = output
+        .lines()
+        .find(|l| l.contains("restart 1/2 after exit"))
+        .unwrap_or_else(|| panic!("no restart:\n{output}"));
+    let resumed: u64 = restart.split("step-").nth(1).unwrap()[..8].parse().unwrap();
+    println!(
+        "killed after step {killed_after}; {restart}; {} steps lost; finished in {seconds:.1} s",
+        killed_after - resumed
+    );
+    assert!(killed_after - resumed <= 5, "lost more than checkpoint.every steps: {restart}");
+    assert!(!output.contains("restart 2/2"), "{output}");
+    within_floor(&restarted, &format!("killed after step {killed_after}, restarted"));
+
+    // A config error on node 2 only: the job fails at once and is not restarted.
+    std::fs::write(repo_root().join("target/local-nodes/node2.env"), "MTREC_FAULT=bogus\n").unwrap();
+    let bad = root.join("config-error");
+    let (out, output, _) = finish(
+        spawn(across_nodes(&nodes, &root, 2, &shards, &bad, &common)),
+        Duration::from_secs(120),
+        Instant::now(),
+    );
+    std::fs::remove_file(repo_root().join("target/local-nodes/node2.env")).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{output}");
+    assert!(output.contains("on node2: config: MTREC_FAULT=\"bogus\""), "{output}");
+    assert!(output.contains("not restarting (0 restart(s) so far)"), "{output}");
+    nodes.wait_empty(Duration::from_secs(30));
+}
