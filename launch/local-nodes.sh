@@ -12,7 +12,8 @@
 #   launch/local-nodes.sh pids NODE        # the processes running on NODE
 #   eval "$(launch/local-nodes.sh env)"    # MTREC_IFACE and MTREC_RSH_AGENT for launch/mpirun.sh
 #   launch/local-nodes.sh rsh NODE CMD...  # OpenMPI's remote shell (plm_rsh_agent): ssh without sshd
-#                                          # (with the variables of target/local-nodes/NODE.env)
+#                                          # (with the variables of target/local-nodes/NODE.env;
+#                                          # ends after MTREC_NODES_ALIVE_MAX s without an answer)
 #
 # The bridge `mtrecbr0` holds .1 of a private /24 (the first of 10.213.0.0/24 .. 10.213.255.0/24
 # that no interface uses; MTREC_NODES_SUBNET=10.1.2.0/24 picks one), nodeK holds .(K+1) on its
@@ -175,13 +176,15 @@ exec_on() {
 # OpenMPI's plm_rsh_agent: `AGENT NODE COMMAND...`, COMMAND a line for the remote shell, as ssh
 # takes it. The variables of target/local-nodes/NODE.env (if any) are set on that node only, as
 # a node's own login environment would (tests make one node differ with it). Like an ssh session
-# with ServerAliveInterval=1 and ServerAliveCountMax=MTREC_NODES_ALIVE_MAX (default 10), the
+# with ServerAliveInterval=1 and ServerAliveCountMax=MTREC_NODES_ALIVE_MAX (default 30), the
 # agent stays on the host and asks the node over its link every second (a TCP connect: a
 # refused connection is an answer). When the node has not answered for that many seconds the
 # session ends with 255, as ssh's does, and its processes on the node are killed, as sshd ends a
-# session whose client is gone. mpirun then reports its daemon on that node lost.
+# session whose client is gone (sshd's ClientAliveInterval). mpirun then reports its daemon on
+# that node lost. The default leaves a rank's own watchdog (dist.timeout_s, 20 s in the tests)
+# the first word: the ranks name what they lost, then the session ends.
 remote_shell() {
-  local node=${1:-} session missed=0 max=${MTREC_NODES_ALIVE_MAX:-10}
+  local node=${1:-} session missed=0 max=${MTREC_NODES_ALIVE_MAX:-30}
   node_arg "$node"
   shift
   if [ -f "$dir/$node.env" ]; then
@@ -230,7 +233,7 @@ case ${1:-} in
     echo "export MTREC_IFACE=$(subnet) MTREC_RSH_AGENT='$root/launch/local-nodes.sh rsh'"
     ;;
   *)
-    sed -n '4,14p' "$0" >&2
+    sed -n '6,17p' "$0" >&2
     exit 2
     ;;
 esac

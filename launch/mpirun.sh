@@ -11,7 +11,9 @@
 # Network: MTREC_IFACE names the interface between the nodes, or its subnet as a CIDR
 # (10.1.2.0/24): OpenMPI's btl_tcp_if_include and oob_tcp_if_include, and for an interface name
 # NCCL_SOCKET_IFNAME too (unless set). MTREC_RSH_AGENT replaces ssh (OpenMPI's plm_rsh_agent;
-# `eval "$(launch/local-nodes.sh env)"` sets both for the local nodes).
+# `eval "$(launch/local-nodes.sh env)"` sets both for the local nodes). Over ssh, a session whose
+# node stops answering ends after 30 s (-o ServerAliveInterval=5 -o ServerAliveCountMax=6,
+# unless OMPI_MCA_plm_rsh_args says otherwise), and mpirun ends the job.
 # Ranks per node: GPUS_PER_NODE (--map-by ppr:N:node). Without it: on several hosts the GPUs
 # visible here (CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`), else the ranks spread evenly over
 # the hostfile's hosts; on this machine alone, all ranks here. Every NCCL_*, RUST_*, MTREC_*
@@ -64,7 +66,14 @@ if [ -n "${MTREC_IFACE:-}" ]; then
   flags+=(--mca btl_tcp_if_include "$MTREC_IFACE" --mca oob_tcp_if_include "$MTREC_IFACE")
   [[ $MTREC_IFACE == */* ]] || export NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-$MTREC_IFACE}
 fi
-[ -n "${MTREC_RSH_AGENT:-}" ] && flags+=(--mca plm_rsh_agent "$MTREC_RSH_AGENT")
+# A node that stops answering (a partition, a hung host) must end its ssh session, or mpirun
+# waits for that daemon for as long as TCP does (hours): ssh's keepalive gives up after 30 s,
+# as the local nodes' agent does (launch/local-nodes.sh rsh).
+if [ -n "${MTREC_RSH_AGENT:-}" ]; then
+  flags+=(--mca plm_rsh_agent "$MTREC_RSH_AGENT")
+elif [ -z "${OMPI_MCA_plm_rsh_args:-}" ]; then
+  flags+=(--mca plm_rsh_args "-o ServerAliveInterval=5 -o ServerAliveCountMax=6")
+fi
 
 # Ranks per node: GPUS_PER_NODE; else, over several hosts (a hostfile, a host list in
 # MPIRUN_FLAGS, a multi-node SLURM allocation), the GPUs visible here, else an even spread over
@@ -111,7 +120,11 @@ cause() {
     72) echo "a transport (MPI/NCCL) error" ;;
     75) echo "stopped by a signal after a checkpoint: not retried" ;;
     101) echo "a panic (a bug): not retryable" ;;
-    *) if (($1 > 128)); then echo "killed by signal $(($1 - 128))"; else echo "mpirun failed (a daemon or node lost)"; fi ;;
+    *) if (($1 > 128 && $1 < 255)); then
+         echo "killed by signal $(($1 - 128))"
+       else
+         echo "mpirun lost a daemon (a node died or stopped answering; mpirun's 'unable to reliably start' message means that one ended)"
+       fi ;;
   esac
 }
 retryable() { case $1 in 0 | 1 | 2 | 75 | 101) return 1 ;; *) return 0 ;; esac; }

@@ -14,12 +14,16 @@ use mtrec_e2e::{
     binary, max_param_diff, mpirun, repo_root, run, stdout, synthetic_shards, tiny_args, tiny_worker,
 };
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Output};
 use std::time::{Duration, Instant};
 
 const TIMEOUT_S: u64 = 20;
 /// The issue's bound: the job ends within dist.timeout_s + 30 s of the loss.
 const ENDS_WITHIN: Duration = Duration::from_secs(TIMEOUT_S + 30);
+/// The seconds without an answer after which the nodes' remote shell ends a session (as ssh's
+/// keepalive does): longer than `dist.timeout_s`, so that the ranks' own watchdogs speak first.
+const AGENT_GIVES_UP_S: u64 = 30;
 
 fn nodes_script(args: &[&str]) -> Output {
     run(Command::new("bash").arg(repo_root().join("launch/local-nodes.sh")).args(args), true)
@@ -41,6 +45,12 @@ impl Nodes {
 
     fn pids(&self, node: &str) -> Vec<String> {
         stdout(&nodes_script(&["pids", node])).split_whitespace().map(String::from).collect()
+    }
+
+    /// How many `mtrec-worker` processes run on `node`.
+    fn workers(&self, node: &str) -> usize {
+        let comm = |pid: &String| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        self.pids(node).iter().filter(|pid| comm(pid).trim() == "mtrec-worker").count()
     }
 
     /// Waits until neither node runs a process; the seconds it took.
@@ -86,37 +96,48 @@ fn across_nodes(
         .env("MTREC_WORKER", binary("mtrec-worker"))
         .env("MTREC_IFACE", &nodes.subnet)
         .env("MTREC_RSH_AGENT", format!("{} rsh", repo_root().join("launch/local-nodes.sh").display()))
+        .env("MTREC_NODES_ALIVE_MAX", AGENT_GIVES_UP_S.to_string())
         .env("OMPI_MCA_orte_tmpdir_base", session)
         .env_remove("MTREC_FAULT")
         .current_dir(repo_root());
     cmd
 }
 
-fn spawn(mut cmd: Command) -> Child {
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
+/// A launch running in the background, its stdout and stderr going to one log file (no pipe
+/// to fill while the test waits).
+struct Job {
+    child: Child,
+    log: PathBuf,
 }
 
-/// Waits for `child` at most `limit` (killed and reported past it); its output and seconds.
-fn finish(mut child: Child, limit: Duration, since: Instant) -> (Output, String, f64) {
-    while child.try_wait().unwrap().is_none() {
+/// Starts `cmd` as the leader of a process group of its own, so that [`finish`] can end all of
+/// it (mpirun and its agents included) when it runs too long.
+fn spawn(mut cmd: Command, log: PathBuf) -> Job {
+    let file = std::fs::File::create(&log).unwrap();
+    let child = cmd
+        .process_group(0)
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    Job { child, log }
+}
+
+/// Waits for `job` at most `limit` after `since` (its process group killed and reported past
+/// it); its exit status, output and the seconds since `since`.
+fn finish(mut job: Job, limit: Duration, since: Instant) -> (ExitStatus, String, f64) {
+    let status = loop {
+        if let Some(status) = job.child.try_wait().unwrap() {
+            break status;
+        }
         if since.elapsed() > limit {
-            child.kill().unwrap();
-            let out = child.wait_with_output().unwrap();
-            panic!("still running after {limit:?}:\n{}", text(&out));
+            run(Command::new("kill").args(["-KILL", "--", &format!("-{}", job.child.id())]), false);
+            job.child.wait().unwrap();
+            panic!("still running after {limit:?}:\n{}", std::fs::read_to_string(&job.log).unwrap());
         }
         std::thread::sleep(Duration::from_millis(100));
-    }
-    let seconds = since.elapsed().as_secs_f64();
-    let out = child.wait_with_output().unwrap();
-    let output = text(&out);
-    (out, output, seconds)
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", stdout(out), String::from_utf8_lossy(&out.stderr))
+    };
+    (status, std::fs::read_to_string(&job.log).unwrap(), since.elapsed().as_secs_f64())
 }
 
 /// The newest `"step":N` of a run's metrics.jsonl (0 before the first).
@@ -174,12 +195,12 @@ fn two_local_nodes_train_lose_a_node_and_restart() {
 
     // 2 nodes x 2 ranks, against 1 rank and against 1 node x 4 ranks.
     let two_nodes = root.join("two-nodes");
-    let (out, output, _) = finish(
-        spawn(across_nodes(&nodes, &root, 0, &shards, &two_nodes, &common)),
+    let (status, output, _) = finish(
+        spawn(across_nodes(&nodes, &root, 0, &shards, &two_nodes, &common), root.join("two-nodes.log")),
         Duration::from_secs(300),
         Instant::now(),
     );
-    assert!(out.status.success(), "{output}");
+    assert!(status.success(), "{output}");
     for (rank, node, local) in [(0, "node1", 0), (1, "node1", 1), (2, "node2", 0), (3, "node2", 1)] {
         let line = format!("rank {rank}/4 on {node}: local rank {local}/2, device Cpu");
         assert!(output.contains(&line), "no {line:?} in:\n{output}");
@@ -197,12 +218,27 @@ fn two_local_nodes_train_lose_a_node_and_restart() {
     for (loss, action) in [("killed", "kill"), ("cut off", "cut")] {
         let run_dir = root.join(format!("lost-{action}"));
         let sets = ["train.max_steps=100000", "checkpoint.every=5", "log.every=1", timeout.as_str()];
-        let child = spawn(across_nodes(&nodes, &root, 0, &shards, &run_dir, &sets));
+        let child = spawn(
+            across_nodes(&nodes, &root, 0, &shards, &run_dir, &sets),
+            root.join(format!("lost-{action}.log")),
+        );
         wait_until("step 3 logged", Duration::from_secs(120), || logged_step(&run_dir) >= 3);
         let lost_at = Instant::now();
         nodes_script(&[action, "node2"]);
-        let (out, output, seconds) = finish(child, ENDS_WITHIN, lost_at);
-        assert!(!out.status.success(), "{output}");
+        // When node 2's ranks are gone: cut off, they end themselves (their watchdog), before
+        // the remote shell gives the session up.
+        let node2_ranks_gone = std::thread::scope(|scope| {
+            let gone = scope.spawn(|| {
+                while nodes.workers("node2") > 0 && lost_at.elapsed() < ENDS_WITHIN {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                lost_at.elapsed().as_secs_f64()
+            });
+            let ended = finish(child, ENDS_WITHIN, lost_at);
+            (ended, gone.join().unwrap())
+        });
+        let ((status, output, seconds), ranks_gone) = node2_ranks_gone;
+        assert!(!status.success(), "{output}");
         let said = output
             .lines()
             .find(|l| l.contains("lost rank"))
@@ -210,10 +246,14 @@ fn two_local_nodes_train_lose_a_node_and_restart() {
         assert!(said.contains("on node2") && said.contains("on node1: lost"), "{said}");
         nodes.wait_empty(ENDS_WITHIN.saturating_sub(lost_at.elapsed()) + Duration::from_secs(1));
         println!(
-            "node 2 {loss}: the job ended {seconds:.1} s after (exit {:?}), no process left on the nodes {:.1} s after: {said}",
-            out.status.code(),
+            "node 2 {loss}: its ranks gone {ranks_gone:.1} s after, the job ended {seconds:.1} s after (exit {:?}), \
+             no process left on the nodes {:.1} s after: {said}",
+            status.code(),
             lost_at.elapsed().as_secs_f64()
         );
+        if action == "cut" {
+            assert!(ranks_gone < AGENT_GIVES_UP_S as f64, "node 2's ranks did not end themselves: {output}");
+        }
         if action == "cut" {
             nodes_script(&["heal", "node2"]);
         }
@@ -222,19 +262,15 @@ fn two_local_nodes_train_lose_a_node_and_restart() {
     // --max-restarts: node 2 killed after the first checkpoint; the job restarts and finishes.
     let restarted = root.join("restarted");
     let started = Instant::now();
-    let child = spawn(across_nodes(
-        &nodes,
-        &root,
-        2,
-        &shards,
-        &restarted,
-        &[&common[..], &[timeout.as_str()]].concat(),
-    ));
+    let child = spawn(
+        across_nodes(&nodes, &root, 2, &shards, &restarted, &[&common[..], &[timeout.as_str()]].concat()),
+        root.join("restarted.log"),
+    );
     wait_until("checkpoint step-00000010", Duration::from_secs(180), || checkpoint(&restarted, 10).is_file());
     let killed_after = logged_step(&restarted);
     nodes_script(&["kill", "node2"]);
-    let (out, output, seconds) = finish(child, Duration::from_secs(400), started);
-    assert!(out.status.success(), "{output}");
+    let (status, output, seconds) = finish(child, Duration::from_secs(400), started);
+    assert!(status.success(), "{output}");
     let restart = output
         .lines()
         .find(|l| l.contains("restart 1/2 after exit"))
@@ -251,13 +287,13 @@ fn two_local_nodes_train_lose_a_node_and_restart() {
     // A config error on node 2 only: the job fails at once and is not restarted.
     std::fs::write(repo_root().join("target/local-nodes/node2.env"), "MTREC_FAULT=bogus\n").unwrap();
     let bad = root.join("config-error");
-    let (out, output, _) = finish(
-        spawn(across_nodes(&nodes, &root, 2, &shards, &bad, &common)),
+    let (status, output, _) = finish(
+        spawn(across_nodes(&nodes, &root, 2, &shards, &bad, &common), root.join("config-error.log")),
         Duration::from_secs(120),
         Instant::now(),
     );
     std::fs::remove_file(repo_root().join("target/local-nodes/node2.env")).unwrap();
-    assert_eq!(out.status.code(), Some(1), "{output}");
+    assert_eq!(status.code(), Some(1), "{output}");
     assert!(output.contains("on node2: config: MTREC_FAULT=\"bogus\""), "{output}");
     assert!(output.contains("not restarting (0 restart(s) so far)"), "{output}");
     nodes.wait_empty(Duration::from_secs(30));
