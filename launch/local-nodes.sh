@@ -71,6 +71,10 @@ start() {
     say "already running: $(nodes | tr '\n' ' ')on $(subnet)"
     return
   fi
+  if [ -n "$(ours)" ] || ip link show "$bridge" >/dev/null 2>&1; then
+    say "removing what an earlier run left (its state folder $dir is gone)"
+    stop
+  fi
   mkdir -p "$dir"
   local net k name
   net=$(pick_subnet)
@@ -132,19 +136,35 @@ kill_node() {
   die "processes on $name survive SIGKILL: $(pids "$name" | tr '\n' ' ')"
 }
 
+# The nodes to remove: those of the state folder, and any namespace with our interface in it
+# (left by a run whose state folder is gone: a new clone, a deleted target/).
+ours() {
+  local name
+  {
+    nodes
+    for name in $(ip netns list 2>/dev/null | awk '{ print $1 }'); do
+      ip -n "$name" link show mtrec0 >/dev/null 2>&1 && echo "$name"
+    done
+  } | sort -u
+}
+
 stop() {
   need_root
-  local name
-  if [ ! -f "$dir/nodes" ] && ! ip link show "$bridge" >/dev/null 2>&1; then
+  local name found
+  found=$(ours)
+  if [ -z "$found" ] && ! ip link show "$bridge" >/dev/null 2>&1; then
+    hosts_remove
+    rm -f "$dir/nodes" "$dir/subnet"
     say "not running"
     return
   fi
-  for name in $(nodes); do
+  for name in $found; do
     kill_node "$name"
     ip netns del "$name" 2>/dev/null || true
     ip link del "mtrec-$name" 2>/dev/null || true
   done
   ip link del "$bridge" 2>/dev/null || true
+  ip link show "$bridge" >/dev/null 2>&1 && die "cannot remove the bridge $bridge"
   hosts_remove
   rm -f "$dir/nodes" "$dir/subnet" "$dir"/node*.env
   say "stopped"
@@ -204,7 +224,7 @@ remote_shell() {
     elif ((++missed >= max)); then
       say "$node: no answer over its link for $max s; ending the session on it (exit 255, as ssh's)"
       kill -KILL -- "-$session" 2>/dev/null || true
-      wait "$session" || true
+      wait "$session" 2>/dev/null || true
       exit 255
     fi
   done

@@ -11,9 +11,12 @@
 # Network: MTREC_IFACE names the interface between the nodes, or its subnet as a CIDR
 # (10.1.2.0/24): OpenMPI's btl_tcp_if_include and oob_tcp_if_include, and for an interface name
 # NCCL_SOCKET_IFNAME too (unless set). MTREC_RSH_AGENT replaces ssh (OpenMPI's plm_rsh_agent;
-# `eval "$(launch/local-nodes.sh env)"` sets both for the local nodes). Over ssh, a session whose
-# node stops answering ends after 30 s (-o ServerAliveInterval=5 -o ServerAliveCountMax=6,
-# unless OMPI_MCA_plm_rsh_args says otherwise), and mpirun ends the job.
+# `eval "$(launch/local-nodes.sh env)"` sets both for the local nodes).
+# A node lost: its ranks' peers see it (the liveness link: at once for a dead process, after
+# dist.timeout_s / 2 for a silent node), name it and end the job. mpirun's session to a node
+# that stops answering ends 10 s later (ssh -o ServerAliveInterval=5, unless
+# OMPI_MCA_plm_rsh_args is set), through launch/remote-shell.sh, which tells this script; an
+# mpirun still waiting on that node's daemon 5 s later is ended here (exit 71).
 # Ranks per node: GPUS_PER_NODE (--map-by ppr:N:node). Without it: on several hosts the GPUs
 # visible here (CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`), else the ranks spread evenly over
 # the hostfile's hosts; on this machine alone, all ranks here. Every NCCL_*, RUST_*, MTREC_*
@@ -65,14 +68,6 @@ flags=(--bind-to none)
 if [ -n "${MTREC_IFACE:-}" ]; then
   flags+=(--mca btl_tcp_if_include "$MTREC_IFACE" --mca oob_tcp_if_include "$MTREC_IFACE")
   [[ $MTREC_IFACE == */* ]] || export NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-$MTREC_IFACE}
-fi
-# A node that stops answering (a partition, a hung host) must end its ssh session, or mpirun
-# waits for that daemon for as long as TCP does (hours): ssh's keepalive gives up after 30 s,
-# as the local nodes' agent does (launch/local-nodes.sh rsh).
-if [ -n "${MTREC_RSH_AGENT:-}" ]; then
-  flags+=(--mca plm_rsh_agent "$MTREC_RSH_AGENT")
-elif [ -z "${OMPI_MCA_plm_rsh_args:-}" ]; then
-  flags+=(--mca plm_rsh_args "-o ServerAliveInterval=5 -o ServerAliveCountMax=6")
 fi
 
 # Ranks per node: GPUS_PER_NODE; else, over several hosts (a hostfile, a host list in
@@ -129,19 +124,41 @@ cause() {
 }
 retryable() { case $1 in 0 | 1 | 2 | 75 | 101) return 1 ;; *) return 0 ;; esac; }
 
-# The run directory of a `train` (for the checkpoint a restart resumes).
+# From the command's config: the run directory of a `train` (for the checkpoint a restart
+# resumes) and dist.timeout_s (the ranks' own watchdog).
 args=("$@")
+config_args=()
+for ((i = 1; i < ${#args[@]}; i++)); do
+  case ${args[i]} in
+    --config | --set) config_args+=("${args[i]}" "${args[i + 1]:-}"); i=$((i + 1)) ;;
+    --config=* | --set=*) config_args+=("${args[i]}") ;;
+  esac
+done
+config_get() {
+  ((${#config_args[@]} > 0)) && "$worker" config "${config_args[@]}" --get "$1" 2>/dev/null
+}
 run_dir=
-if [ "${args[0]}" = train ]; then
-  config_args=()
-  for ((i = 1; i < ${#args[@]}; i++)); do
-    case ${args[i]} in
-      --config | --set) config_args+=("${args[i]}" "${args[i + 1]:-}"); i=$((i + 1)) ;;
-      --config=* | --set=*) config_args+=("${args[i]}") ;;
-    esac
-  done
-  run_dir=$("$worker" config "${config_args[@]}" --get train.run_dir 2>/dev/null) || run_dir=
+[ "${args[0]}" = train ] && run_dir=$(config_get train.run_dir)
+timeout_s=$(config_get dist.timeout_s) || timeout_s=900
+
+# Remote shells (ssh, or MTREC_RSH_AGENT) go through launch/remote-shell.sh, which tells this
+# script when a node's session fails. mpirun starts the daemons of up to 32 nodes itself
+# (OpenMPI's routed_radix tree); in a larger job those start the rest, with a plain ssh. A node
+# that stops answering ends its session dist.timeout_s / 2 + 10 s after (ssh's ServerAlive
+# keepalive; the local nodes' agent's MTREC_NODES_ALIVE_MAX): after the ranks' liveness link
+# has named what was lost (dist.timeout_s / 2), long before TCP would give up (hours).
+alive_s=$(((timeout_s + 1) / 2 + 10))
+if [ -n "${MTREC_RSH_AGENT:-}" ]; then
+  export MTREC_REMOTE_SHELL=$MTREC_RSH_AGENT MTREC_NODES_ALIVE_MAX=${MTREC_NODES_ALIVE_MAX:-$alive_s}
+elif [ -n "${OMPI_MCA_plm_rsh_args:-}" ]; then
+  export MTREC_REMOTE_SHELL=ssh
+else
+  export MTREC_REMOTE_SHELL="ssh -o ServerAliveInterval=5 -o ServerAliveCountMax=$(((alive_s + 4) / 5))"
 fi
+flags+=(--mca plm_rsh_agent "$root/launch/remote-shell.sh")
+sessions=$(mktemp -d "${TMPDIR:-/tmp}/mtrec-sessions.XXXXXX")
+export MTREC_REMOTE_SHELL_DIR=$sessions
+trap 'rm -rf "$sessions"' EXIT
 newest_checkpoint() {
   [ -n "$run_dir" ] || { echo "none"; return; }
   local newest
@@ -149,6 +166,7 @@ newest_checkpoint() {
   echo "${newest:-none (step 0)}"
 }
 
+SESSION_GRACE_S=5
 signalled=
 pid=
 forward() {
@@ -162,15 +180,41 @@ done
 
 restarts=0
 while :; do
+  rm -f "$sessions"/*
   # shellcheck disable=SC2086 # MPIRUN_FLAGS is a list of flags
   mpirun -n "$ranks" "${flags[@]}" ${MPIRUN_FLAGS:-} "$worker" "${args[@]}" &
   pid=$!
-  # `wait` returns early whenever a trap runs; wait again until mpirun itself has ended.
-  while :; do
-    wait "$pid"
-    rc=$?
-    kill -0 "$pid" 2>/dev/null || break
+  lost=
+  lost_since=
+  ended_here=
+  # Until mpirun ends (a trap runs between two polls). A node whose session failed: mpirun gets
+  # SESSION_GRACE_S to end the job by itself, then this ends mpirun (and the sessions it runs).
+  while kill -0 "$pid" 2>/dev/null; do
+    if [ -z "$lost" ]; then
+      for f in "$sessions"/*; do
+        [ -f "$f" ] || continue
+        lost=${f##*/}
+        lost_since=$SECONDS
+        say "$lost: its remote session ended (exit $(cat "$f"): the node died or stopped answering)"
+        break
+      done
+    elif ((SECONDS - lost_since >= SESSION_GRACE_S)); then
+      say "mpirun still waits on $lost's daemon $SESSION_GRACE_S s after its session ended: ending mpirun"
+      # Its remote shells first (their daemons end with their sessions), then mpirun, which
+      # would wait on the lost daemon again if asked to end itself.
+      pkill -TERM -P "$pid" 2>/dev/null
+      sleep 1
+      pkill -KILL -P "$pid" 2>/dev/null
+      kill -KILL "$pid" 2>/dev/null
+      ended_here=1
+      break
+    fi
+    sleep 0.5
   done
+  wait "$pid" 2>/dev/null
+  rc=$?
+  # mpirun ended by this script: the node was lost, which a restart may cure.
+  [ -n "$ended_here" ] && rc=71
   pid=
   if [ "$rc" -eq 0 ]; then
     ((restarts == 0)) || say "finished after $restarts restart(s)"

@@ -334,11 +334,7 @@ fn describe(lost: &[(usize, Loss)], hosts: &[String], timeout: Duration) -> Stri
         (Loss::Closed, "link closed without a word: the process died or was killed".to_string()),
         (
             Loss::Silent,
-            format!(
-                "no heartbeat for {} s (dist.timeout_s = {}): the host is unreachable or hung",
-                timeout.as_secs(),
-                timeout.as_secs()
-            ),
+            format!("no heartbeat for {} s: the host is unreachable or hung", timeout.as_secs()),
         ),
     ] {
         let ranks: Vec<String> = lost
@@ -385,8 +381,7 @@ mod tests {
         assert_eq!(
             text,
             "rank 2 on node2, rank 3 on node2 (link closed without a word: the process died or was \
-             killed); rank 1 on node1 (no heartbeat for 20 s (dist.timeout_s = 20): the host is \
-             unreachable or hung)"
+             killed); rank 1 on node1 (no heartbeat for 20 s: the host is unreachable or hung)"
         );
     }
 

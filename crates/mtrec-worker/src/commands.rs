@@ -25,11 +25,16 @@ fn watch(config: &Config) -> Watchdog {
 }
 
 /// [`watch`], for a command whose ranks work together: a rank silent on the job's liveness link
-/// for `dist.timeout_s` is lost too.
+/// for half of `dist.timeout_s` is lost too. Its heartbeat comes from a thread that waits on
+/// nothing else, so the link names a silent host before the watchdog can only say that no
+/// progress was made.
 fn watch_job(job: &Job, config: &Config) -> Watchdog {
-    job.set_peer_timeout(std::time::Duration::from_secs(config.dist.timeout_s));
+    job.set_peer_timeout(std::time::Duration::from_millis(config.dist.timeout_s * 500).max(MIN_PEER_TIMEOUT));
     watch(config)
 }
+
+/// The shortest peer timeout: a few missed heartbeats (one a second) are not a loss.
+const MIN_PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The collective for this job: NCCL when training on CUDA, else MPI (or a world of one).
 fn connect<'a>(job: &'a Job, config: &Config) -> anyhow::Result<&'a dyn Collective> {
