@@ -115,7 +115,7 @@ cause() {
     72) echo "a transport (MPI/NCCL) error" ;;
     75) echo "stopped by a signal after a checkpoint: not retried" ;;
     101) echo "a panic (a bug): not retryable" ;;
-    *) if (($1 > 128 && $1 < 255)); then
+    *) if (($1 > 128 && $1 <= 128 + 64)); then
          echo "killed by signal $(($1 - 128))"
        else
          echo "mpirun lost a daemon (a node died or stopped answering; mpirun's 'unable to reliably start' message means that one ended)"
@@ -234,5 +234,5 @@ while :; do
     args+=(--resume auto)
     resume=" (--resume auto added)"
   fi
-  say "restart $restarts/$max_restarts after exit $rc: $(cause "$rc"); resuming from $(newest_checkpoint)$resume"
+  say "restart $restarts/$max_restarts after exit $rc: $(cause "$rc")${lost:+ (the session to $lost ended)}; resuming from $(newest_checkpoint)$resume"
 done

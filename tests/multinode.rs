@@ -269,7 +269,11 @@ fn two_local_nodes_train_lose_a_node_and_restart() {
     );
     wait_until("checkpoint step-00000010", Duration::from_secs(180), || checkpoint(&restarted, 10).is_file());
     let killed_after = logged_step(&restarted);
+    let killed_at = Instant::now();
     nodes_script(&["kill", "node2"]);
+    // Restart time: from the loss to the first step the restarted job logs.
+    wait_until("a step after the restart", Duration::from_secs(240), || logged_step(&restarted) > killed_after);
+    let back_after = killed_at.elapsed().as_secs_f64();
     let (status, output, seconds) = finish(child, Duration::from_secs(400), started);
     assert!(status.success(), "{output}");
     let restart = output
@@ -278,7 +282,8 @@ fn two_local_nodes_train_lose_a_node_and_restart() {
         .unwrap_or_else(|| panic!("no restart:\n{output}"));
     let resumed: u64 = restart.split("step-").nth(1).unwrap()[..8].parse().unwrap();
     println!(
-        "killed after step {killed_after}; {restart}; {} steps lost; finished in {seconds:.1} s",
+        "killed after step {killed_after}; {restart}; {} steps lost; training again {back_after:.1} s after \
+         the loss; finished in {seconds:.1} s",
         killed_after - resumed
     );
     assert!(killed_after - resumed <= 5, "lost more than checkpoint.every steps: {restart}");
