@@ -183,14 +183,15 @@ status() {
   done
 }
 
-# CMD on NODE with its hostname: the node's network namespace, a UTS namespace of its own.
+# CMD on NODE with its hostname: the node's network namespace, a UTS namespace of its own
+# (nsenter, not `ip netns exec`, which would mount a /sys without the cgroups slurmd needs).
 exec_on() {
   local name=$1
   shift
   node_arg "$name"
   (($# > 0)) || die "usage: $0 exec NODE CMD..."
   # shellcheck disable=SC2016 # expanded by that shell
-  exec ip netns exec "$name" unshare -u sh -c 'hostname "$0" && exec "$@"' "$name" "$@"
+  exec nsenter --net="/run/netns/$name" unshare -u sh -c 'hostname "$0" && exec "$@"' "$name" "$@"
 }
 
 # OpenMPI's plm_rsh_agent: `AGENT NODE COMMAND...`, COMMAND a line for the remote shell, as ssh
