@@ -187,12 +187,17 @@ start() {
   say "started: nodes $(cluster_nodes | paste -sd' '), $(nproc) CPUs each, partition local (SLURM_CONF=$conf)"
 }
 
-# NODE's slurmd: on this machine, or inside the local node (its network and hostname).
+# NODE's slurmd: on this machine, or inside the local node (its network and hostname, and a
+# /tmp of its own, as a real node has: PMIx makes the same folder names in /tmp on every node).
 start_slurmd() {
   local node=$1
   mkdir -p "$dir/spool/$node"
   if [ -f "$dir/nodes" ]; then
-    bash "$root/launch/local-nodes.sh" exec "$node" slurmd -f "$conf" ||
+    mkdir -p "$dir/tmp/$node"
+    chmod 1777 "$dir/tmp/$node"
+    # shellcheck disable=SC2016 # expanded by that shell
+    bash "$root/launch/local-nodes.sh" exec "$node" unshare -m --propagation private \
+      sh -c 'mount --bind "$0" /tmp && exec slurmd -f "$1"' "$dir/tmp/$node" "$conf" ||
       die "slurmd on $node did not start: $(tail -n 5 "$dir/log/slurmd-$node.log" 2>/dev/null)"
   else
     slurmd -f "$conf" || die "slurmd did not start: $(tail -n 5 "$dir/log/slurmd-$node.log" 2>/dev/null)"
