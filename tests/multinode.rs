@@ -13,8 +13,8 @@
 use mtrec_e2e::{
     binary, max_param_diff, mpirun, repo_root, run, stdout, synthetic_shards, tiny_args, tiny_worker,
 };
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output};
 use std::time::{Duration, Instant};
 
@@ -178,7 +178,8 @@ fn two_local_nodes_train_lose_a_node_and_restart() {
     std::fs::create_dir_all(&root).unwrap();
     let shards = synthetic_shards(&root);
     let nodes = Nodes::start();
-    let common = ["train.max_steps=30", "checkpoint.every=5", "checkpoint.keep=10", "log.every=1", "optim.eps=1e-3"];
+    let common =
+        ["train.max_steps=30", "checkpoint.every=5", "checkpoint.keep=10", "log.every=1", "optim.eps=1e-3"];
     let timeout = format!("dist.timeout_s={TIMEOUT_S}");
 
     // 1 rank with the whole batch: the reference.
@@ -272,7 +273,9 @@ fn two_local_nodes_train_lose_a_node_and_restart() {
     let killed_at = Instant::now();
     nodes_script(&["kill", "node2"]);
     // Restart time: from the loss to the first step the restarted job logs.
-    wait_until("a step after the restart", Duration::from_secs(240), || logged_step(&restarted) > killed_after);
+    wait_until("a step after the restart", Duration::from_secs(240), || {
+        logged_step(&restarted) > killed_after
+    });
     let back_after = killed_at.elapsed().as_secs_f64();
     let (status, output, seconds) = finish(child, Duration::from_secs(400), started);
     assert!(status.success(), "{output}");

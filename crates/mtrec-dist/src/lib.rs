@@ -20,7 +20,7 @@ mod nccl;
 mod watchdog;
 
 pub use job::{ABORT_BACKSTOP, Job, abort_job, hostname, launcher_rank, rank, say, who};
-pub use liveness::EXIT_PEER_LOST;
+pub use liveness::{EXIT_PEER_LOST, record_losses_in};
 pub use local::Local;
 pub use mpi_collective::EXIT_TRANSPORT;
 pub use mpi_collective::MpiCollective;

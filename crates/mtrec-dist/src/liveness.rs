@@ -42,6 +42,30 @@ const BYE: u8 = b'B';
 /// "I am ending the job with my own message."
 const FAILING: u8 = b'F';
 
+/// Where rank 0 writes the hosts it lost ([`record_losses_in`]), when a command asked for it.
+static LOSS_RECORD: OnceLock<std::path::PathBuf> = OnceLock::new();
+
+/// From now on, rank 0 writes the hosts of the ranks it loses to `path`, one per line, before it
+/// ends the job: a launcher that restarts the job (`launch/slurm/mtrec.sbatch`) leaves those
+/// hosts out. Only rank 0's view is written: in a partition each side sees the other lost.
+pub fn record_losses_in(path: std::path::PathBuf) {
+    let _ = LOSS_RECORD.set(path);
+}
+
+/// Writes the lost ranks' hosts to the loss record (rank 0, best effort: the job ends anyway).
+fn write_loss_record(lost: &[(usize, Loss)], hosts: &[String]) {
+    let Some(path) = LOSS_RECORD.get().filter(|_| crate::job::rank() == 0) else { return };
+    let mut lost_hosts: Vec<&str> =
+        lost.iter().filter_map(|(rank, _)| hosts.get(*rank).map(String::as_str)).collect();
+    lost_hosts.sort_unstable();
+    lost_hosts.dedup();
+    let tmp = path.with_extension("tmp");
+    let text: String = lost_hosts.iter().map(|h| format!("{h}\n")).collect();
+    if std::fs::write(&tmp, text).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}
+
 /// The write ends of this rank's links, for [`announce`] (the abort path has no other handle).
 static LINKS: OnceLock<Mutex<Vec<TcpStream>>> = OnceLock::new();
 
@@ -282,6 +306,7 @@ impl Watch {
                     crate::job::who(),
                     describe(&lost, &self.hosts, timeout)
                 ));
+                write_loss_record(&lost, &self.hosts);
                 crate::abort_job(EXIT_PEER_LOST);
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -332,10 +357,7 @@ fn describe(lost: &[(usize, Loss)], hosts: &[String], timeout: Duration) -> Stri
     let mut clauses = Vec::new();
     for (cause, why) in [
         (Loss::Closed, "link closed without a word: the process died or was killed".to_string()),
-        (
-            Loss::Silent,
-            format!("no heartbeat for {} s: the host is unreachable or hung", timeout.as_secs()),
-        ),
+        (Loss::Silent, format!("no heartbeat for {} s: the host is unreachable or hung", timeout.as_secs())),
     ] {
         let ranks: Vec<String> = lost
             .iter()

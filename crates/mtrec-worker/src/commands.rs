@@ -66,6 +66,12 @@ pub fn train(job: &Job, args: &ConfigArgs, resume: Option<&str>, reschedule: boo
         Some(dir) => Resume::From(PathBuf::from(dir)),
     };
     let watchdog = watch_job(job, &config);
+    // The hosts rank 0 loses, for a launcher that restarts the job elsewhere (README, "Multi-node").
+    let lost = config.train.run_dir.join("LOST_HOSTS");
+    if job.placement().is_main() {
+        let _ = std::fs::remove_file(&lost);
+    }
+    mtrec_dist::record_losses_in(lost);
     let heartbeat = watchdog.heartbeat();
     heartbeat.phase("connecting to the other ranks");
     let collective = connect(job, &config)?;
