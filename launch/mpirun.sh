@@ -104,25 +104,8 @@ done
 [ "$(id -u)" = 0 ] && flags+=(--allow-run-as-root)
 [ "$local_ranks" -gt "$(nproc)" ] && flags+=(--oversubscribe)
 
-# What an exit code says, and whether a restart may cure it (README, "Exit codes").
-cause() {
-  case $1 in
-    0) echo "done" ;;
-    1) echo "an error (config, data, file, numeric): not retryable" ;;
-    2) echo "a usage error: not retryable" ;;
-    70) echo "a rank saw no progress for dist.timeout_s (a stalled collective)" ;;
-    71) echo "a rank was lost (its process died or its host became unreachable)" ;;
-    72) echo "a transport (MPI/NCCL) error" ;;
-    75) echo "stopped by a signal after a checkpoint: not retried" ;;
-    101) echo "a panic (a bug): not retryable" ;;
-    *) if (($1 > 128 && $1 <= 128 + 64)); then
-         echo "killed by signal $(($1 - 128))"
-       else
-         echo "mpirun lost a daemon (a node died or stopped answering; mpirun's 'unable to reliably start' message means that one ended)"
-       fi ;;
-  esac
-}
-retryable() { case $1 in 0 | 1 | 2 | 75 | 101) return 1 ;; *) return 0 ;; esac; }
+# shellcheck source=launch/exit-codes.sh
+source "$root/launch/exit-codes.sh"
 
 # From the command's config: the run directory of a `train` (for the checkpoint a restart
 # resumes) and dist.timeout_s (the ranks' own watchdog).
