@@ -11,11 +11,12 @@
 //! - `--max-restarts`: node 2 killed after a checkpoint, the job restarts by itself, resumes and
 //!   finishes with the weights of an uninterrupted run; a config error on node 2 is not retried.
 use mtrec_e2e::{
-    binary, max_param_diff, mpirun, repo_root, run, stdout, synthetic_shards, tiny_args, tiny_worker,
+    LocalNodes, binary, max_param_diff, mpirun, nodes_script, repo_root, run, stdout, synthetic_shards,
+    tiny_args, tiny_worker,
 };
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output};
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 const TIMEOUT_S: u64 = 20;
@@ -26,57 +27,9 @@ const ENDS_WITHIN: Duration = Duration::from_secs(TIMEOUT_S + 30);
 /// `dist.timeout_s`) has named what was lost.
 const SESSION_ENDS_S: u64 = TIMEOUT_S / 2 + 10;
 
-fn nodes_script(args: &[&str]) -> Output {
-    run(Command::new("bash").arg(repo_root().join("launch/local-nodes.sh")).args(args), true)
-}
-
-/// The two nodes, stopped when dropped (a failing scenario included).
-struct Nodes {
-    subnet: String,
-}
-
-impl Nodes {
-    fn start() -> Nodes {
-        nodes_script(&["stop"]);
-        nodes_script(&["start", "2"]);
-        let env = stdout(&nodes_script(&["env"]));
-        let subnet = env.split("MTREC_IFACE=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
-        Nodes { subnet }
-    }
-
-    fn pids(&self, node: &str) -> Vec<String> {
-        stdout(&nodes_script(&["pids", node])).split_whitespace().map(String::from).collect()
-    }
-
-    /// How many `mtrec-worker` processes run on `node`.
-    fn workers(&self, node: &str) -> usize {
-        let comm = |pid: &String| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        self.pids(node).iter().filter(|pid| comm(pid).trim() == "mtrec-worker").count()
-    }
-
-    /// Waits until neither node runs a process; the seconds it took.
-    fn wait_empty(&self, limit: Duration) -> f64 {
-        let start = Instant::now();
-        loop {
-            let left: Vec<String> = ["node1", "node2"].iter().flat_map(|n| self.pids(n)).collect();
-            if left.is_empty() {
-                return start.elapsed().as_secs_f64();
-            }
-            assert!(start.elapsed() < limit, "processes left on the nodes after {limit:?}: {left:?}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        let _ = Command::new("bash").arg(repo_root().join("launch/local-nodes.sh")).arg("stop").status();
-    }
-}
-
 /// `launch/mpirun.sh --hostfile (node1, node2: 2 slots each) [--max-restarts N] 4 train ...`.
 fn across_nodes(
-    nodes: &Nodes,
+    nodes: &LocalNodes,
     root: &Path,
     restarts: u32,
     shards: &Path,
@@ -177,7 +130,7 @@ fn two_local_nodes_train_lose_a_node_and_restart() {
     }
     std::fs::create_dir_all(&root).unwrap();
     let shards = synthetic_shards(&root);
-    let nodes = Nodes::start();
+    let nodes = LocalNodes::start(2);
     let common =
         ["train.max_steps=30", "checkpoint.every=5", "checkpoint.keep=10", "log.every=1", "optim.eps=1e-3"];
     let timeout = format!("dist.timeout_s={TIMEOUT_S}");
@@ -231,7 +184,7 @@ fn two_local_nodes_train_lose_a_node_and_restart() {
         // the remote shell gives the session up.
         let node2_ranks_gone = std::thread::scope(|scope| {
             let gone = scope.spawn(|| {
-                while nodes.workers("node2") > 0 && lost_at.elapsed() < ENDS_WITHIN {
+                while nodes.running("node2", "mtrec-worker") > 0 && lost_at.elapsed() < ENDS_WITHIN {
                     std::thread::sleep(Duration::from_millis(200));
                 }
                 lost_at.elapsed().as_secs_f64()
@@ -246,7 +199,7 @@ fn two_local_nodes_train_lose_a_node_and_restart() {
             .find(|l| l.contains("lost rank"))
             .unwrap_or_else(|| panic!("no survivor named the lost ranks:\n{output}"));
         assert!(said.contains("on node2") && said.contains("on node1: lost"), "{said}");
-        nodes.wait_empty(ENDS_WITHIN.saturating_sub(lost_at.elapsed()) + Duration::from_secs(1));
+        nodes.wait_empty(None, ENDS_WITHIN.saturating_sub(lost_at.elapsed()) + Duration::from_secs(1));
         println!(
             "node 2 {loss}: its ranks gone {ranks_gone:.1} s after, the job ended {seconds:.1} s after (exit {:?}), \
              no process left on the nodes {:.1} s after: {said}",
@@ -305,5 +258,5 @@ fn two_local_nodes_train_lose_a_node_and_restart() {
     assert_eq!(status.code(), Some(1), "{output}");
     assert!(output.contains("on node2: config: MTREC_FAULT=\"bogus\""), "{output}");
     assert!(output.contains("not restarting (0 restart(s) so far)"), "{output}");
-    nodes.wait_empty(Duration::from_secs(30));
+    nodes.wait_empty(None, Duration::from_secs(30));
 }

@@ -6,7 +6,10 @@
 //!   (the time-limit warning, SIGTERM to the tasks, `scontrol requeue`), requeued on the marker the
 //!   ranks write, resumed with `--resume auto`, and finished with the weights of an uninterrupted
 //!   run; jobs that fail for real end instead of requeueing.
-use mtrec_e2e::{binary, max_param_diff, mpirun, mpirun_alone, repo_root, run, stdout, synthetic_shards};
+use mtrec_e2e::{
+    LocalNodes, binary, max_param_diff, mpirun, mpirun_alone, nodes_script, repo_root, run, stdout,
+    synthetic_shards,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -146,6 +149,8 @@ fn exclusive() -> std::fs::File {
 /// The local cluster, stopped when dropped (also when a test panics).
 struct Cluster {
     conf: PathBuf,
+    /// The nodes a job asks for.
+    job_nodes: usize,
 }
 
 fn cluster_script(action: &str) -> Output {
@@ -159,12 +164,23 @@ fn cluster_script(action: &str) -> Output {
 }
 
 impl Cluster {
+    /// This machine as the one node (`local-cluster.sh start`).
     fn start() -> Cluster {
-        let out = cluster_script("start");
-        assert!(out.status.success(), "local-cluster.sh start failed");
+        Cluster::start_with("start", 1)
+    }
+
+    /// The running local nodes, one slurmd each (`local-cluster.sh start-nodes`); a job asks
+    /// for `job_nodes` of them.
+    fn start_nodes(job_nodes: usize) -> Cluster {
+        Cluster::start_with("start-nodes", job_nodes)
+    }
+
+    fn start_with(action: &str, job_nodes: usize) -> Cluster {
+        let out = cluster_script(action);
+        assert!(out.status.success(), "local-cluster.sh {action} failed");
         let env = stdout(&cluster_script("env"));
         let conf = env.trim().strip_prefix("export SLURM_CONF=").expect("env prints SLURM_CONF").into();
-        Cluster { conf }
+        Cluster { conf, job_nodes }
     }
 
     /// A SLURM client command pointed at this cluster, without the SLURM_* variables of any
@@ -180,23 +196,18 @@ impl Cluster {
         cmd
     }
 
-    /// `sbatch launch/slurm/mtrec.sbatch` on 2 tasks of 1 CPU and no GPU (overriding the
-    /// script's GPU-cluster defaults); returns the job id.
+    /// `sbatch launch/slurm/mtrec.sbatch` on `job_nodes` nodes x 2 tasks of 1 CPU and no GPU
+    /// (overriding the script's GPU-cluster defaults); returns the job id.
     fn submit(&self, output: &Path, env: &[(&str, &str)], args: &[String]) -> String {
         let mut cmd = self.command("sbatch");
-        cmd.args([
-            "--parsable",
-            "--nodes=1",
-            "--ntasks-per-node=2",
-            "--cpus-per-task=1",
-            "--gpus-per-task=0",
-        ])
-        .arg("--time=20")
-        .arg(format!("--output={}", output.display()))
-        .arg("launch/slurm/mtrec.sbatch")
-        .args(args)
-        .env("MTREC_WORKER", binary("mtrec-worker"))
-        .env("NO_COLOR", "1");
+        cmd.args(["--parsable", &format!("--nodes={}", self.job_nodes)])
+            .args(["--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-task=0"])
+            .arg("--time=20")
+            .arg(format!("--output={}", output.display()))
+            .arg("launch/slurm/mtrec.sbatch")
+            .args(args)
+            .env("MTREC_WORKER", binary("mtrec-worker"))
+            .env("NO_COLOR", "1");
         for (key, value) in env {
             cmd.env(key, value);
         }
@@ -207,11 +218,14 @@ impl Cluster {
 
     /// `JobState` and `Restarts` of a job (None once SLURM forgot it).
     fn job(&self, id: &str) -> Option<(String, u32)> {
+        Some((self.job_field(id, "JobState")?, self.job_field(id, "Restarts")?.parse().ok()?))
+    }
+
+    /// One field of `scontrol show job` (None once SLURM forgot the job).
+    fn job_field(&self, id: &str, name: &str) -> Option<String> {
         let out = self.command("scontrol").args(["show", "job", "-o", id]).output().ok()?;
-        let text = stdout(&out);
-        let field =
-            |name: &str| text.split_whitespace().find_map(|f| f.strip_prefix(name).map(str::to_string));
-        Some((field("JobState=")?, field("Restarts=")?.parse().ok()?))
+        let prefix = format!("{name}=");
+        stdout(&out).split_whitespace().find_map(|f| f.strip_prefix(&prefix).map(str::to_string))
     }
 
     /// Panics, with the job's output, when job `id` ended (a phase waiting on it would hang).
@@ -486,5 +500,158 @@ fn slurm_job_requeues_on_interruption_resumes_and_matches_an_uninterrupted_run()
     assert!(!status.status.success(), "the cluster still runs after stop");
     let left = Command::new("pgrep").arg("-af").arg(format!("{}/", folder.display())).output().unwrap();
     assert!(stdout(&left).trim().is_empty(), "left running after stop:\n{}", stdout(&left));
+    println!("whole test: {:.0} s", started.elapsed().as_secs_f64());
+}
+
+/// The step a start resumed from: the last `resuming from DIR (step N)` line of the output.
+fn last_resumed_step(output: &str) -> Option<u64> {
+    output
+        .lines()
+        .rev()
+        .find_map(|l| l.split("resuming from ").nth(1)?.split("(step ").nth(1))
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+}
+
+/// The newest `"step":N` of a run's metrics.jsonl (0 before the first).
+fn logged_step(run_dir: &Path) -> u64 {
+    read(&run_dir.join("metrics.jsonl"))
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["step"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+/// SLURM across nodes, for real: three local nodes (`launch/local-nodes.sh`: network + UTS
+/// namespaces), one slurmd on each, jobs of 2 nodes x 2 tasks under `srun --mpi=pmix`:
+/// 1. the time-limit warning (SIGUSR1 to the batch script): requeued, resumed, finished with
+///    the weights of an uninterrupted 4-rank run;
+/// 2. node 2 loses its power after a checkpoint (SIGKILL to every process on it, slurmd
+///    included): the ranks on node 1 name the lost ranks, the script requeues the job without
+///    node 2 (`ExcNodeList`), it starts again on node 1 and the spare node 3, resumes, and
+///    finishes with the same weights.
+#[test]
+fn slurm_job_across_nodes_requeues_without_a_lost_node() {
+    let _exclusive = exclusive();
+    let started = Instant::now();
+    let root = tmp("nodes");
+    let shards = synthetic_shards(&root);
+    let sets = [
+        "train.max_steps=40",
+        "checkpoint.every=5",
+        "checkpoint.keep=10",
+        "log.every=1",
+        "model.dropout=0.0",
+        "optim.eps=1e-3",
+        "dist.timeout_s=20",
+    ];
+
+    // The reference: 4 ranks on this machine, uninterrupted.
+    let reference = root.join("reference");
+    let mut worker = Command::new(binary("mtrec-worker"));
+    worker
+        .arg("train")
+        .arg("--config")
+        .arg("configs/tiny.toml")
+        .args(&train_args(&shards, &reference, &sets)[1..]);
+    run(&mut mpirun(4, worker), true);
+    let file = "step-00000040/model.safetensors";
+
+    let nodes = LocalNodes::start(3);
+    let cluster = Cluster::start_nodes(2);
+
+    // 1. SIGUSR1 to the batch script across two nodes.
+    let output = root.join("usr1.out");
+    let run_dir = root.join("usr1");
+    let id = cluster.submit(&output, &[], &train_args(&shards, &run_dir, &sets));
+    let log = || read(&output);
+    wait_for(
+        &format!("job {id} with a checkpoint"),
+        PHASE,
+        || {
+            cluster.assert_not_ended(&id, &output);
+            newest_checkpoint(&run_dir).filter(|s| *s > 0)
+        },
+        log,
+    );
+    let first_nodes = cluster.job_field(&id, "NodeList").unwrap_or_default();
+    cluster.signal(&["scancel", "--signal=USR1", "--batch", &id]);
+    let (state, restarts) = wait_until_ended(&cluster, &id, &output);
+    let text = log();
+    println!(
+        "=== job {id} (SIGUSR1 across nodes {first_nodes}): {state}, {restarts} restarts; its output:\n{text}"
+    );
+    assert_eq!((state.as_str(), restarts), ("COMPLETED", 1), "{text}");
+    assert!(text.contains("MPI: srun --mpi=pmix (4 tasks"), "{text}");
+    for (rank, node) in [(0, "node1"), (1, "node1"), (2, "node2"), (3, "node2")] {
+        let line = format!("rank {rank}/4 on {node}: local rank {}/2", rank % 2);
+        assert!(text.contains(&line), "no {line:?} in:\n{text}");
+    }
+    let diff = max_param_diff(&reference.join(file), &run_dir.join(file));
+    println!("2 nodes x 2 tasks, requeued once, vs 4 ranks uninterrupted: max |difference| = {diff:.3e}");
+    assert!(diff <= 1e-6, "the requeued run's weights differ by {diff:.3e}");
+
+    // 2. Node 2 killed after a checkpoint.
+    let output = root.join("node-lost.out");
+    let run_dir = root.join("node-lost");
+    let id = cluster.submit(&output, &[], &train_args(&shards, &run_dir, &sets));
+    let log = || read(&output);
+    wait_for(
+        &format!("job {id} with the step-10 checkpoint"),
+        PHASE,
+        || {
+            cluster.assert_not_ended(&id, &output);
+            newest_checkpoint(&run_dir).filter(|s| *s >= 10)
+        },
+        log,
+    );
+    assert_eq!(cluster.job_field(&id, "NodeList").as_deref(), Some("node[1-2]"), "{}", log());
+    let killed_after = logged_step(&run_dir);
+    assert!(killed_after < 40, "finished before node 2 was killed:\n{}", log());
+    let killed_at = Instant::now();
+    nodes_script(&["kill", "node2"]);
+    let requeued = wait_for(
+        &format!("job {id} requeued after node 2 was lost"),
+        PHASE,
+        || cluster.job(&id).filter(|(_, r)| *r == 1).map(|_| killed_at.elapsed().as_secs_f64()),
+        log,
+    );
+    wait_for(
+        "a step after the restart",
+        PHASE,
+        || (log().contains("start (restart 1)") && logged_step(&run_dir) > killed_after).then_some(()),
+        log,
+    );
+    let training_again = killed_at.elapsed().as_secs_f64();
+    let second_nodes = cluster.job_field(&id, "NodeList").unwrap_or_default();
+    let (state, restarts) = wait_until_ended(&cluster, &id, &output);
+    let text = log();
+    println!(
+        "=== job {id} (node 2 killed after step {killed_after}): {state}, {restarts} restarts; its output:\n{text}"
+    );
+    assert_eq!((state.as_str(), restarts), ("COMPLETED", 1), "{text}");
+    let said = text
+        .lines()
+        .find(|l| l.contains("lost rank"))
+        .unwrap_or_else(|| panic!("no rank named the loss:\n{text}"));
+    assert!(said.contains("on node2"), "{said}");
+    assert!(text.contains("lost node(s) node2") && text.contains("excluding node2"), "{text}");
+    assert!(!text.contains("cannot exclude"), "{text}");
+    assert_eq!(cluster.job_field(&id, "ExcNodeList").as_deref(), Some("node2"));
+    assert_eq!(second_nodes, "node[1,3]", "the restart ran on {second_nodes}:\n{text}");
+    let resumed = last_resumed_step(&text).unwrap_or_else(|| panic!("the restart did not resume:\n{text}"));
+    println!(
+        "node 2 killed after step {killed_after}: requeued {requeued:.1} s after, training again on {second_nodes} \
+         {training_again:.1} s after, resumed from step {resumed} ({} steps lost); {said}",
+        killed_after - resumed
+    );
+    assert!(killed_after - resumed <= 5, "lost more than checkpoint.every steps");
+    let diff = max_param_diff(&reference.join(file), &run_dir.join(file));
+    println!(
+        "node 2 lost, restarted on node 1 + node 3, vs 4 ranks uninterrupted: max |difference| = {diff:.3e}"
+    );
+    assert!(diff <= 1e-6, "the restarted run's weights differ by {diff:.3e}");
+
+    drop(cluster);
+    nodes.wait_empty(Some("mtrec-worker"), Duration::from_secs(30));
     println!("whole test: {:.0} s", started.elapsed().as_secs_f64());
 }

@@ -154,3 +154,62 @@ pub fn signal_a_rank(mpirun: u32, signal: &str) -> String {
     run(Command::new("kill").args([&format!("-{signal}"), &rank]), true);
     rank
 }
+
+/// `launch/local-nodes.sh ARGS...`, which must succeed.
+pub fn nodes_script(args: &[&str]) -> Output {
+    run(Command::new("bash").arg(repo_root().join("launch/local-nodes.sh")).args(args), true)
+}
+
+/// Nodes on this machine (`launch/local-nodes.sh start N`): node1..nodeN, stopped when dropped
+/// (a failing test included).
+pub struct LocalNodes {
+    /// The nodes' subnet (for `MTREC_IFACE`).
+    pub subnet: String,
+    pub names: Vec<String>,
+}
+
+impl LocalNodes {
+    /// Fresh nodes: whatever an earlier run left is stopped first.
+    pub fn start(count: usize) -> LocalNodes {
+        nodes_script(&["stop"]);
+        nodes_script(&["start", &count.to_string()]);
+        let env = stdout(&nodes_script(&["env"]));
+        let subnet = env.split("MTREC_IFACE=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+        LocalNodes { subnet, names: (1..=count).map(|k| format!("node{k}")).collect() }
+    }
+
+    pub fn pids(&self, node: &str) -> Vec<String> {
+        stdout(&nodes_script(&["pids", node])).split_whitespace().map(String::from).collect()
+    }
+
+    /// How many processes named `comm` run on `node`.
+    pub fn running(&self, node: &str, comm: &str) -> usize {
+        let name = |pid: &String| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        self.pids(node).iter().filter(|pid| name(pid).trim() == comm).count()
+    }
+
+    /// Waits until no node runs a process named `comm` (every process, when None); the seconds
+    /// it took.
+    pub fn wait_empty(&self, comm: Option<&str>, limit: std::time::Duration) -> f64 {
+        let start = std::time::Instant::now();
+        loop {
+            let left: Vec<(String, usize)> = self
+                .names
+                .iter()
+                .map(|n| (n.clone(), comm.map_or_else(|| self.pids(n).len(), |c| self.running(n, c))))
+                .filter(|(_, count)| *count > 0)
+                .collect();
+            if left.is_empty() {
+                return start.elapsed().as_secs_f64();
+            }
+            assert!(start.elapsed() < limit, "processes left on the nodes after {limit:?}: {left:?}");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for LocalNodes {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").arg(repo_root().join("launch/local-nodes.sh")).arg("stop").status();
+    }
+}

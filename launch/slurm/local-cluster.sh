@@ -189,10 +189,13 @@ start() {
 
 # NODE's slurmd: on this machine, or inside the local node (its network and hostname, and a
 # /tmp of its own, as a real node has: PMIx makes the same folder names in /tmp on every node).
+# A node starts with an empty /tmp, as after a reboot: a killed node's job steps leave their PMIx
+# folders behind, and a fresh cluster numbers its jobs from 1 again.
 start_slurmd() {
   local node=$1
   mkdir -p "$dir/spool/$node"
   if [ -f "$dir/nodes" ]; then
+    rm -rf "${dir:?}/tmp/$node"
     mkdir -p "$dir/tmp/$node"
     chmod 1777 "$dir/tmp/$node"
     # shellcheck disable=SC2016 # expanded by that shell
