@@ -10,6 +10,8 @@
 #   launch/local-nodes.sh kill NODE        # SIGKILL every process on NODE (its power is gone)
 #   launch/local-nodes.sh cut NODE | heal NODE   # take NODE's link down (a partition) or up again
 #   launch/local-nodes.sh pids NODE        # the processes running on NODE
+#   launch/local-nodes.sh mount NODE SRC DST   # NODE's local disk: what starts on NODE from now
+#                                          # on sees folder SRC at DST (unmount NODE: none again)
 #   eval "$(launch/local-nodes.sh env)"    # MTREC_IFACE and MTREC_RSH_AGENT for launch/mpirun.sh
 #   launch/local-nodes.sh rsh NODE CMD...  # OpenMPI's remote shell (plm_rsh_agent): ssh without sshd
 #                                          # (with the variables of target/local-nodes/NODE.env;
@@ -166,7 +168,7 @@ stop() {
   ip link del "$bridge" 2>/dev/null || true
   ip link show "$bridge" >/dev/null 2>&1 && die "cannot remove the bridge $bridge"
   hosts_remove
-  rm -f "$dir/nodes" "$dir/subnet" "$dir"/node*.env
+  rm -f "$dir/nodes" "$dir/subnet" "$dir"/node*.env "$dir"/node*.mounts
   say "stopped"
 }
 
@@ -185,13 +187,34 @@ status() {
 
 # CMD on NODE with its hostname: the node's network namespace, a UTS namespace of its own
 # (nsenter, not `ip netns exec`, which would mount a /sys without the cgroups slurmd needs).
+# With target/local-nodes/NODE.mounts (`mount NODE SOURCE TARGET`), CMD also gets a mount
+# namespace of its own in which each SOURCE is bind-mounted on its TARGET: the node's local disk.
 exec_on() {
   local name=$1
   shift
   node_arg "$name"
   (($# > 0)) || die "usage: $0 exec NODE CMD..."
+  if [ -s "$dir/$name.mounts" ]; then
+    # shellcheck disable=SC2016 # expanded by that shell
+    exec nsenter --net="/run/netns/$name" unshare -u -m --propagation private sh -c '
+      hostname "$0" || exit 1
+      while read -r source target; do mount --bind "$source" "$target" || exit 1; done <"$1"
+      shift
+      exec "$@"' "$name" "$dir/$name.mounts" "$@"
+  fi
   # shellcheck disable=SC2016 # expanded by that shell
   exec nsenter --net="/run/netns/$name" unshare -u sh -c 'hostname "$0" && exec "$@"' "$name" "$@"
+}
+
+# A local disk for NODE: what NODE starts from now on sees SOURCE at TARGET (a bind mount in its
+# own mount namespace), the other nodes and this machine still see TARGET itself.
+add_mount() {
+  local name=${1:-} source=${2:-} target=${3:-}
+  node_arg "$name"
+  { [ -d "$source" ] && [ -d "$target" ]; } || die "usage: $0 mount NODE SOURCE TARGET (two folders)"
+  [[ $source$target != *[[:space:]]* ]] || die "mount: folders without spaces, please"
+  echo "$(realpath "$source") $(realpath "$target")" >>"$dir/$name.mounts"
+  say "$name sees $source at $target"
 }
 
 # OpenMPI's plm_rsh_agent: `AGENT NODE COMMAND...`, COMMAND a line for the remote shell, as ssh
@@ -249,12 +272,14 @@ case ${1:-} in
   cut) node_arg "${2:-}"; ip link set "mtrec-$2" down; say "$2 cut off (link mtrec-$2 down)" ;;
   heal) node_arg "${2:-}"; ip link set "mtrec-$2" up; say "$2 reconnected" ;;
   pids) node_arg "${2:-}"; pids "$2" ;;
+  mount) add_mount "${2:-}" "${3:-}" "${4:-}" ;;
+  unmount) node_arg "${2:-}"; rm -f "$dir/$2.mounts"; say "$2 sees this machine's folders again" ;;
   env)
     [ -f "$dir/nodes" ] || die "not running: $0 start N"
     echo "export MTREC_IFACE=$(subnet) MTREC_RSH_AGENT='$root/launch/local-nodes.sh rsh'"
     ;;
   *)
-    sed -n '6,17p' "$0" >&2
+    sed -n '6,18p' "$0" >&2
     exit 2
     ;;
 esac

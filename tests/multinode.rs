@@ -9,7 +9,10 @@
 //!   ends within `dist.timeout_s` + 30 s, a survivor names the lost ranks and their host, and
 //!   no process is left on either node;
 //! - `--max-restarts`: node 2 killed after a checkpoint, the job restarts by itself, resumes and
-//!   finishes with the weights of an uninterrupted run; a config error on node 2 is not retried.
+//!   finishes with the weights of an uninterrupted run; a config error on node 2 is not retried;
+//! - node-local disks (`local-nodes.sh mount`): node 2 trains on its own equal copy of the
+//!   shards, a copy that differs is refused naming node 2, and a run directory node 2 does not
+//!   share stops the job at its start, naming node 2 and the path.
 use mtrec_e2e::{
     LocalNodes, binary, max_param_diff, mpirun, nodes_script, repo_root, run, stdout, synthetic_shards,
     tiny_args, tiny_worker,
@@ -245,6 +248,73 @@ fn two_local_nodes_train_lose_a_node_and_restart() {
     assert!(killed_after - resumed <= 5, "lost more than checkpoint.every steps: {restart}");
     assert!(!output.contains("restart 2/2"), "{output}");
     within_floor(&restarted, &format!("killed after step {killed_after}, restarted"));
+
+    // Node-local disks: node 2 reads its own copy of the shards (a bind mount only it sees).
+    let disk = root.join("node2-disk");
+    let copy = disk.join("shards");
+    std::fs::create_dir_all(&disk).unwrap();
+    run(Command::new("cp").arg("-a").arg(&shards).arg(&copy), true);
+    std::fs::write(copy.join("ON-NODE2"), "node 2's own copy\n").unwrap();
+    nodes_script(&["mount", "node2", copy.to_str().unwrap(), shards.to_str().unwrap()]);
+    let seen = run(
+        Command::new("bash")
+            .arg(repo_root().join("launch/local-nodes.sh"))
+            .args(["exec", "node2", "test", "-f"])
+            .arg(shards.join("ON-NODE2")),
+        false,
+    );
+    assert!(seen.status.success(), "node 2 does not see its own copy");
+    assert!(!shards.join("ON-NODE2").exists(), "the copy is not node 2's alone");
+    let short = ["train.max_steps=3", "checkpoint.every=3", "log.every=1", "optim.eps=1e-3"];
+    let local_ok = root.join("local-shards");
+    let (status, output, _) = finish(
+        spawn(across_nodes(&nodes, &root, 0, &shards, &local_ok, &short), root.join("local-shards.log")),
+        Duration::from_secs(120),
+        Instant::now(),
+    );
+    assert!(status.success(), "an equal node-local copy must train:\n{output}");
+    // A copy that differs (its manifest): refused by node 2's ranks, naming their node.
+    let manifest = copy.join("manifest.json");
+    let mut text = std::fs::read_to_string(&manifest).unwrap();
+    text.push('\n');
+    std::fs::write(&manifest, text).unwrap();
+    let local_bad = root.join("local-shards-differ");
+    let (status, output, _) = finish(
+        spawn(
+            across_nodes(&nodes, &root, 2, &shards, &local_bad, &short),
+            root.join("local-shards-differ.log"),
+        ),
+        Duration::from_secs(120),
+        Instant::now(),
+    );
+    let said = output
+        .lines()
+        .find(|l| l.contains("on node2:") && l.contains("differ"))
+        .unwrap_or_else(|| panic!("node 2's ranks did not name the different copy:\n{output}"));
+    println!("node 2 with a different copy of the shards: exit {:?}: {said}", status.code());
+    assert_eq!(status.code(), Some(1), "{output}");
+    assert!(output.contains("not restarting (0 restart(s) so far)"), "{output}");
+    nodes_script(&["unmount", "node2"]);
+    // A run directory node 2 does not share: the job stops at its start, naming node 2 and the path.
+    let unshared = root.join("unshared-run");
+    let node2_run = disk.join("run");
+    std::fs::create_dir_all(&unshared).unwrap();
+    std::fs::create_dir_all(&node2_run).unwrap();
+    nodes_script(&["mount", "node2", node2_run.to_str().unwrap(), unshared.to_str().unwrap()]);
+    let (status, output, _) = finish(
+        spawn(across_nodes(&nodes, &root, 2, &shards, &unshared, &short), root.join("unshared-run.log")),
+        Duration::from_secs(120),
+        Instant::now(),
+    );
+    nodes_script(&["unmount", "node2"]);
+    let said = output
+        .lines()
+        .find(|l| l.contains("on node2:") && l.contains("is not the folder rank 0 writes to"))
+        .unwrap_or_else(|| panic!("node 2's ranks did not name the unshared run directory:\n{output}"));
+    println!("node 2 with a run directory of its own: exit {:?}: {said}", status.code());
+    assert!(said.contains(&unshared.display().to_string()), "{said}");
+    assert_eq!(status.code(), Some(1), "{output}");
+    nodes.wait_empty(None, Duration::from_secs(30));
 
     // A config error on node 2 only: the job fails at once and is not restarted.
     std::fs::write(repo_root().join("target/local-nodes/node2.env"), "MTREC_FAULT=bogus\n").unwrap();

@@ -212,7 +212,7 @@ pub fn load(config: &Config, collective: &dyn Collective) -> Result<Loaded, Trai
     let identity = shards_identity(shards, &manifest)?;
     same_on_every_rank(
         collective,
-        &format!("the shards in {}", shards.display()),
+        &format!("the shards folder {}", shards.display()),
         identity.as_bytes(),
         &describe,
     )?;

@@ -103,6 +103,7 @@ pub fn train(
     // run directory, and the checkpoint to resume (rank 0 chooses, every rank reads it)
     heartbeat.phase("choosing the checkpoint");
     let chosen = if placement.is_main() { prepare_run_dir(config, &start.resume)? } else { None };
+    check_run_dir_shared(&config.train.run_dir, collective)?;
     let resume_from = open_chosen_checkpoint(chosen, collective)?;
     if let Some(ckpt) = &resume_from {
         check_resumable(ckpt, config, start.reschedule, placement.is_main())?;
@@ -168,6 +169,42 @@ fn prepare_run_dir(config: &Config, resume: &Resume) -> Result<Option<Checkpoint
     };
     checkpoint::write_durably(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
     Ok(chosen)
+}
+
+/// How long a rank waits to see rank 0's token in the run directory.
+const SHARED_RUN_DIR_WAIT_S: u64 = 10;
+
+/// Every rank sees the run directory rank 0 writes: rank 0 writes a token of this job into it,
+/// and every rank reads it back. A node with a local `train.run_dir` would train on until the
+/// first restart, and then not find the checkpoints to resume; it stops the job now instead.
+fn check_run_dir_shared(run_dir: &Path, collective: &dyn Collective) -> Result<(), TrainError> {
+    let path = run_dir.join(".job-token");
+    let token = if collective.placement().is_main() {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let token = format!("{}-{}", std::process::id(), nanos.as_nanos());
+        checkpoint::write_durably(&path, token.as_bytes())?;
+        token
+    } else {
+        String::new()
+    };
+    let token = rank_zero_value(collective, token)?;
+    // A network filesystem may show a new file some seconds late (attribute and lookup caches).
+    let deadline = Instant::now() + std::time::Duration::from_secs(SHARED_RUN_DIR_WAIT_S);
+    let mut seen = std::fs::read_to_string(&path).unwrap_or_default();
+    while seen != token && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        seen = std::fs::read_to_string(&path).unwrap_or_default();
+    }
+    if seen != token {
+        return Err(TrainError::Config(format!(
+            "train.run_dir {} is not the folder rank 0 writes to ({} {}): rank 0 writes the checkpoints there \
+             and every rank reads them at a resume, so it must be on a filesystem every node shares",
+            run_dir.display(),
+            path.display(),
+            if seen.is_empty() { "is missing here" } else { "holds another job's token here" }
+        )));
+    }
+    Ok(())
 }
 
 /// Every rank opens the checkpoint rank 0 chose and verified, and proves it reads the same one.
