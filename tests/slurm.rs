@@ -153,10 +153,11 @@ struct Cluster {
     job_nodes: usize,
 }
 
+/// `local-cluster.sh ACTION` (words: `slurmd node2`).
 fn cluster_script(action: &str) -> Output {
     let out = Command::new("bash")
         .arg(repo_root().join("launch/slurm/local-cluster.sh"))
-        .arg(action)
+        .args(action.split_whitespace())
         .output()
         .unwrap_or_else(|e| panic!("cannot run local-cluster.sh {action}: {e}"));
     println!("local-cluster.sh {action}:\n{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
@@ -199,8 +200,14 @@ impl Cluster {
     /// `sbatch launch/slurm/mtrec.sbatch` on `job_nodes` nodes x 2 tasks of 1 CPU and no GPU
     /// (overriding the script's GPU-cluster defaults); returns the job id.
     fn submit(&self, output: &Path, env: &[(&str, &str)], args: &[String]) -> String {
+        self.submit_with(&[], output, env, args)
+    }
+
+    /// [`Cluster::submit`] with more sbatch flags (`--nodelist=...`).
+    fn submit_with(&self, flags: &[&str], output: &Path, env: &[(&str, &str)], args: &[String]) -> String {
         let mut cmd = self.command("sbatch");
         cmd.args(["--parsable", &format!("--nodes={}", self.job_nodes)])
+            .args(flags)
             .args(["--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-task=0"])
             .arg("--time=20")
             .arg(format!("--output={}", output.display()))
@@ -528,7 +535,9 @@ fn logged_step(run_dir: &Path) -> u64 {
 /// 2. node 2 loses its power after a checkpoint (SIGKILL to every process on it, slurmd
 ///    included): the ranks on node 1 name the lost ranks, the script requeues the job without
 ///    node 2 (`ExcNodeList`), it starts again on node 1 and the spare node 3, resumes, and
-///    finishes with the same weights.
+///    finishes with the same weights;
+/// 3. node 2 back with a local copy of the shards that differs: the job fails naming node 2,
+///    with no requeue.
 #[test]
 fn slurm_job_across_nodes_requeues_without_a_lost_node() {
     let _exclusive = exclusive();
@@ -650,6 +659,31 @@ fn slurm_job_across_nodes_requeues_without_a_lost_node() {
         "node 2 lost, restarted on node 1 + node 3, vs 4 ranks uninterrupted: max |difference| = {diff:.3e}"
     );
     assert!(diff <= 1e-6, "the restarted run's weights differ by {diff:.3e}");
+
+    // 3. Node 2 comes back with a local copy of the shards that differs: the job fails, naming
+    //    node 2, and is not requeued.
+    let copy = root.join("node2-disk/shards");
+    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    run(Command::new("cp").arg("-a").arg(&shards).arg(&copy), true);
+    let manifest = copy.join("manifest.json");
+    std::fs::write(&manifest, read(&manifest) + "\n").unwrap();
+    nodes_script(&["mount", "node2", copy.to_str().unwrap(), shards.to_str().unwrap()]);
+    assert!(cluster_script("slurmd node2").status.success());
+    let output = root.join("node-differs.out");
+    let id = cluster.submit_with(
+        &["--nodelist=node1,node2"],
+        &output,
+        &[],
+        &train_args(&shards, &root.join("node-differs"), &sets),
+    );
+    let (state, restarts) = wait_until_ended(&cluster, &id, &output);
+    let text = read(&output);
+    println!(
+        "=== job {id} (node 2's copy of the shards differs): {state}, {restarts} restarts; its output:\n{text}"
+    );
+    assert_eq!((state.as_str(), restarts), ("FAILED", 0), "{text}");
+    assert!(text.contains("on node2: distributed: the shards folder"), "{text}");
+    assert!(text.contains("not requeueing"), "{text}");
 
     drop(cluster);
     nodes.wait_empty(Some("mtrec-worker"), Duration::from_secs(30));
