@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# A real one-node SLURM cluster on this machine (Debian's munge, slurmctld and slurmd), for the
-# tests and for trying launch/slurm/mtrec.sbatch before a real cluster sees it.
+# A real SLURM cluster on this machine (Debian's munge, slurmctld and slurmd): this machine as its
+# one node, or the local nodes of launch/local-nodes.sh with a slurmd each; for the tests and for
+# trying launch/slurm/mtrec.sbatch before a real cluster sees it.
 #
 #   launch/slurm/local-cluster.sh start    # write the config, start munged, slurmctld, slurmd;
 #                                          # wait until the node is idle (a second start is a no-op)
@@ -17,7 +18,9 @@
 # key, state, spool and logs; only munge's socket is in /run/mtrec-munge-* (see below). Nothing
 # else outside that folder is read or written: the
 # daemons get -f and the munge socket/key paths, the clients SLURM_CONF. The node is this machine
-# (hostname, `nproc` CPUs, 90% of the memory `free` reports), one partition `local`; no cgroups
+# (hostname, `nproc` CPUs, 90% of the memory `free` reports), or with start-nodes each local node
+# (its address; every node says it has all CPUs, and a share of the memory; a /tmp of its own
+# under target/slurm/tmp/NODE, emptied when its slurmd starts), one partition `local`; no cgroups
 # (proctrack/linuxproc, task/none), requeue allowed, root as SlurmUser, short timeouts. A
 # requeued job waits AuthInfo cred_expire + 1 s before it starts again (SLURM's default 120 s;
 # 10 s here). Ports 16817/16818 (MTREC_SLURM_PORT, MTREC_SLURM_PORT+1) keep clear of a system
