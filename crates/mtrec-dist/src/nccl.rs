@@ -10,13 +10,14 @@ use cudarc::nccl::{result as nccl, sys};
 use tch::{Kind, Tensor};
 
 /// NCCL communicator over all ranks, one GPU per rank ([`crate::local_gpu`]). A world of one
-/// needs no communicator ([`crate::Job::collective`] gives it [`crate::Local`]).
+/// builds one only when asked (`dist.backend = "nccl"`, [`crate::Backend::Cuda`]).
 pub struct NcclCollective {
     comm: sys::ncclComm_t,
     device: usize,
     placement: Placement,
-    /// Bootstraps the communicator and moves host values.
-    mpi: MpiCollective,
+    /// Bootstraps the communicator and moves host values; none in a world of one started
+    /// without a launcher.
+    mpi: Option<MpiCollective>,
 }
 
 impl std::fmt::Debug for NcclCollective {
@@ -32,9 +33,20 @@ fn nccl_err(what: &str, err: impl std::fmt::Debug) -> DistError {
     DistError::Nccl(format!("{what}: {err:?}"))
 }
 
-/// A failed NCCL call between ranks (a peer gone, a broken link): retryable.
-fn transport_err(what: &str, err: impl std::fmt::Debug) -> DistError {
-    DistError::Transport(format!("NCCL {what}: {err:?}"))
+/// A failed NCCL call between ranks (a peer gone, a broken link): retryable. Carries NCCL's own
+/// description of the last error (`ncclGetLastError`), which names what the code alone does not.
+fn transport_err(what: &str, err: impl std::fmt::Debug, comm: sys::ncclComm_t) -> DistError {
+    // SAFETY: NCCL returns a NUL-terminated string it owns (or null); `comm` may be null.
+    let last = unsafe {
+        let text = sys::ncclGetLastError(comm);
+        if text.is_null() {
+            String::new()
+        } else {
+            std::ffi::CStr::from_ptr(text).to_string_lossy().trim().to_string()
+        }
+    };
+    let detail = if last.is_empty() { String::new() } else { format!(" ({last})") };
+    DistError::Transport(format!("NCCL {what}: {err:?}{detail}"))
 }
 
 /// NCCL's version when its library can be opened, otherwise what to do about it.
@@ -50,11 +62,24 @@ pub fn nccl_library_status() -> Result<String, String> {
     Ok(format!("{}.{}.{}", code / 10000, (code / 100) % 100, code % 100))
 }
 
+/// The PCI bus id of a CUDA device (`0000:01:00.0`): what tells two ranks apart that see
+/// their GPUs under different indices.
+fn pci_bus_id(device: cudarc::driver::sys::CUdevice) -> Result<String, DistError> {
+    let mut text = [0 as std::ffi::c_char; 32];
+    // SAFETY: the driver writes at most `len` bytes, NUL-terminated, for a valid device.
+    unsafe {
+        cudarc::driver::sys::cuDeviceGetPCIBusId(text.as_mut_ptr(), text.len() as i32, device)
+            .result()
+            .map_err(|e| nccl_err("cuDeviceGetPCIBusId", e))?;
+        Ok(std::ffi::CStr::from_ptr(text.as_ptr()).to_string_lossy().into_owned())
+    }
+}
+
 impl NcclCollective {
-    /// Makes the rank's GPU ([`crate::local_gpu`]) current, has rank 0 create the communicator id, broadcasts it over
-    /// MPI and joins the communicator.
-    pub(crate) fn new(mpi: MpiCollective) -> Result<Self, DistError> {
-        let placement = mpi.placement();
+    /// Makes the rank's GPU ([`crate::local_gpu`]) current, refuses two ranks of a node on one
+    /// GPU (by PCI bus id), has rank 0 create the communicator id, broadcasts it over MPI and
+    /// joins the communicator.
+    pub(crate) fn new(placement: Placement, mpi: Option<MpiCollective>) -> Result<Self, DistError> {
         nccl_library_status().map_err(DistError::Nccl)?;
         // SAFETY: only tries to open the driver library by name (cudarc panics on a missing one).
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
@@ -63,10 +88,17 @@ impl NcclCollective {
         cuda::init().map_err(|e| nccl_err("cuInit", e))?;
         let visible = cuda::device::get_count().map_err(|e| nccl_err("cuDeviceGetCount", e))?;
         let device = crate::local_gpu(placement.local_rank, visible as usize).map_err(DistError::Nccl)?;
+        let dev = cuda::device::get(device as i32).map_err(|e| nccl_err("cuDeviceGet", e))?;
+        let bus_id = pci_bus_id(dev)?;
+        if let Some(mpi) = &mpi
+            && let Some(shared) =
+                crate::shared_gpu(&mpi.all_gather_strings(&format!("{}\t{bus_id}", crate::hostname())))
+        {
+            return Err(DistError::Nccl(shared));
+        }
         // SAFETY: plain driver calls on a visible device; the primary context stays retained for
         // the process.
         unsafe {
-            let dev = cuda::device::get(device as i32).map_err(|e| nccl_err("cuDeviceGet", e))?;
             let ctx = cuda::primary_ctx::retain(dev).map_err(|e| nccl_err("cuDevicePrimaryCtxRetain", e))?;
             cuda::ctx::set_current(ctx).map_err(|e| nccl_err("cuCtxSetCurrent", e))?;
         }
@@ -75,18 +107,38 @@ impl NcclCollective {
         } else {
             sys::ncclUniqueId { internal: [0; 128] }
         };
-        // SAFETY: the id is 128 plain bytes.
-        let id_bytes = unsafe { std::slice::from_raw_parts_mut(id.internal.as_mut_ptr() as *mut u8, 128) };
-        mpi.broadcast_fixed(id_bytes, 0);
+        if let Some(mpi) = &mpi {
+            // SAFETY: the id is 128 plain bytes.
+            let id_bytes =
+                unsafe { std::slice::from_raw_parts_mut(id.internal.as_mut_ptr() as *mut u8, 128) };
+            mpi.broadcast_fixed(id_bytes, 0);
+        }
         let mut comm: sys::ncclComm_t = std::ptr::null_mut();
         // SAFETY: `comm` is a valid out-pointer; every rank passes the same id and world size.
         unsafe {
             nccl::comm_init_rank(&mut comm, placement.world_size as i32, id, placement.rank as i32)
-                .map_err(|e| transport_err("ncclCommInitRank", e))?;
+                .map_err(|e| transport_err("ncclCommInitRank", e, std::ptr::null_mut()))?;
         }
         crate::job::register_nccl(comm as *mut std::ffi::c_void);
-        tracing::info!(rank = placement.rank, device, "NCCL communicator ready");
+        tracing::info!(rank = placement.rank, device, bus_id, "NCCL communicator ready");
         Ok(NcclCollective { comm, device, placement, mpi })
+    }
+
+    /// Element count of a tensor NCCL may reduce in place on this rank's GPU.
+    fn check(&self, op: &'static str, tensor: &Tensor) -> Result<usize, DistError> {
+        check_reducible(op, tensor, tch::Device::Cuda(self.device))
+    }
+
+    fn failed(&self, what: &str, err: impl std::fmt::Debug) -> DistError {
+        transport_err(what, err, self.comm)
+    }
+
+    /// Host values move over MPI; a world of one has nothing to move.
+    fn host(&self) -> &dyn Collective {
+        match &self.mpi {
+            Some(mpi) => mpi,
+            None => &crate::Local,
+        }
     }
 }
 
@@ -109,7 +161,7 @@ impl Collective for NcclCollective {
     }
 
     fn all_reduce_mean(&self, tensor: &mut Tensor) -> Result<(), DistError> {
-        let count = check_reducible("all_reduce_mean", tensor, true)?;
+        let count = self.check("all_reduce_mean", tensor)?;
         let datatype = nccl_type(tensor.kind())?;
         let ptr = tensor.data_ptr();
         // SAFETY: contiguous CUDA tensor of `count` elements of `datatype`, reduced in place.
@@ -123,7 +175,7 @@ impl Collective for NcclCollective {
                 self.comm,
                 std::ptr::null_mut(),
             )
-            .map_err(|e| transport_err("ncclAllReduce", e))?;
+            .map_err(|e| self.failed("ncclAllReduce", e))?;
         }
         Ok(())
     }
@@ -133,20 +185,20 @@ impl Collective for NcclCollective {
         if root >= world_size {
             return Err(DistError::BadRoot { op: "broadcast", root, world_size });
         }
-        let count = check_reducible("broadcast", tensor, true)?;
+        let count = self.check("broadcast", tensor)?;
         let datatype = nccl_type(tensor.kind())?;
         let ptr = tensor.data_ptr();
         // SAFETY: as in all_reduce_mean.
         unsafe {
             nccl::broadcast(ptr, ptr, count, datatype, root as i32, self.comm, std::ptr::null_mut())
-                .map_err(|e| transport_err("ncclBroadcast", e))?;
+                .map_err(|e| self.failed("ncclBroadcast", e))?;
         }
         Ok(())
     }
 
     fn all_gather(&self, tensor: &Tensor) -> Result<Tensor, DistError> {
         let tensor = tensor.contiguous();
-        let count = check_reducible("all_gather", &tensor, true)?;
+        let count = self.check("all_gather", &tensor)?;
         let datatype = nccl_type(tensor.kind())?;
         let mut shape = vec![self.placement.world_size as i64];
         shape.extend(tensor.size());
@@ -161,7 +213,7 @@ impl Collective for NcclCollective {
                 self.comm,
                 std::ptr::null_mut(),
             )
-            .map_err(|e| transport_err("ncclAllGather", e))?;
+            .map_err(|e| self.failed("ncclAllGather", e))?;
         }
         Ok(gathered)
     }
@@ -170,7 +222,7 @@ impl Collective for NcclCollective {
         let world_size = self.placement.world_size;
         check_world_blocks("reduce_scatter_sum", tensor, world_size)?;
         let send = tensor.contiguous();
-        let count = check_reducible("reduce_scatter_sum", &send, true)?;
+        let count = self.check("reduce_scatter_sum", &send)?;
         let datatype = nccl_type(send.kind())?;
         let block = Tensor::zeros(&tensor.size()[1..], (send.kind(), send.device()));
         // SAFETY: contiguous CUDA tensors; `block` holds count / world_size elements.
@@ -184,17 +236,17 @@ impl Collective for NcclCollective {
                 self.comm,
                 std::ptr::null_mut(),
             )
-            .map_err(|e| transport_err("ncclReduceScatter", e))?;
+            .map_err(|e| self.failed("ncclReduceScatter", e))?;
         }
         Ok(block)
     }
 
     fn all_reduce_sum_f64(&self, values: &mut [f64]) -> Result<(), DistError> {
-        self.mpi.all_reduce_sum_f64(values)
+        self.host().all_reduce_sum_f64(values)
     }
 
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>, root: usize) -> Result<(), DistError> {
-        self.mpi.broadcast_bytes(bytes, root)
+        self.host().broadcast_bytes(bytes, root)
     }
 
     fn backend(&self) -> &'static str {

@@ -3,6 +3,7 @@
 //! `model.safetensors` of `transformers.BertModel` (with or without the `bert.` prefix) loads by name.
 //! Reference: `transformers/models/bert/modeling_bert.py` (Devlin et al. 2019).
 use crate::ModelError;
+use crate::buckets::AttentionLayout;
 use crate::dropout::Dropout;
 use crate::precision::Precision;
 use serde::Deserialize;
@@ -189,34 +190,36 @@ impl BertSelfAttention {
     }
 
     /// Query, key and value come from one matmul over every token (the three weights stacked);
-    /// attention then runs per group of equal-length titles, on views of that result.
+    /// attention then runs once per length bucket of `layout` ([`crate::buckets`]), on views of
+    /// that result (padded, where the bucket pads, with the padded keys masked).
     ///
     /// # Shapes
-    /// `x [T, d]` with the tokens of `groups` (`(titles, length)` each, in order) -> `[T, d]`.
-    pub fn forward(&self, x: &Tensor, groups: &[(i64, i64)], dropout: &Dropout) -> Tensor {
+    /// `x [T, d]` with the tokens of `layout.groups` (in order) -> `[T, d]`.
+    pub fn forward(&self, x: &Tensor, layout: &AttentionLayout, dropout: &Dropout) -> Tensor {
         let d = x.size()[1];
         let (heads, d_k) = (self.heads, d / self.heads);
         let kind = self.precision.matmul_kind();
         let weight = Tensor::cat(&[&self.query.ws, &self.key.ws, &self.value.ws], 0).to_kind(kind);
         let bias = [&self.query.bs, &self.key.bs, &self.value.bs]
             .map(|b| b.as_ref().expect("BERT linears have a bias"));
-        let qkv = x.to_kind(kind).linear(&weight, Some(Tensor::cat(&bias, 0).to_kind(kind)));
-        let sizes: Vec<i64> = groups.iter().map(|&(n, len)| n * len).collect();
+        let qkv = layout.pad(&x.to_kind(kind).linear(&weight, Some(Tensor::cat(&bias, 0).to_kind(kind))));
+        let sizes: Vec<i64> = layout.buckets.iter().map(|&(n, len)| n * len).collect();
         let contexts: Vec<Tensor> = qkv
             .split_with_sizes(&sizes, 0)
             .iter()
-            .zip(groups)
-            .map(|(chunk, &(n, len))| {
+            .zip(&layout.buckets)
+            .enumerate()
+            .map(|(i, (chunk, &(n, len)))| {
                 // [n*L, 3d] -> q, k, v [n, heads, L, d_k]; `unbind`, not three `select`s, whose
                 // backward passes would each zero-fill the whole chunk.
                 let qkv = chunk.view([n, len, 3, heads, d_k]).permute([2, 0, 3, 1, 4]).unbind(0);
                 dropout
-                    .attention(&qkv[0], &qkv[1], &qkv[2], self.dropout)
+                    .attention(&qkv[0], &qkv[1], &qkv[2], layout.mask(i), self.dropout)
                     .transpose(1, 2)
                     .reshape([n * len, d])
             })
             .collect();
-        Tensor::cat(&contexts, 0)
+        layout.unpad(&Tensor::cat(&contexts, 0))
     }
 }
 
@@ -341,8 +344,8 @@ impl BertLayer {
     ///
     /// # Shapes
     /// `x [T, d]` -> `[T, d]`.
-    fn context(&self, x: &Tensor, groups: &[(i64, i64)], dropout: &Dropout) -> Tensor {
-        self.attention.self_attention.forward(x, groups, dropout)
+    fn context(&self, x: &Tensor, layout: &AttentionLayout, dropout: &Dropout) -> Tensor {
+        self.attention.self_attention.forward(x, layout, dropout)
     }
 
     /// The per-token rest of the block, for any subset of the tokens.
@@ -357,7 +360,8 @@ impl BertLayer {
 
 /// `BertModel` without the pooler (MTRec uses the final `[CLS]` state, not the pooled one), on
 /// packed titles: the tokens of all titles in one `[T, d]` matrix, titles grouped by length, so
-/// the linear layers run once over every real token (no padding) and attention runs per group.
+/// the linear layers run once over every real token (no padding) and attention runs per length
+/// bucket ([`crate::buckets`]).
 #[derive(Debug)]
 pub struct BertModel {
     embeddings: BertEmbeddings,
@@ -387,12 +391,12 @@ impl BertModel {
     /// the cached ones run.
     ///
     /// # Shapes
-    /// `input` holds `T` packed tokens in `groups` (`(titles, length)`, each title's tokens
-    /// contiguous), `read[i] [R_i]` (int64 rows) -> `[R_i, d]` each.
+    /// `input` holds `T` packed tokens in `layout.groups` (`(titles, length)`, each title's
+    /// tokens contiguous), `read[i] [R_i]` (int64 rows) -> `[R_i, d]` each.
     pub fn forward(
         &self,
         input: BertInput<'_>,
-        groups: &[(i64, i64)],
+        layout: &AttentionLayout,
         read: &[&Tensor],
         dropout: &Dropout,
         quiet_layers: usize,
@@ -402,18 +406,18 @@ impl BertModel {
                 let quiet = quiet_layers.min(self.layers.len());
                 let embedding_dropout = if quiet > 0 { &Dropout::Off } else { dropout };
                 let x = self.embeddings.forward(input_ids, positions, embedding_dropout);
-                (self.run_layers(x, 0..quiet, groups, &Dropout::Off), quiet)
+                (self.run_layers(x, 0..quiet, layout, &Dropout::Off), quiet)
             }
             BertInput::States { states, first_layer } => (states.shallow_clone(), first_layer),
         };
         // No layers left, or no titles (every result is then `[0, d]`).
         let upper = &self.layers[first_layer.min(self.layers.len())..];
-        let Some((last, _)) = upper.split_last().filter(|_| !groups.is_empty()) else {
+        let Some((last, _)) = upper.split_last().filter(|_| !layout.is_empty()) else {
             return read.iter().map(|rows| x.index_select(0, rows)).collect();
         };
         let last_index = self.layers.len() - 1;
-        let x = self.run_layers(x, first_layer..last_index, groups, dropout);
-        let context = last.context(&x, groups, dropout);
+        let x = self.run_layers(x, first_layer..last_index, layout, dropout);
+        let context = last.context(&x, layout, dropout);
         read.iter()
             .map(|rows| last.per_token(&context.index_select(0, rows), &x.index_select(0, rows), dropout))
             .collect()
@@ -423,31 +427,31 @@ impl BertModel {
     /// without dropout: what the frozen-layer cache holds.
     ///
     /// # Shapes
-    /// `input_ids [T]`, `positions [T]` in `groups` -> `[T, d]` (the residual stream's f32).
+    /// `input_ids [T]`, `positions [T]` in `layout.groups` -> `[T, d]` (the residual stream's f32).
     pub fn lower_states(
         &self,
         input_ids: &Tensor,
         positions: &Tensor,
-        groups: &[(i64, i64)],
+        layout: &AttentionLayout,
         layers: usize,
     ) -> Tensor {
         let x = self.embeddings.forward(input_ids, positions, &Dropout::Off);
-        self.run_layers(x, 0..layers.min(self.layers.len()), groups, &Dropout::Off)
+        self.run_layers(x, 0..layers.min(self.layers.len()), layout, &Dropout::Off)
     }
 
     fn run_layers(
         &self,
         x: Tensor,
         layers: std::ops::Range<usize>,
-        groups: &[(i64, i64)],
+        layout: &AttentionLayout,
         dropout: &Dropout,
     ) -> Tensor {
-        if groups.is_empty() {
+        if layout.is_empty() {
             return x;
         }
         self.layers[layers]
             .iter()
-            .fold(x, |x, layer| layer.per_token(&layer.context(&x, groups, dropout), &x, dropout))
+            .fold(x, |x, layer| layer.per_token(&layer.context(&x, layout, dropout), &x, dropout))
     }
 }
 
@@ -533,20 +537,20 @@ mod tests {
         // Two titles of 3 and 4 tokens, packed by length.
         let ids = Tensor::from_slice(&[1i64, 7, 2, 1, 5, 6, 2]);
         let positions = Tensor::from_slice(&[0i64, 1, 2, 0, 1, 2, 3]);
-        let groups = [(1, 3), (1, 4)];
+        let layout = AttentionLayout::exact(vec![(1, 3), (1, 4)]);
         let x = bert.embeddings.forward(&ids, &positions, &Dropout::Off);
         assert_eq!(x.kind(), Kind::Float, "embeddings + LayerNorm");
         let layer = &bert.layers[0];
         for dropout in [Dropout::Off, Dropout::training(Device::Cpu, 1)] {
             // SDPA, and the host-dropout path whose softmax is explicitly f32.
-            assert_eq!(layer.context(&x, &groups, &dropout).kind(), Kind::BFloat16, "attention");
+            assert_eq!(layer.context(&x, &layout, &dropout).kind(), Kind::BFloat16, "attention");
         }
         assert_eq!(layer.intermediate.forward(&x).kind(), Kind::BFloat16, "feed-forward matmul + GELU");
-        let context = layer.context(&x, &groups, &Dropout::Off);
+        let context = layer.context(&x, &layout, &Dropout::Off);
         assert_eq!(layer.per_token(&context, &x, &Dropout::Off).kind(), Kind::Float, "residual + LayerNorm");
         let cls = Tensor::from_slice(&[0i64, 3]);
         let input = BertInput::Tokens { input_ids: &ids, positions: &positions };
-        let states = bert.forward(input, &groups, &[&cls], &Dropout::training(Device::Cpu, 2), 0);
+        let states = bert.forward(input, &layout, &[&cls], &Dropout::training(Device::Cpu, 2), 0);
         assert_eq!(states[0].kind(), Kind::Float, "final states");
         // A head with distinct columns: with equal ones the logits are equal, the loss's gradient
         // is zero up to rounding, and whether it reached layer 0 depended on the summation order.
@@ -581,6 +585,6 @@ mod tests {
         let bert = tiny(&vs, Precision::F32);
         let x = bert.embeddings.forward(&ids, &positions, &Dropout::Off);
         assert_eq!(bert.layers[0].intermediate.forward(&x).kind(), Kind::Float);
-        assert_eq!(bert.layers[0].context(&x, &groups, &Dropout::Off).kind(), Kind::Float);
+        assert_eq!(bert.layers[0].context(&x, &layout, &Dropout::Off).kind(), Kind::Float);
     }
 }

@@ -49,19 +49,25 @@ impl Dropout {
     }
 
     /// Scaled dot-product attention (Vaswani et al. 2017), `softmax(q k^T / sqrt(d_k))` with
-    /// dropout `p` on the attention probabilities (as BERT), times `v`.
+    /// dropout `p` on the attention probabilities (as BERT), times `v`. A key where `mask` is
+    /// false gets the score `-inf`, so the weight 0 (a padded title's padding,
+    /// [`crate::buckets`]); every query row must keep at least one key.
     ///
     /// # Shapes
-    /// `q, k, v [n, heads, L, d_k]` -> `[n, heads, L, d_k]`.
-    pub fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, p: f64) -> Tensor {
-        let sdpa = |p| Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, p, false, None, false);
+    /// `q, k, v [n, heads, L, d_k]`, `mask [n, 1, 1, L]` (bool) -> `[n, heads, L, d_k]`.
+    pub fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, p: f64) -> Tensor {
+        let sdpa = |p| Tensor::scaled_dot_product_attention(q, k, v, mask, p, false, None, false);
         match self {
             Dropout::Host(_) if p > 0.0 => {
                 // Scores in q's kind (bf16 under the precision policy), softmax in f32, the
                 // probabilities rounded back for the value matmul.
                 let d_k = *q.size().last().expect("q has a head dimension") as f64;
-                let probs = (q.matmul(&k.transpose(-2, -1)) / d_k.sqrt()).softmax(-1, Kind::Float);
-                self.apply(&probs, p).to_kind(v.kind()).matmul(v)
+                let scores = q.matmul(&k.transpose(-2, -1)) / d_k.sqrt();
+                let scores = match mask {
+                    Some(mask) => scores.masked_fill(&mask.logical_not(), f64::NEG_INFINITY),
+                    None => scores,
+                };
+                self.apply(&scores.softmax(-1, Kind::Float), p).to_kind(v.kind()).matmul(v)
             }
             Dropout::Device => sdpa(p),
             _ => sdpa(0.0),
@@ -130,9 +136,33 @@ mod tests {
         let dropout = Dropout::training(Device::Cpu, 0);
         let Dropout::Host(_) = &dropout else { panic!("CPU training uses host masks") };
         // p = 1e-12 keeps every element (threshold 0) but takes the host path.
-        let ours = dropout.attention(&q, &k, &v, 1e-12);
-        let sdpa = Dropout::Off.attention(&q, &k, &v, 0.0);
+        let ours = dropout.attention(&q, &k, &v, None, 1e-12);
+        let sdpa = Dropout::Off.attention(&q, &k, &v, None, 0.0);
         let diff = (&ours - &sdpa).abs().max().double_value(&[]);
         assert!(diff < 1e-5, "{diff}");
+    }
+
+    /// Titles of 5, 3 and 1 tokens padded to 5: with the key mask, each title's real rows are
+    /// attention over that title alone, on SDPA's path and on the host-dropout path.
+    #[test]
+    fn masked_keys_leave_each_title_its_unpadded_attention() {
+        tch::manual_seed(2);
+        let lengths = [5i64, 3, 1];
+        let qkv = [(); 3].map(|_| Tensor::randn([3, 2, 5, 4], (Kind::Float, Device::Cpu)));
+        let mask =
+            Tensor::stack(&lengths.map(|len| Tensor::arange(5, (Kind::Int64, Device::Cpu)).lt(len)), 0)
+                .view([3, 1, 1, 5]);
+        let host = Dropout::training(Device::Cpu, 0);
+        let [q, k, v] = &qkv;
+        for padded in
+            [Dropout::Off.attention(q, k, v, Some(&mask), 0.0), host.attention(q, k, v, Some(&mask), 1e-12)]
+        {
+            for (i, &len) in lengths.iter().enumerate() {
+                let title = |t: &Tensor| t.get(i as i64).narrow(1, 0, len).unsqueeze(0);
+                let alone = Dropout::Off.attention(&title(q), &title(k), &title(v), None, 0.0);
+                let diff = (title(&padded) - alone).abs().max().double_value(&[]);
+                assert!(diff < 1e-5, "title {i}: {diff}");
+            }
+        }
     }
 }

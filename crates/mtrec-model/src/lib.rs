@@ -6,6 +6,7 @@
 
 pub mod amf;
 pub mod bert;
+pub mod buckets;
 pub mod dropout;
 pub mod loss;
 pub mod model;
@@ -14,6 +15,7 @@ pub mod precision;
 pub mod user;
 
 pub use bert::{BertConfig, BertModel};
+pub use buckets::{AttentionLayout, BucketPolicy};
 pub use dropout::Dropout;
 pub use model::{ModelSpec, NewsInputs, NewsOutputs, NewsRecModel, SHARED_PREFIX};
 pub use news::TitleBatch;
@@ -22,11 +24,37 @@ pub use user::{LsturMode, UserEncoderKind};
 
 use std::path::PathBuf;
 
-/// A host tensor on `device`. On CUDA it is copied from pinned (page-locked) memory without
-/// blocking the host (on the stream, after the kernels before it), so the input pipeline's thread
-/// goes on assembling the next batch while the copy runs.
+/// A host tensor on `device`. On CUDA it is copied into page-locked (pinned) host memory and
+/// from there to the device without blocking the host (on the stream, after the kernels before
+/// it), so the input pipeline's thread goes on assembling the next batch while the copy runs.
+///
+/// The pinned memory comes from torch's caching host allocator (`at::_pin_memory`; the device
+/// only picks that allocator): each block is page-locked once and reused by later batches, but
+/// only after the copy that read it has finished, because torch records an event on the stream
+/// for every block a non-blocking copy reads. A pinned buffer of our own, reused from batch to
+/// batch, would need such an event too (the next batch could overwrite it while its copy is
+/// still queued), and tch exposes no CUDA events. `Tensor::pin_memory(device)` is not used:
+/// libtorch 2.11 deprecates its device argument and warns on every call.
 pub fn upload(host: tch::Tensor, device: tch::Device) -> tch::Tensor {
-    if device.is_cuda() { host.pin_memory(device).to_device_(device, host.kind(), true, false) } else { host }
+    if device.is_cuda() {
+        host.internal_pin_memory(device).to_device_(device, host.kind(), true, false)
+    } else {
+        host
+    }
+}
+
+/// Several int64 host arrays on `device` with one [`upload`]: views of one tensor, in order.
+pub fn upload_i64(parts: &[&[i64]], device: tch::Device) -> Vec<tch::Tensor> {
+    let all = upload(tch::Tensor::from_slice(&parts.concat()), device);
+    let mut start = 0;
+    parts
+        .iter()
+        .map(|part| {
+            let view = all.narrow(0, start, part.len() as i64);
+            start += part.len() as i64;
+            view
+        })
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,9 @@
 //! Encoding a batch of titles with BERT without paying for padding: the tokens of all titles are
 //! packed into one sequence, titles grouped by length, so BERT's linear layers run once over
-//! every real token and attention runs per group of equal-length titles (`DESIGN.md`,
+//! every real token and attention runs per length bucket ([`crate::buckets`]; `DESIGN.md`,
 //! "Performance design").
 use crate::bert::{BertInput, BertModel};
+use crate::buckets::{AttentionLayout, BucketPolicy};
 use crate::dropout::Dropout;
 use tch::{Device, Kind, Tensor};
 
@@ -13,8 +14,8 @@ pub struct TitleBatch {
     pub input_ids: Tensor,
     /// `[T]` int64 position of each token in its title.
     pub positions: Tensor,
-    /// `(titles, length)` of each run of equal-length titles, in packed order.
-    pub groups: Vec<(i64, i64)>,
+    /// The runs of equal-length titles (`layout.groups`) and the length buckets attention runs in.
+    pub layout: AttentionLayout,
     /// `[N]` int64 packed row of each title's first token (`[CLS]`), in input order.
     pub cls_rows: Tensor,
     /// `[T - N]` int64 packed rows of every other token.
@@ -43,10 +44,22 @@ pub struct LowerStates {
 }
 
 impl TitleBatch {
+    /// [`TitleBatch::with_buckets`] with the buckets of `device` ([`BucketPolicy::for_device`]).
+    ///
     /// # Shapes
     /// `titles[i]`: token ids of title i (`[CLS] ... [SEP]`); `ner[i]` aligned with it. An empty
     /// title is encoded as the single token 0.
     pub fn new(titles: &[&[i32]], ner: Option<&[&[i8]]>, device: Device) -> Self {
+        TitleBatch::with_buckets(titles, ner, device, BucketPolicy::for_device(device))
+    }
+
+    /// The titles packed on `device` (one upload), attention in the length buckets of `policy`.
+    pub fn with_buckets(
+        titles: &[&[i32]],
+        ner: Option<&[&[i8]]>,
+        device: Device,
+        policy: BucketPolicy,
+    ) -> Self {
         const EMPTY: &[i32] = &[0];
         let title = |i: usize| if titles[i].is_empty() { EMPTY } else { titles[i] };
         let mut order: Vec<usize> = (0..titles.len()).collect();
@@ -72,15 +85,20 @@ impl TitleBatch {
                 labels.extend((1..tokens.len()).map(|col| ner[i].get(col).map_or(-1, |&tag| tag as i64)));
             }
         }
-        let tensor = |values: &[i64]| crate::upload(Tensor::from_slice(values), device);
+        let mut parts = vec![ids.as_slice(), &positions, &cls_rows, &token_rows, &token_titles];
+        if ner.is_some() {
+            parts.push(&labels);
+        }
+        let mut tensors = crate::upload_i64(&parts, device).into_iter();
+        let mut next = || tensors.next().expect("one tensor per part");
         TitleBatch {
-            input_ids: tensor(&ids),
-            positions: tensor(&positions),
-            groups,
-            cls_rows: tensor(&cls_rows),
-            token_rows: tensor(&token_rows),
-            token_titles: tensor(&token_titles),
-            ner_labels: ner.map(|_| tensor(&labels)),
+            input_ids: next(),
+            positions: next(),
+            cls_rows: next(),
+            token_rows: next(),
+            token_titles: next(),
+            ner_labels: ner.map(|_| next()),
+            layout: AttentionLayout::new(groups, policy, device),
             len: titles.len(),
             tokens: titles.iter().map(|t| t.len()).sum(),
             order,
@@ -114,7 +132,7 @@ pub fn encode_titles(
         Some(lower) => BertInput::States { states: &lower.states, first_layer: lower.first_layer },
         None => BertInput::Tokens { input_ids: &titles.input_ids, positions: &titles.positions },
     };
-    let mut states = bert.forward(input, &titles.groups, &read, dropout, quiet_layers).into_iter();
+    let mut states = bert.forward(input, &titles.layout, &read, dropout, quiet_layers).into_iter();
     EncodedTitles { cls: states.next().expect("one result per index set"), tokens: states.next() }
 }
 
@@ -149,7 +167,7 @@ mod tests {
         let refs: Vec<&[i32]> = titles.iter().map(|t| t.as_slice()).collect();
         let tags: Vec<&[i8]> = ner.iter().map(|t| t.as_slice()).collect();
         let batch = TitleBatch::new(&refs, Some(&tags), Device::Cpu);
-        assert_eq!(batch.groups, vec![(1, 2), (2, 4), (1, 7)]);
+        assert_eq!(batch.layout.groups, vec![(1, 2), (2, 4), (1, 7)]);
         let ids: Vec<i64> = Vec::try_from(&batch.input_ids).unwrap();
         assert_eq!(ids, vec![101, 102, 101, 5, 6, 102, 101, 3, 4, 102, 101, 7, 8, 9, 10, 11, 102]);
         let positions: Vec<i64> = Vec::try_from(&batch.positions).unwrap();
@@ -200,6 +218,55 @@ mod tests {
         let encoded = encode_titles(&bert, &batch, true, &Dropout::training(Device::Cpu, 0), 0);
         assert_eq!(encoded.cls.size(), vec![0, 8]);
         assert_eq!(encoded.tokens.unwrap().size(), vec![0, 8]);
+    }
+
+    /// Titles of 1-13 tokens: in padded buckets (lengths up to 8 in one, 9-16 in another) BERT
+    /// gives every token the state and every weight the gradient it has with one unpadded call
+    /// per length.
+    #[test]
+    fn padded_buckets_give_the_states_and_gradients_of_unpadded_attention() {
+        tch::manual_seed(5);
+        let titles: Vec<Vec<i32>> = (0..30)
+            .map(|i| (0..1 + (i * 7) % 13).map(|t| 1 + (i * 5 + t * 3) % 40).collect())
+            .collect();
+        let ner: Vec<Vec<i8>> = titles.iter().map(|t| t.iter().map(|&id| (id % 3) as i8).collect()).collect();
+        let refs: Vec<&[i32]> = titles.iter().map(|t| t.as_slice()).collect();
+        let tags: Vec<&[i8]> = ner.iter().map(|t| t.as_slice()).collect();
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let bert = BertModel::new(&vs.root(), &crate::BertConfig::tiny_for_tests(2));
+        let head = Tensor::randn([8], (Kind::Float, Device::Cpu));
+        let run = |policy| {
+            let batch = TitleBatch::with_buckets(&refs, Some(&tags), Device::Cpu, policy);
+            let encoded = encode_titles(&bert, &batch, true, &Dropout::Off, 0);
+            let tokens = encoded.tokens.expect("asked for token states");
+            let loss = (&encoded.cls * &head).sum(Kind::Float) + (&tokens * &head).square().sum(Kind::Float);
+            let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+            vars.sort_by(|a, b| a.0.cmp(&b.0));
+            let tensors: Vec<&Tensor> = vars.iter().map(|(_, t)| t).collect();
+            let grads: Vec<(String, Tensor)> = vars
+                .iter()
+                .map(|(name, _)| name.clone())
+                .zip(Tensor::run_backward(&[loss], &tensors, false, false))
+                .collect();
+            (batch.layout.buckets.len(), encoded.cls, tokens, grads)
+        };
+        let (exact_calls, cls, tokens, grads) = run(BucketPolicy::Exact);
+        let (padded_calls, padded_cls, padded_tokens, padded_grads) = run(BucketPolicy::Padded);
+        assert_eq!((exact_calls, padded_calls), (13, 2));
+        // Relative to the largest value of its kind (the sums run in another order; the key
+        // bias's gradient is 0 up to rounding, softmax being blind to a score added to a row).
+        let max = |t: &Tensor| t.abs().max().double_value(&[]);
+        let close = |a: &Tensor, b: &Tensor, scale: f64, what: &str| {
+            let diff = max(&(a - b)) / scale;
+            assert!(diff < 1e-5, "{what}: relative difference {diff:.3e}");
+        };
+        close(&cls, &padded_cls, max(&cls), "[CLS] states");
+        close(&tokens, &padded_tokens, max(&tokens), "token states");
+        let scale = grads.iter().map(|(_, g)| max(g)).fold(0.0, f64::max);
+        assert_eq!(grads.len(), vs.variables().len());
+        for ((name, g), (_, padded)) in grads.iter().zip(&padded_grads) {
+            close(g, padded, scale, name);
+        }
     }
 
     /// A one-token title (an empty one is encoded as token 0) has a `[CLS]` state and no other.

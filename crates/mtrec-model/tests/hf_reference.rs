@@ -1,9 +1,10 @@
 //! Our BERT against Hugging Face `transformers` (run here, from the project venv) on
 //! all-MiniLM-L6-v2: `[CLS]` and every real token's final state, for 300 titles encoded through
-//! the packed path the trainer uses. Relative error = max |ours - ref| / max |ref|.
-use mtrec_model::Dropout;
+//! the packed path the trainer uses, with attention per length (the CPU's) and in padded length
+//! buckets (CUDA's). Relative error = max |ours - ref| / max |ref|.
 use mtrec_model::bert::{BertConfig, BertModel, load_bert_weights, weights_file};
 use mtrec_model::news::{TitleBatch, encode_titles};
+use mtrec_model::{BucketPolicy, Dropout};
 use std::path::PathBuf;
 use std::process::Command;
 use tch::{Device, Kind, Tensor, nn};
@@ -60,25 +61,28 @@ fn minilm_matches_transformers_on_300_titles() {
         })
         .collect();
     let refs: Vec<&[i32]> = titles.iter().map(|t| t.as_slice()).collect();
-    let batch = TitleBatch::new(&refs, None, Device::Cpu);
-    assert!(batch.groups.len() > 1, "the test must exercise several length groups");
-    let encoded = tch::no_grad(|| encode_titles(&bert, &batch, true, &Dropout::Off, 0));
+    // The CPU's one call per length, and the padded length buckets CUDA uses.
+    for policy in [BucketPolicy::Exact, BucketPolicy::Padded] {
+        let batch = TitleBatch::with_buckets(&refs, None, Device::Cpu, policy);
+        assert!(batch.layout.groups.len() > 1, "the test must exercise several length groups");
+        let encoded = tch::no_grad(|| encode_titles(&bert, &batch, true, &Dropout::Off, 0));
 
-    let cls_ref = hidden.select(1, 0);
-    let cls_err =
-        (&encoded.cls - &cls_ref).abs().max().double_value(&[]) / cls_ref.abs().max().double_value(&[]);
-    println!("[CLS] relative error {cls_err:.3e}");
-    assert!(cls_err < 1e-5, "[CLS] relative error {cls_err:.3e}");
+        let cls_ref = hidden.select(1, 0);
+        let cls_err =
+            (&encoded.cls - &cls_ref).abs().max().double_value(&[]) / cls_ref.abs().max().double_value(&[]);
+        println!("{policy:?} buckets {:?}: [CLS] relative error {cls_err:.3e}", batch.layout.buckets);
+        assert!(cls_err < 1e-5, "{policy:?}: [CLS] relative error {cls_err:.3e}");
 
-    // Every other real token of every title: row (title, position) of the reference.
-    let width = hidden.size()[1];
-    let positions = batch.positions.index_select(0, &batch.token_rows);
-    let theirs =
-        hidden.view([-1, hidden.size()[2]]).index_select(0, &(&batch.token_titles * width + positions));
-    let ours = encoded.tokens.expect("asked for token states");
-    let worst =
-        ((&ours - &theirs).abs().amax(1, false) / theirs.abs().amax(1, false)).max().double_value(&[]);
-    println!("token states: worst relative error {worst:.3e}");
-    assert!(worst < 1e-5, "token relative error {worst:.3e}");
-    assert_eq!(encoded.cls.kind(), Kind::Float);
+        // Every other real token of every title: row (title, position) of the reference.
+        let width = hidden.size()[1];
+        let positions = batch.positions.index_select(0, &batch.token_rows);
+        let theirs =
+            hidden.view([-1, hidden.size()[2]]).index_select(0, &(&batch.token_titles * width + positions));
+        let ours = encoded.tokens.expect("asked for token states");
+        let worst =
+            ((&ours - &theirs).abs().amax(1, false) / theirs.abs().amax(1, false)).max().double_value(&[]);
+        println!("{policy:?}: token states: worst relative error {worst:.3e}");
+        assert!(worst < 1e-5, "{policy:?}: token relative error {worst:.3e}");
+        assert_eq!(encoded.cls.kind(), Kind::Float);
+    }
 }

@@ -300,12 +300,25 @@ pub struct DistConfig {
     /// A rank that finishes no step (or evaluation) for this many seconds ends the whole job,
     /// naming itself: a stalled collective or a dead peer must never hang the job.
     pub timeout_s: u64,
+    /// What the ranks' tensors are reduced with.
+    pub backend: DistBackend,
 }
 
 impl Default for DistConfig {
     fn default() -> Self {
-        DistConfig { timeout_s: 900 }
+        DistConfig { timeout_s: 900, backend: DistBackend::Auto }
     }
+}
+
+/// `dist.backend`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DistBackend {
+    /// NCCL for CUDA tensors, MPI for CPU ones; a world of one reduces nothing.
+    Auto,
+    /// NCCL, in a world of one too, where its collectives then run on one GPU (how
+    /// `launch/gpu-check.sh` exercises NCCL with a single GPU). Needs CUDA tensors.
+    Nccl,
 }
 
 /// The top-level key naming the config a file inherits from.

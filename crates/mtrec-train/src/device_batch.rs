@@ -5,7 +5,7 @@ use crate::vector_cache::CacheSchedule;
 use mtrec_data::batch::{GlobalCounts, HostBatch, Sampler, Shares, titles};
 use mtrec_data::read::NewsTable;
 use mtrec_dist::Placement;
-use mtrec_model::{NewsInputs, TitleBatch, upload};
+use mtrec_model::{NewsInputs, TitleBatch, upload, upload_i64};
 use tch::{Device, Tensor};
 
 /// Everything one step needs, on the device.
@@ -42,7 +42,7 @@ pub struct DeviceBatch {
 
 /// News-side inputs for the news items `nids`: titles with NER labels (and their frozen-layer
 /// states when there is a cache), category, subcategory, entity rows padded with 0 to the
-/// longest list.
+/// longest list (the last three in one upload).
 pub fn news_inputs(
     table: &NewsTable,
     nids: &[i32],
@@ -57,24 +57,21 @@ pub fn news_inputs(
             entities[row * width + col] = e as i64;
         }
     }
-    let column = |values: &[i64]| {
-        upload(Tensor::from_slice(&nids.iter().map(|&n| values[n as usize]).collect::<Vec<_>>()), device)
-    };
+    let column = |values: &[i64]| nids.iter().map(|&n| values[n as usize]).collect::<Vec<_>>();
+    let (category, subcategory) = (column(&table.category), column(&table.subcategory));
+    let [category, subcategory, entities] =
+        <[Tensor; 3]>::try_from(upload_i64(&[category.as_slice(), &subcategory, &entities], device))
+            .expect("one tensor per part");
     let mut titles = TitleBatch::new(&title_ids, Some(&ner), device);
     titles.lower = cache.map(|cache| cache.lower_states(nids, &titles, device));
-    NewsInputs {
-        titles,
-        category: column(&table.category),
-        subcategory: column(&table.subcategory),
-        entities: upload(Tensor::from_slice(&entities).view([nids.len() as i64, width as i64]), device),
-    }
+    NewsInputs { titles, category, subcategory, entities: entities.view([nids.len() as i64, width as i64]) }
 }
 
 impl DeviceBatch {
     /// `global`: occurrence counts of the whole global batch, split over `world` ranks. Each rank
     /// divides by `global / world`, so the all-reduced mean of the rank losses' gradients is the
     /// gradient of the global-batch loss. With a frozen-layer `cache`, the titles carry their
-    /// cached states.
+    /// cached states. History, candidates and users go to the device in one upload.
     pub fn new(
         host: &HostBatch,
         table: &NewsTable,
@@ -85,17 +82,22 @@ impl DeviceBatch {
     ) -> Self {
         let b = host.size as i64;
         let weights: Vec<f32> = host.occurrences.iter().map(|&c| c as f32).collect();
+        let [history, candidates, users] = <[Tensor; 3]>::try_from(upload_i64(
+            &[host.history.as_slice(), &host.candidates, &host.users],
+            device,
+        ))
+        .expect("one tensor per part");
         DeviceBatch {
             news: news_inputs(table, &host.news, device, cache),
             shares: host.shares.clone(),
             reuse: None,
-            history: upload(Tensor::from_slice(&host.history).view([b, host.history_len as i64]), device),
+            history: history.view([b, host.history_len as i64]),
             history_mask: upload(
                 Tensor::from_slice(&host.history_mask).view([b, host.history_len as i64]),
                 device,
             ),
-            candidates: upload(Tensor::from_slice(&host.candidates).view([b, -1]), device),
-            users: upload(Tensor::from_slice(&host.users), device),
+            candidates: candidates.view([b, -1]),
+            users,
             size: host.size,
             news_weights: upload(Tensor::from_slice(&weights), device),
             news_occurrences: (global.news.max(1) as f64) / world as f64,
@@ -129,12 +131,16 @@ impl Reuse {
             .filter(|(_, nid)| **nid >= 0)
             .map(|(row, &nid)| (row as i64, nid))
             .unzip();
-        let ids = |values: Vec<i64>| upload(Tensor::from_slice(&values), device);
+        let read: Vec<i64> = shares.reused.iter().map(|&n| n as i64).collect();
+        let written_news: Vec<i64> = news.iter().map(|&n| n as i64).collect();
+        let [read, written_rows, written_news] =
+            <[Tensor; 3]>::try_from(upload_i64(&[read.as_slice(), &rows, &written_news], device))
+                .expect("one tensor per part");
         Reuse {
             step,
-            read: ids(shares.reused.iter().map(|&n| n as i64).collect()),
-            written_rows: ids(rows),
-            written_news: ids(news.iter().map(|&n| n as i64).collect()),
+            read,
+            written_rows,
+            written_news,
             news: news.len() + shares.reused.len(),
             written_news_host: news,
         }

@@ -13,8 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mtrec_data::manifest::{Manifest, Split};
 use mtrec_data::read::{EvalImpression, NewsTable};
 use mtrec_dist::Collective;
-use mtrec_model::Dropout;
-use mtrec_model::NewsRecModel;
+use mtrec_model::{Dropout, NewsRecModel, upload, upload_i64};
 use tch::{Device, Kind, Tensor};
 
 /// Called once per round of an evaluation loop (see the module documentation).
@@ -82,15 +81,60 @@ pub fn encode_all_news(
     }
     let mut vectors = Tensor::zeros([table.input_ids.len() as i64, d], (kind, device));
     tch::no_grad(|| {
-        let _ = vectors.index_copy_(0, &Tensor::from_slice(&rows).to_device(device), &gathered);
+        let _ = vectors.index_copy_(0, &upload(Tensor::from_slice(&rows), device), &gathered);
         let _ = vectors.get(0).zero_();
     });
     Ok(vectors)
 }
 
+/// One round's impressions on the device, from one upload.
+struct ImpressionBatch {
+    /// `[B, H]` int64 news rows of the histories (the last `history` clicks, 0 = padding), and
+    /// `[B, H]` bool where they are real.
+    history: Tensor,
+    mask: Tensor,
+    /// `[B]` int64.
+    users: Tensor,
+    /// `[C]` int64 news rows of every candidate of the round, impression after impression, and
+    /// `[C]` the impression (row of `users`) each belongs to.
+    candidates: Tensor,
+    owners: Tensor,
+}
+
+impl ImpressionBatch {
+    fn new(chunk: &[EvalImpression], history: usize, device: Device) -> ImpressionBatch {
+        let h = chunk.iter().map(|i| i.history.len().min(history)).max().unwrap_or(0).max(1);
+        let mut rows = Vec::with_capacity(chunk.len() * h);
+        let mut mask = Vec::with_capacity(chunk.len() * h);
+        for imp in chunk {
+            let kept = &imp.history[imp.history.len().saturating_sub(history)..];
+            rows.extend(kept.iter().map(|&n| n as i64).chain(std::iter::repeat_n(0, h - kept.len())));
+            mask.extend((0..h).map(|t| i64::from(t < kept.len())));
+        }
+        let users: Vec<i64> = chunk.iter().map(|i| i.user as i64).collect();
+        let candidates: Vec<i64> =
+            chunk.iter().flat_map(|i| i.candidates.iter().map(|&n| n as i64)).collect();
+        let owners: Vec<i64> = (0..chunk.len() as i64)
+            .flat_map(|i| std::iter::repeat_n(i, chunk[i as usize].candidates.len()))
+            .collect();
+        let parts = [rows.as_slice(), &mask, &users, &candidates, &owners];
+        let [history, mask, users, candidates, owners] =
+            <[Tensor; 5]>::try_from(upload_i64(&parts, device)).expect("one tensor per part");
+        let shape = [chunk.len() as i64, h as i64];
+        ImpressionBatch {
+            history: history.view(shape),
+            mask: mask.view(shape).ne(0),
+            users,
+            candidates,
+            owners,
+        }
+    }
+}
+
 /// Click scores of every candidate of `impressions`, in their original order, `batch`
 /// impressions per round over `rounds` rounds (at least enough for all of them; more when
-/// another rank has more).
+/// another rank has more). A round's inputs go to the device in one upload; the scores stay
+/// there and come back in one copy at the end (no synchronisation per round).
 #[allow(clippy::too_many_arguments)]
 pub fn score_impressions(
     model: &NewsRecModel,
@@ -105,53 +149,39 @@ pub fn score_impressions(
     let device = news_vectors.device();
     let d = news_vectors.size()[1];
     let bar = progress(impressions.len() as u64, "impressions", show_progress);
-    let mut all = Vec::with_capacity(impressions.len());
     let batch = batch.max(1);
     let chunks = impressions.chunks(batch);
     let empty_rounds = rounds.saturating_sub(chunks.len());
+    let mut scores = Vec::with_capacity(chunks.len());
     tch::no_grad(|| -> Result<(), TrainError> {
         for chunk in chunks {
-            let h = chunk.iter().map(|i| i.history.len().min(history)).max().unwrap_or(0).max(1);
-            let mut rows = Vec::with_capacity(chunk.len() * h);
-            let mut mask = Vec::with_capacity(chunk.len() * h);
-            for imp in chunk {
-                let kept = &imp.history[imp.history.len().saturating_sub(history)..];
-                rows.extend(kept.iter().map(|&n| n as i64).chain(std::iter::repeat_n(0, h - kept.len())));
-                mask.extend((0..h).map(|t| t < kept.len()));
-            }
-            let b = chunk.len() as i64;
-            let hist = news_vectors
-                .index_select(0, &Tensor::from_slice(&rows).to_device(device))
-                .view([b, h as i64, d]);
-            let mask = Tensor::from_slice(&mask).view([b, h as i64]).to_device(device);
-            let users = Tensor::from_slice(&chunk.iter().map(|i| i.user as i64).collect::<Vec<_>>())
-                .to_device(device);
-            let user_vectors = model.encode_users(&hist, &mask, &users, &Dropout::Off);
-            // All candidates of the chunk at once: [sum C, d] . repeated user vectors.
-            let counts: Vec<i64> = chunk.iter().map(|i| i.candidates.len() as i64).collect();
-            let cands: Vec<i64> = chunk.iter().flat_map(|i| i.candidates.iter().map(|&n| n as i64)).collect();
-            let cand_vectors = news_vectors.index_select(0, &Tensor::from_slice(&cands).to_device(device));
-            let repeated = user_vectors.repeat_interleave_self_tensor(
-                &Tensor::from_slice(&counts).to_device(device),
-                0,
-                None,
-            );
-            let scores: Vec<f32> = Vec::try_from(
-                (cand_vectors * repeated).sum_dim_intlist(-1, false, Kind::Float).to_device(Device::Cpu),
-            )
-            .expect("float scores");
-            let mut offset = 0;
-            for &c in &counts {
-                all.push(scores[offset..offset + c as usize].to_vec());
-                offset += c as usize;
-            }
+            let inputs = ImpressionBatch::new(chunk, history, device);
+            let (b, h) = inputs.history.size2()?;
+            let hist = news_vectors.index_select(0, &inputs.history.view([-1])).view([b, h, d]);
+            let user_vectors = model.encode_users(&hist, &inputs.mask, &inputs.users, &Dropout::Off);
+            // All candidates of the chunk at once: [C, d] . their impressions' user vectors.
+            let cand_vectors = news_vectors.index_select(0, &inputs.candidates);
+            let owners = user_vectors.index_select(0, &inputs.owners);
+            scores.push((cand_vectors * owners).sum_dim_intlist(-1, false, Kind::Float));
             bar.inc(chunk.len() as u64);
             tick()?;
         }
         (0..empty_rounds).try_for_each(|_| tick())
     })?;
     bar.finish_and_clear();
-    Ok(all)
+    let scores: Vec<f32> = if scores.is_empty() {
+        Vec::new()
+    } else {
+        Vec::try_from(Tensor::cat(&scores, 0).to_device(Device::Cpu))?
+    };
+    let mut offset = 0;
+    Ok(impressions
+        .iter()
+        .map(|imp| {
+            offset += imp.candidates.len();
+            scores[offset - imp.candidates.len()..offset].to_vec()
+        })
+        .collect())
 }
 
 /// Rounds of `batch` that the longest of the ranks' shares of `len` items needs.
@@ -204,18 +234,23 @@ pub fn category_accuracy(
     if nids.is_empty() {
         return None;
     }
+    let predicted: Vec<Tensor> = nids
+        .chunks(batch.max(1))
+        .map(|chunk| {
+            let titles = news_inputs(table, chunk, device, None).titles;
+            let predicted = tch::no_grad(|| model.predict_categories(&titles));
+            beat();
+            predicted
+        })
+        .collect::<Option<_>>()?;
+    // One copy back for every chunk's predictions.
+    let predicted: Vec<i64> = Vec::try_from(Tensor::cat(&predicted, 0).to_device(Device::Cpu)).ok()?;
     let mut correct = 0usize;
     let mut counts = std::collections::HashMap::new();
-    for chunk in nids.chunks(batch.max(1)) {
-        let titles = news_inputs(table, chunk, device, None).titles;
-        let predicted: Vec<i64> =
-            Vec::try_from(tch::no_grad(|| model.predict_categories(&titles))?.to_device(Device::Cpu)).ok()?;
-        for (&nid, &p) in chunk.iter().zip(&predicted) {
-            let truth = table.category[nid as usize];
-            correct += usize::from(p == truth);
-            *counts.entry(truth).or_insert(0usize) += 1;
-        }
-        beat();
+    for (&nid, &p) in nids.iter().zip(&predicted) {
+        let truth = table.category[nid as usize];
+        correct += usize::from(p == truth);
+        *counts.entry(truth).or_insert(0usize) += 1;
     }
     let majority = counts.values().copied().max().unwrap_or(0);
     Some((correct as f64 / nids.len() as f64, majority as f64 / nids.len() as f64))

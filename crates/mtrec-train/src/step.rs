@@ -93,7 +93,15 @@ impl std::ops::Div<u32> for PhaseTimes {
     }
 }
 
-/// Times the phases of a step when enabled (it synchronises the device).
+/// Waits until the device has run the work queued on it (nothing to wait for on the CPU, whose
+/// ops have run when they return).
+pub fn synchronize(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// Times the phases of a step when enabled (it synchronises the device at every lap).
 pub struct Clock {
     device: Device,
     enabled: bool,
@@ -110,9 +118,7 @@ impl Clock {
         if !self.enabled {
             return Duration::ZERO;
         }
-        if let Device::Cuda(i) = self.device {
-            tch::Cuda::synchronize(i as i64);
-        }
+        synchronize(self.device);
         let now = Instant::now();
         let elapsed = now - self.last;
         self.last = now;
@@ -394,9 +400,4 @@ pub fn task_gradients(
     times.backward_aux = clock.lap();
 
     Ok((losses, g_main, aux_grads, exchange.as_ref().map(Exchange::encoded)))
-}
-
-/// Reads a device scalar (a host synchronisation: only at log steps).
-pub fn scalar(t: &Tensor) -> f64 {
-    t.to_kind(Kind::Double).double_value(&[])
 }

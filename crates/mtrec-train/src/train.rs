@@ -18,7 +18,7 @@ use crate::layer_cache::LayerCache;
 use crate::metrics::RankingMetrics;
 use crate::optim::{AdamW, schedule};
 use crate::setup::{self, Loaded};
-use crate::step::{StepStats, scalar, train_step};
+use crate::step::{StepStats, train_step};
 use crate::stop::{Signal, StopSignal};
 use crate::vector_cache::{self, CacheSchedule, VectorCache};
 use mtrec_data::batch::mix_seed;
@@ -899,7 +899,7 @@ impl MetricsLogger {
     }
 
     /// The window's record: losses of the global batch (one all-reduce), gradient statistics,
-    /// learning rates and throughput.
+    /// learning rates and throughput; the device's values read in one copy ([`window_values`]).
     fn write(
         &mut self,
         step: u64,
@@ -908,10 +908,9 @@ impl MetricsLogger {
         collective: &dyn Collective,
     ) -> Result<(), TrainError> {
         let pending = std::mem::take(&mut self.pending);
-        let losses = all_rank_losses(&pending, collective)?;
+        let WindowValues { losses, steps } = window_values(&pending, collective)?;
         losses.check_finite(step, pending.len())?;
-        let conflicts: Vec<f64> =
-            pending.iter().filter_map(|s| s.surgery.as_ref().map(|g| scalar(&g.conflict))).collect();
+        let conflicts: Vec<f64> = steps.iter().filter_map(|v| v.conflict).collect();
         self.conflicts += conflicts.iter().sum::<f64>();
         self.surgery_steps += conflicts.len() as f64;
         // Read after the losses: the device has finished the window's steps.
@@ -922,12 +921,12 @@ impl MetricsLogger {
             "loss_main": losses.main,
             "loss_category": losses.category,
             "loss_ner": losses.ner,
-            "cos_main_aux": mean(pending.iter().filter_map(|s| s.surgery.as_ref().map(|g| scalar(&g.cosine)))),
+            "cos_main_aux": mean(steps.iter().filter_map(|v| v.cosine)),
             "conflict": mean(conflicts.iter().copied()),
             "conflict_rate": (self.surgery_steps > 0.0).then(|| self.conflicts / self.surgery_steps),
-            "grad_norm_main": mean(pending.iter().map(|s| scalar(&s.grad_norm_main))),
-            "grad_norm_aux": mean(pending.iter().filter_map(|s| s.grad_norm_aux.as_ref().map(scalar))),
-            "grad_norm": mean(pending.iter().map(|s| scalar(&s.grad_norm))),
+            "grad_norm_main": mean(steps.iter().map(|v| v.grad_norm_main)),
+            "grad_norm_aux": mean(steps.iter().filter_map(|v| v.grad_norm_aux)),
+            "grad_norm": mean(steps.iter().map(|v| v.grad_norm)),
             "lr_bert": self.lr.0 * lr_scale,
             "lr_task": self.lr.1 * lr_scale,
             "samples_per_s": self.samples as f64 / elapsed,
@@ -1007,9 +1006,61 @@ impl WindowLosses {
     }
 }
 
-fn all_rank_losses(pending: &[StepStats], collective: &dyn Collective) -> Result<WindowLosses, TrainError> {
+/// A log window's device values, read on the host with one copy.
+struct WindowValues {
+    losses: WindowLosses,
+    steps: Vec<StepValues>,
+}
+
+/// A step's gradient statistics on the host ([`StepStats`]).
+struct StepValues {
+    conflict: Option<f64>,
+    cosine: Option<f64>,
+    grad_norm_main: f64,
+    grad_norm_aux: Option<f64>,
+    grad_norm: f64,
+}
+
+/// Values of [`StepValues`] per step on the device.
+const STEP_VALUES: usize = 5;
+
+impl StepValues {
+    /// `s`'s statistics as `[STEP_VALUES]` f64 on the device, NaN where it has none (no
+    /// surgery, no auxiliary task).
+    fn on_device(s: &StepStats) -> Tensor {
+        let double = |t: &Tensor| t.to_kind(tch::Kind::Double).reshape([1]);
+        let none = || double(&s.grad_norm).full_like(f64::NAN);
+        let surgery = s.surgery.as_ref();
+        let values = [
+            surgery.map_or_else(none, |g| double(&g.conflict)),
+            surgery.map_or_else(none, |g| double(&g.cosine)),
+            double(&s.grad_norm_main),
+            s.grad_norm_aux.as_ref().map_or_else(none, double),
+            double(&s.grad_norm),
+        ];
+        Tensor::cat(&values, 0)
+    }
+
+    /// The host copy `v` of [`StepValues::on_device`] of `s`.
+    fn read(s: &StepStats, v: &[f64]) -> StepValues {
+        StepValues {
+            conflict: s.surgery.as_ref().map(|_| v[0]),
+            cosine: s.surgery.as_ref().map(|_| v[1]),
+            grad_norm_main: v[2],
+            grad_norm_aux: s.grad_norm_aux.as_ref().map(|_| v[3]),
+            grad_norm: v[4],
+        }
+    }
+}
+
+/// The window's mean losses of the global batch (one all-reduce) and every step's
+/// [`StepValues`], in one device-to-host copy.
+fn window_values(pending: &[StepStats], collective: &dyn Collective) -> Result<WindowValues, TrainError> {
     let Some(first) = pending.first() else {
-        return Ok(WindowLosses { main: None, category: None, ner: None });
+        return Ok(WindowValues {
+            losses: WindowLosses { main: None, category: None, ner: None },
+            steps: Vec::new(),
+        });
     };
     let rows: Vec<Tensor> = pending
         .iter()
@@ -1025,12 +1076,21 @@ fn all_rank_losses(pending: &[StepStats], collective: &dyn Collective) -> Result
         .collect();
     let mut means = Tensor::stack(&rows, 0).to_kind(tch::Kind::Float).mean_dim(0, false, tch::Kind::Float);
     collective.all_reduce_mean(&mut means)?;
-    let means = Vec::<f64>::try_from(means.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu))
-        .expect("three f64 values");
-    Ok(WindowLosses {
-        main: Some(means[0]),
-        category: first.loss_category.is_some().then_some(means[1]),
-        ner: first.loss_ner.is_some().then_some(means[2]),
+    let mut parts = vec![means.to_kind(tch::Kind::Double)];
+    parts.extend(pending.iter().map(StepValues::on_device));
+    let values = Vec::<f64>::try_from(Tensor::cat(&parts, 0).to_device(tch::Device::Cpu))?;
+    let steps = pending
+        .iter()
+        .zip(values[3..].chunks_exact(STEP_VALUES))
+        .map(|(s, v)| StepValues::read(s, v))
+        .collect();
+    Ok(WindowValues {
+        losses: WindowLosses {
+            main: Some(values[0]),
+            category: first.loss_category.is_some().then_some(values[1]),
+            ner: first.loss_ner.is_some().then_some(values[2]),
+        },
+        steps,
     })
 }
 

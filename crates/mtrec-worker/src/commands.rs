@@ -6,7 +6,7 @@ use mtrec_data::write::write_atomically;
 use mtrec_dist::{Backend, Collective, Job, Local, Watchdog};
 use mtrec_train::agree::agree_on_config;
 use mtrec_train::checkpoint::Checkpoint;
-use mtrec_train::config::{Config, Dedup};
+use mtrec_train::config::{Config, Dedup, DistBackend};
 use mtrec_train::eval::{category_accuracy, encode_all_news, eval_impressions, evaluate, score_impressions};
 use mtrec_train::metrics::ranks_in_input_order;
 use mtrec_train::setup::{self, LabelCounts};
@@ -14,6 +14,7 @@ use mtrec_train::train::open_chosen_checkpoint;
 use mtrec_train::{Resume, Start, bench};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use tch::Device;
 
 fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {
     Ok(Config::load(&args.config, &args.overrides)?)
@@ -52,9 +53,50 @@ fn connect<'a>(job: &'a Job, config: &Config) -> anyhow::Result<&'a dyn Collecti
             std::process::id()
         ));
     }
-    let cuda = device.is_cuda();
-    let backend = if cuda { Backend::Cuda } else { Backend::Cpu };
+    let nccl_alone = config.dist.backend == DistBackend::Nccl;
+    let backend = match device {
+        Device::Cuda(_) => Backend::Cuda { nccl_alone },
+        _ if nccl_alone => {
+            bail!("dist.backend = \"nccl\" needs CUDA tensors, but this rank computes on {device:?}")
+        }
+        _ => Backend::Cpu,
+    };
     job.collective(backend).context("connecting to the other ranks")
+}
+
+/// Runs every collective with known values ([`mtrec_dist::check_collectives`]); each rank
+/// prints its results. Exit code 1 when one failed; `abort` ends the job through the failure
+/// path after the checks.
+pub fn check_collectives(job: &Job, args: &ConfigArgs, abort: bool) -> anyhow::Result<i32> {
+    let config = load_config(args)?;
+    let watchdog = watch_job(job, &config);
+    watchdog.heartbeat().phase("connecting to the other ranks");
+    let collective = connect(job, &config)?;
+    let device = setup::device(config.train.device, collective.placement().local_rank)?;
+    let checks = mtrec_dist::check_collectives(collective, device);
+    let who = mtrec_dist::who();
+    for check in &checks {
+        match &check.outcome {
+            Ok(how) => mtrec_dist::say(&format!(
+                "{who}: {} ok ({}, {device:?}): {how}",
+                check.name,
+                collective.backend()
+            )),
+            Err(why) => mtrec_dist::say(&format!(
+                "{who}: {} FAILED ({}, {device:?}): {why}",
+                check.name,
+                collective.backend()
+            )),
+        }
+    }
+    let failed = checks.iter().filter(|c| c.outcome.is_err()).count();
+    if abort {
+        bail!(
+            "check-collectives --abort: {failed} of {} checks failed; ending the job through the failure path",
+            checks.len()
+        );
+    }
+    Ok(if failed == 0 { 0 } else { 1 })
 }
 
 /// Trains; the exit code is [`mtrec_train::EXIT_INTERRUPTED`] when a signal stopped the run.
@@ -292,9 +334,6 @@ pub fn embed(
     Ok(())
 }
 
-/// Dense bf16 peak of an H100/H200 SXM GPU (NVIDIA data sheet), the denominator of MFU.
-const PEAK_BF16_TFLOPS: f64 = 989.4;
-
 /// What `bench` times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Workload {
@@ -341,19 +380,12 @@ fn bench_reference(config: &Config, options: &BenchOptions) -> anyhow::Result<()
     let results = bench::run_reference(&[config.clone(), main_only], warmup, steps)?;
     let [full, base] = <[bench::BenchResult; 2]>::try_from(results).expect("one result per config");
     let surgery_name = format!("{:?} surgery", config.mtl.surgery).to_lowercase();
-    // Model FLOPs: a forward pass costs 2 FLOPs per encoder weight per token plus attention
-    // (4 L d FLOPs per token and layer for scores and values over a title of L tokens); a
-    // backward pass twice a forward. The multi-task step runs one forward and two backward
-    // passes (5 forward-equivalents), the main-task-only step one and one (3).
-    let bert = setup::bert_config(config, &model_dir)?;
-    let (layers, d, ff) =
-        (bert.num_hidden_layers as f64, bert.hidden_size as f64, bert.intermediate_size as f64);
-    let mean_len = full.tokens / full.titles;
-    let forward = full.tokens * layers * (2.0 * (4.0 * d * d + 2.0 * d * ff) + 4.0 * mean_len * d);
-    let cuda = setup::device(config.train.device, 0)?.is_cuda();
-    let gflops = |r: &bench::BenchResult, passes: f64| passes * forward / r.mean().as_secs_f64() / 1e9;
+    // Model FLOPs of the rows each pass computes (`bench::step_flops`); MFU for bf16 on CUDA.
+    let device = setup::device(config.train.device, 0)?;
+    let mfu =
+        |r: &bench::BenchResult| bench::mfu(r.flops_per_second(), config.train.precision, device.is_cuda());
     if options.json {
-        let variant = |name: &str, r: &bench::BenchResult, passes: f64| {
+        let variant = |name: &str, r: &bench::BenchResult| {
             serde_json::json!({
                 "name": name,
                 "samples_per_s": r.samples_per_second(),
@@ -361,8 +393,10 @@ fn bench_reference(config: &Config, options: &BenchOptions) -> anyhow::Result<()
                 "step_s": r.mean().as_secs_f64(),
                 "step_s_median": r.median().as_secs_f64(),
                 "phases": phases_json(&r.phases),
-                "gflop_per_step": passes * forward / 1e9,
-                "gflop_per_s": gflops(r, passes),
+                "gflop_per_step": r.flops / 1e9,
+                "gflop_per_s": r.flops_per_second() / 1e9,
+                "mfu": mfu(r),
+                "gpu_memory_peak_bytes": r.gpu_memory_peak,
             })
         };
         let out = serde_json::json!({
@@ -374,7 +408,10 @@ fn bench_reference(config: &Config, options: &BenchOptions) -> anyhow::Result<()
             "tokens": full.tokens,
             "warmup": warmup,
             "steps": steps,
-            "variants": [variant(&surgery_name, &full, 5.0), variant("main task only", &base, 3.0)],
+            "device": format!("{device:?}"),
+            "gpu": gpu_name(device),
+            "mfu_peak": {"name": bench::PEAK_NAME, "tflop_per_s": bench::PEAK_BF16_TFLOPS},
+            "variants": [variant(&surgery_name, &full), variant("main task only", &base)],
         });
         println!("{out}");
         return Ok(());
@@ -424,22 +461,57 @@ fn bench_reference(config: &Config, options: &BenchOptions) -> anyhow::Result<()
         pairs.iter().copied().fold(f64::INFINITY, f64::min),
         pairs.iter().copied().fold(0.0, f64::max)
     );
-    for (name, r, passes) in [("multi-task step", &full, 5.0), ("main-only step", &base, 3.0)] {
-        let mfu = if cuda {
+    for (name, r) in [("multi-task step", &full), ("main-only step", &base)] {
+        let mfu = mfu(r).map_or(String::new(), |m| {
             format!(
-                ", MFU {:.1}% of {PEAK_BF16_TFLOPS} TFLOP/s bf16 dense",
-                100.0 * gflops(r, passes) / (PEAK_BF16_TFLOPS * 1e3)
+                ", MFU {:.1}% of {} TFLOP/s bf16 dense ({} peak)",
+                100.0 * m,
+                bench::PEAK_BF16_TFLOPS,
+                bench::PEAK_NAME
             )
-        } else {
-            String::new()
-        };
+        });
         println!(
             "{name}: {:.1} GFLOP per step, {:.1} GFLOP/s{mfu}",
-            passes * forward / 1e9,
-            gflops(r, passes)
+            r.flops / 1e9,
+            r.flops_per_second() / 1e9
         );
     }
+    if let Device::Cuda(_) = device {
+        println!(
+            "samples/s, GFLOP/s and MFU from {steps} steps synchronised once each, at its end; the phases \
+             from {steps} more, synchronised between phases"
+        );
+        for (name, r) in [("multi-task step", &full), ("main-only step", &base)] {
+            println!("{name}: {}", gpu_memory_line(device, r.gpu_memory_peak));
+        }
+    }
     Ok(())
+}
+
+/// The name of `device` when it is a GPU the driver names.
+fn gpu_name(device: Device) -> Option<String> {
+    match device {
+        Device::Cuda(gpu) => mtrec_train::gpu::name(gpu).ok(),
+        _ => None,
+    }
+}
+
+/// `peak GPU memory in use 12.34 GB of 150.02 GB (NVIDIA H200), as the driver counts it ...`
+fn gpu_memory_line(device: Device, peak: Option<usize>) -> String {
+    let Device::Cuda(gpu) = device else {
+        return String::new();
+    };
+    let gpu_label = gpu_name(device).unwrap_or_else(|| format!("GPU {gpu}"));
+    match (peak, mtrec_train::gpu::memory(gpu)) {
+        (Some(peak), Ok(memory)) => format!(
+            "peak GPU memory in use {:.2} GB of {:.2} GB ({gpu_label}), as the driver counts it after each \
+             step: torch's reserved pool, the CUDA context and any other process",
+            peak as f64 / 1e9,
+            memory.total as f64 / 1e9
+        ),
+        (_, Err(e)) => format!("peak GPU memory: not recorded ({e})"),
+        (None, Ok(_)) => "peak GPU memory: not recorded".to_string(),
+    }
 }
 
 /// World sizes whose de-duplication `bench --workload mind` counts on the host.
@@ -589,6 +661,7 @@ fn bench_mind(job: &Job, args: &ConfigArgs, config: &Config, options: &BenchOpti
                     "variant": name, "dedup": effective_dedup(variant),
                     "trainable_layers": variant.model.trainable_layers, "layer_cache": variant.model.layer_cache,
                     "vector_cache": variant.data.vector_cache, "cache_hit_rate": result.cache_hit_rate,
+                    "gpu_memory_peak_bytes": result.gpu_memory_peak, // rank 0's
                     "step_s": step,
                     "samples_per_s": variant.train.batch_size as f64 / step, "tokens_per_s": tokens / step,
                     "title_slots": slots, "titles": titles, "tokens": tokens, "ranks": ranks,
@@ -661,6 +734,13 @@ fn bench_mind(job: &Job, args: &ConfigArgs, config: &Config, options: &BenchOpti
             tokens / step,
             result.cache_hit_rate.map_or("-".to_string(), |h| format!("{:.1}%", 100.0 * h))
         );
+    }
+    let device = setup::device(config.train.device, placement.local_rank)?;
+    if device.is_cuda() {
+        println!();
+        for ((per_rank, name, _), result) in variants.iter().zip(&results) {
+            println!("{per_rank} {name}, rank 0: {}", gpu_memory_line(device, result.gpu_memory_peak));
+        }
     }
     println!(
         "\nde-duplication of the first {DEDUP_STEPS} global batches of epoch 0 (fewer where the epoch has \

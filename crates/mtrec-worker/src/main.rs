@@ -2,8 +2,8 @@
 //!
 //! `train`, `eval`, `predict` (the MIND leaderboard file), `embed` (news vectors to Parquet),
 //! `bench` (step time on the reference or a MIND-like workload), `report` (figures and a summary of a run),
-//! `compare` (runs side by side with the paper's Table 1), `config` (the resolved config) and
-//! `doctor` (what this binary found).
+//! `compare` (runs side by side with the paper's Table 1), `config` (the resolved config),
+//! `doctor` (what this binary found) and `check-collectives` (every collective with known values).
 //!
 //! One failure path for every command and phase ([`fail`]): an error or a panic on any rank is
 //! printed by that rank at once, with its rank, and the rank then ends the whole job
@@ -139,6 +139,16 @@ enum Command {
     },
     /// Print what this binary found: libtorch, CUDA devices, MPI, rank/world, NCCL.
     Doctor,
+    /// Run every collective with known values on the config's device and `dist.backend` (every
+    /// rank of an mpirun job); exits 1 when one computes a wrong value. `--abort` then ends the
+    /// job through the failure path (NCCL abort, `MPI_Abort`) instead of a clean end (NCCL
+    /// destroy, `MPI_Finalize`).
+    CheckCollectives {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        abort: bool,
+    },
 }
 
 fn main() {
@@ -249,5 +259,6 @@ fn run(cli: Cli, job: &Job) -> anyhow::Result<i32> {
         Command::Compare { run_dirs, out } => done(commands::compare(&run_dirs, &out)),
         Command::Config { config, get } => done(commands::show_config(&config, get.as_deref())),
         Command::Doctor => done(doctor::run(job)),
+        Command::CheckCollectives { config, abort } => commands::check_collectives(job, &config, abort),
     }
 }
