@@ -15,7 +15,7 @@
 #   model/      the tokenizer of all-MiniLM-L6-v2 (BERT's uncased vocabulary) and a bert-base-shaped
 #               config.json: the check initialises the encoder at random (model.init = "random"),
 #               so no weights travel
-#   launch/, configs/   the check and the configs it uses
+#   launch/, configs/   the check and the configs it uses; COMMIT, the commit they come from
 #   env.sh      sourced by run-gpu-check.sh (or by hand, to run mpirun and the binaries): the
 #               variables above, PyTorch's and NCCL's library folders (from $PYTHON, default
 #               python3), PATH
@@ -137,6 +137,11 @@ JSON
 mkdir -p "$work/launch"
 cp "$root"/launch/gpu-check.sh "$root"/launch/nccl-env.sh "$work/launch/"
 cp -r "$root/configs" "$work/configs"
+# The commit the binaries come from, for the check's report (the GPU machine has no checkout).
+if commit=$(git -C "$root" rev-parse HEAD 2>/dev/null); then
+  git -C "$root" diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
+  echo "$commit" >"$work/COMMIT"
+fi
 
 cat >"$work/env.sh" <<'ENV'
 # Sourced by run-gpu-check.sh: OpenMPI, PMIx and the binaries from this folder, PyTorch's and

@@ -309,3 +309,12 @@ fn wait_for_line(path: &Path, text: &str) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn nccl_asked_for_on_the_cpu_is_refused_by_name() {
+    let run_dir = fixture().root.join("nccl-on-cpu");
+    let message = "dist.backend = \"nccl\" needs CUDA tensors, but this rank computes on Cpu";
+    let job = mpirun(2, worker(&args("train", &run_dir, &["dist.backend=nccl", "train.device=cpu"])));
+    let (output, _) = fails_with(job, message);
+    assert!(output.contains(&format!("error: rank 0 on {}: {message}", hostname())), "{output}");
+}

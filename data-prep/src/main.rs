@@ -155,13 +155,14 @@ fn summary(m: &Manifest, out: &std::path::Path) {
 
 fn main() -> ExitCode {
     // `info`: each phase logs its end and time, the progress a batch job's log gets (the
-    // progress bars draw only on a terminal).
+    // progress bars draw only on a terminal; so do colours).
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match Cli::parse().command {
         Command::Mind(a) => {

@@ -12,6 +12,9 @@ pub struct CollectiveCheck {
     pub outcome: Result<String, String>,
 }
 
+/// A check: what it returns when the values are right, and what was wrong otherwise.
+type Check<'a> = Box<dyn Fn() -> Result<String, String> + 'a>;
+
 /// Runs every collective of [`Collective`] once on `device` with known values (bf16 on CUDA
 /// only).
 pub fn check_collectives(collective: &dyn Collective, device: Device) -> Vec<CollectiveCheck> {
@@ -21,7 +24,7 @@ pub fn check_collectives(collective: &dyn Collective, device: Device) -> Vec<Col
     let long = (1 << 20) + 3;
     let pattern =
         |n: usize, f: &dyn Fn(f64) -> f64| (0..n).map(|i| f((i % 7 + 1) as f64)).collect::<Vec<f64>>();
-    let checks: [(&'static str, Box<dyn Fn() -> Result<String, String>>); 8] = [
+    let checks: [(&'static str, Check); 8] = [
         (
             "all_reduce_mean f32",
             Box::new(|| {

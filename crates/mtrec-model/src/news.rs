@@ -226,9 +226,8 @@ mod tests {
     #[test]
     fn padded_buckets_give_the_states_and_gradients_of_unpadded_attention() {
         tch::manual_seed(5);
-        let titles: Vec<Vec<i32>> = (0..30)
-            .map(|i| (0..1 + (i * 7) % 13).map(|t| 1 + (i * 5 + t * 3) % 40).collect())
-            .collect();
+        let titles: Vec<Vec<i32>> =
+            (0..30).map(|i| (0..1 + (i * 7) % 13).map(|t| 1 + (i * 5 + t * 3) % 40).collect()).collect();
         let ner: Vec<Vec<i8>> = titles.iter().map(|t| t.iter().map(|&id| (id % 3) as i8).collect()).collect();
         let refs: Vec<&[i32]> = titles.iter().map(|t| t.as_slice()).collect();
         let tags: Vec<&[i8]> = ner.iter().map(|t| t.as_slice()).collect();

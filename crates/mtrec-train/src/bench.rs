@@ -4,9 +4,10 @@
 //! times from a second pass of as many steps that synchronises between phases (which costs the
 //! GPU its queue of launched work); on the CPU, whose ops have run when they return, one pass
 //! gives both.
-//! - `reference` (`DESIGN.md`, "Performance design"): 8 samples per step, history 50, 1 + 4
-//!   candidates, so 440 distinct titles of 12-30 real tokens (uniform) with random token ids, in
-//!   one process; the configured multi-task step against the main-task-only step.
+//! - `reference` (`DESIGN.md`, "Performance design"): `train.batch_size` samples per step (8 in
+//!   DESIGN.md and `configs/minilm.toml`, 64 in `configs/bench-bert-base.toml`), history 50,
+//!   1 + 4 candidates, so 55 distinct titles per sample of 12-30 real tokens (uniform) with random
+//!   token ids, in one process; the configured multi-task step against the main-task-only step.
 //! - `mind`: real batches of the configured shards (made MIND-like by `mtrec-prep synth
 //!   --profile mind`: news repeat as in MIND), drawn as in training (negatives, history cut,
 //!   de-duplication) at chosen batches per rank, with per-rank and global de-duplication, on
@@ -27,7 +28,8 @@ use mtrec_model::{BertConfig, Precision};
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
 
-/// Reference workload sizes.
+/// Reference workload sizes (`DESIGN.md`); the samples per step are `train.batch_size`, 8 in
+/// `configs/minilm.toml` as in DESIGN.md.
 pub const SAMPLES: usize = 8;
 pub const HISTORY: usize = 50;
 pub const NEGATIVES: usize = 4;
@@ -145,10 +147,11 @@ impl BenchResult {
     }
 }
 
-/// 440 random titles (12-30 tokens, `[CLS]`/`[SEP]` included) and the batch that uses each once.
-pub fn reference_batch(vocab: i64, seed: u64) -> (NewsTable, HostBatch) {
+/// `samples x 55` random titles (12-30 tokens, `[CLS]`/`[SEP]` included; 440 at DESIGN.md's
+/// [`SAMPLES`]) and the batch of `samples` samples that uses each once.
+pub fn reference_batch(samples: usize, vocab: i64, seed: u64) -> (NewsTable, HostBatch) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let titles = SAMPLES * (HISTORY + 1 + NEGATIVES);
+    let titles = samples * (HISTORY + 1 + NEGATIVES);
     let mut table = NewsTable::with_padding();
     for i in 0..titles {
         let len = rng.random_range(12..=30usize);
@@ -169,7 +172,7 @@ pub fn reference_batch(vocab: i64, seed: u64) -> (NewsTable, HostBatch) {
     let news: Vec<i32> = (1..=titles as i32).collect();
     let mut history = Vec::new();
     let mut candidates = Vec::new();
-    for s in 0..SAMPLES {
+    for s in 0..samples {
         let base = (s * per_sample) as i64;
         history.extend(base..base + HISTORY as i64);
         candidates.extend(base + HISTORY as i64..base + per_sample as i64);
@@ -177,11 +180,11 @@ pub fn reference_batch(vocab: i64, seed: u64) -> (NewsTable, HostBatch) {
     let batch = HostBatch {
         news,
         history,
-        history_mask: vec![true; SAMPLES * HISTORY],
+        history_mask: vec![true; samples * HISTORY],
         history_len: HISTORY,
         candidates,
-        users: (1..=SAMPLES as i64).collect(),
-        size: SAMPLES,
+        users: (1..=samples as i64).collect(),
+        size: samples,
         occurrences: vec![1; titles],
         shares: None,
     };
@@ -410,7 +413,8 @@ fn take_turns(
     Ok(runners.iter().map(Runner::result).collect())
 }
 
-/// The reference workload in one process, for each configuration.
+/// The reference workload in one process, for each configuration (`train.batch_size` samples
+/// per step).
 pub fn run_reference(
     configs: &[Config],
     warmup: usize,
@@ -427,7 +431,8 @@ pub fn run_reference(
                 ));
             }
             let source = |model: &mtrec_model::NewsRecModel, device| {
-                let (table, host) = reference_batch(model.bert.config.vocab_size, config.train.seed);
+                let samples = config.train.batch_size;
+                let (table, host) = reference_batch(samples, model.bert.config.vocab_size, config.train.seed);
                 let labelled: u64 = table.ner_tags.iter().flatten().filter(|&&t| t >= 0).count() as u64;
                 let counts = GlobalCounts { news: host.news.len() as u64, labelled_tokens: labelled };
                 Source::Reference(Box::new(DeviceBatch::new(&host, &table, counts, 1, device, None)))
@@ -472,13 +477,8 @@ pub fn run_mind(
             let sampler = data.sampler(config);
             let steps_per_epoch = setup::steps_per_epoch(config, &sampler)?;
             let order = sampler.epoch_order(0);
-            let batches = Batches::new(
-                sampler,
-                &data.loaded.news,
-                &config.data,
-                config.train.batch_size,
-                collective.placement(),
-            );
+            let batches =
+                Batches::new(sampler, &data.loaded.news, &config.data, config.train.batch_size, collective);
             let entity_table = setup::entity_table(config, &config.data.shards)?;
             let labels = LabelCounts::of(&data.loaded.manifest);
             let source = |_: &mtrec_model::NewsRecModel, _| Source::Mind { batches, order, steps_per_epoch };

@@ -4,7 +4,7 @@ use crate::layer_cache::LayerCache;
 use crate::vector_cache::CacheSchedule;
 use mtrec_data::batch::{GlobalCounts, HostBatch, Sampler, Shares, titles};
 use mtrec_data::read::NewsTable;
-use mtrec_dist::Placement;
+use mtrec_dist::{Collective, Placement};
 use mtrec_model::{NewsInputs, TitleBatch, upload, upload_i64};
 use tch::{Device, Tensor};
 
@@ -154,7 +154,8 @@ impl Reuse {
 
 /// Turns a step of the epoch's sample order into this rank's [`DeviceBatch`]: the samples, their
 /// news de-duplicated per rank or over the global batch (`data.dedup`; a world of one encodes its
-/// batch's unique news either way; a news-vector cache always assembles the global batch), and
+/// batch's unique news either way, and runs the global exchange only on NCCL; a news-vector
+/// cache always assembles the global batch), and
 /// the occurrence counts of the news the step encodes.
 #[derive(Debug)]
 pub struct Batches<'a> {
@@ -175,8 +176,9 @@ impl<'a> Batches<'a> {
         news: &'a NewsTable,
         data: &DataConfig,
         batch_size: usize,
-        placement: Placement,
+        collective: &dyn Collective,
     ) -> Self {
+        let placement = collective.placement();
         Batches {
             sampler,
             title_tokens: news.input_ids.iter().map(|ids| ids.len() as u32).collect(),
@@ -186,7 +188,9 @@ impl<'a> Batches<'a> {
                 .map(|tags| tags.iter().filter(|&&t| t >= 0).count() as u32)
                 .collect(),
             news,
-            global: data.vector_cache || (data.dedup == Dedup::Global && placement.world_size > 1),
+            // The exchange runs wherever a collective moves data: every world of more than one,
+            // and a world of one on NCCL (`dist.backend = "nccl"`), which then runs it for real.
+            global: data.vector_cache || (data.dedup == Dedup::Global && collective.backend() != "local"),
             batch_size,
             placement,
         }

@@ -302,3 +302,69 @@ pub fn evaluate(
     collective.all_reduce_sum_f64(&mut array)?;
     Ok(RankingMetrics::from_array(array).mean())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn impression(id: i64, user: i32, history: &[i32], candidates: &[i32]) -> EvalImpression {
+        EvalImpression {
+            impression_id: id,
+            user,
+            time: 0,
+            history: history.to_vec(),
+            candidates: candidates.to_vec(),
+            labels: None,
+        }
+    }
+
+    /// Impressions batched two per round (histories cut to 3, padded, one empty; 1-3
+    /// candidates) score what each scores alone: its candidates' vectors dotted with its own
+    /// user vector, in listed order; every round, and the empty ones asked for, tick once.
+    #[test]
+    fn batched_rounds_score_each_impression_as_alone() {
+        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/tiny.toml");
+        let config = crate::config::Config::load(&path, &[]).unwrap();
+        let model_dir = crate::setup::model_dir(&config).unwrap();
+        let (_vs, model) =
+            crate::setup::build_model(&config, crate::bench::LABELS, &model_dir, None, Device::Cpu).unwrap();
+        tch::manual_seed(4);
+        let d = model.bert.config.hidden_size;
+        let vectors = Tensor::randn([8, d], (Kind::Float, Device::Cpu));
+        let _ = tch::no_grad(|| vectors.get(0).zero_());
+        let impressions = [
+            impression(1, 3, &[1, 2, 3, 4], &[5, 6]),
+            impression(2, 0, &[], &[7]),
+            impression(3, 5, &[6, 1], &[1, 2, 3]),
+        ];
+        let ticks = std::cell::Cell::new(0);
+        let tick = || {
+            ticks.set(ticks.get() + 1);
+            Ok(())
+        };
+        let scores = score_impressions(&model, &vectors, &impressions, 3, 2, 4, false, &tick).unwrap();
+        assert_eq!(ticks.get(), 4, "2 rounds of impressions and 2 empty ones");
+        for (imp, scores) in impressions.iter().zip(&scores) {
+            let kept = &imp.history[imp.history.len().saturating_sub(3)..];
+            let rows: Vec<i64> =
+                if kept.is_empty() { vec![0] } else { kept.iter().map(|&n| n as i64).collect() };
+            let h = rows.len() as i64;
+            let history = vectors.index_select(0, &Tensor::from_slice(&rows)).view([1, h, d]);
+            let mask = Tensor::from_slice(&vec![!kept.is_empty(); rows.len()]).view([1, h]);
+            let user = tch::no_grad(|| {
+                model.encode_users(&history, &mask, &Tensor::from_slice(&[imp.user as i64]), &Dropout::Off)
+            });
+            let candidates: Vec<i64> = imp.candidates.iter().map(|&n| n as i64).collect();
+            let alone = vectors.index_select(0, &Tensor::from_slice(&candidates)).matmul(&user.view([d, 1]));
+            let alone: Vec<f32> = Vec::try_from(alone.view([-1])).unwrap();
+            assert_eq!(scores.len(), alone.len());
+            for (a, b) in scores.iter().zip(&alone) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                    "impression {}: {a} vs {b}",
+                    imp.impression_id
+                );
+            }
+        }
+    }
+}

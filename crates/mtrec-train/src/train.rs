@@ -425,13 +425,7 @@ impl<'a> Trainer<'a> {
             );
         }
         let steps_per_epoch = setup::steps_per_epoch(config, &sampler)?;
-        let batches = Batches::new(
-            sampler,
-            &loaded.news,
-            &config.data,
-            config.train.batch_size,
-            collective.placement(),
-        );
+        let batches = Batches::new(sampler, &loaded.news, &config.data, config.train.batch_size, collective);
         let data = TrainData { loaded, batches, steps_per_epoch, eval };
 
         // model: a resumed run loads its weights before they move into the flat buffer

@@ -3,7 +3,7 @@
 use mtrec_data::batch::{GlobalCounts, Shares};
 use mtrec_dist::Local;
 use mtrec_model::Dropout;
-use mtrec_train::bench::{LABELS, reference_batch};
+use mtrec_train::bench::{LABELS, SAMPLES, reference_batch};
 use mtrec_train::config::Config;
 use mtrec_train::device_batch::DeviceBatch;
 use mtrec_train::flat::FlatParams;
@@ -36,7 +36,7 @@ fn tiny_with_dropout(sets: &[&str]) -> Tiny {
     let model_dir = setup::model_dir(&config).unwrap();
     let (vs, model) = setup::build_model(&config, LABELS, &model_dir, None, Device::Cpu).unwrap();
     let params = FlatParams::new(&vs);
-    let (table, host) = reference_batch(model.bert.config.vocab_size, 3);
+    let (table, host) = reference_batch(SAMPLES, model.bert.config.vocab_size, 3);
     let labelled = table.ner_tags.iter().flatten().filter(|&&t| t >= 0).count() as u64;
     let counts = GlobalCounts { news: host.news.len() as u64, labelled_tokens: labelled };
     let batch = DeviceBatch::new(&host, &table, counts, 1, Device::Cpu, None);
@@ -178,7 +178,7 @@ fn clipping_bounds_the_global_norm() {
 #[test]
 fn occurrence_weighted_losses_on_unique_news_equal_encoding_every_occurrence() {
     let t = tiny(&[]);
-    let (table, host) = reference_batch(t.model.bert.config.vocab_size, 3);
+    let (table, host) = reference_batch(SAMPLES, t.model.bert.config.vocab_size, 3);
     let n = host.news.len() as i64;
     let twice = |rows: &[i64], shift: i64| -> Vec<i64> {
         rows.iter().copied().chain(rows.iter().map(|r| r + shift)).collect()
@@ -223,7 +223,7 @@ fn occurrence_weighted_losses_on_unique_news_equal_encoding_every_occurrence() {
 #[test]
 fn the_exchanged_main_gradient_equals_one_backward_pass() {
     let t = tiny(&[]);
-    let (table, mut host) = reference_batch(t.model.bert.config.vocab_size, 3);
+    let (table, mut host) = reference_batch(SAMPLES, t.model.bert.config.vocab_size, 3);
     let n = host.news.len();
     // Pad the first sample's history by its last 10 slots (the padding row is N in both layouts).
     for k in 40..50 {
@@ -262,7 +262,7 @@ fn the_exchanged_main_gradient_equals_one_backward_pass() {
 fn the_frozen_layer_cache_equals_the_uncached_model_without_frozen_dropout() {
     let t = tiny_with_dropout(&["model.trainable_layers=1", "model.dropout=0.1"]);
     assert_eq!(t.model.frozen_layers(), Some(1));
-    let (table, host) = reference_batch(t.model.bert.config.vocab_size, 3);
+    let (table, host) = reference_batch(SAMPLES, t.model.bert.config.vocab_size, 3);
     let labelled = table.ner_tags.iter().flatten().filter(|&&t| t >= 0).count() as u64;
     let counts = GlobalCounts { news: host.news.len() as u64, labelled_tokens: labelled };
     let cache = LayerCache::build(&t.model, &table, 1, Device::Cpu, &Local, &|| Ok(()), None).unwrap();

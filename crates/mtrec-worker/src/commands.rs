@@ -403,7 +403,7 @@ fn bench_reference(config: &Config, options: &BenchOptions) -> anyhow::Result<()
             "workload": "reference",
             "model": model_dir,
             "threads": tch::get_num_threads(),
-            "samples": bench::SAMPLES,
+            "samples": config.train.batch_size,
             "titles": full.titles,
             "tokens": full.tokens,
             "warmup": warmup,
@@ -417,8 +417,8 @@ fn bench_reference(config: &Config, options: &BenchOptions) -> anyhow::Result<()
         return Ok(());
     }
     println!(
-        "reference workload: {} samples/step, history {}, 1+{} candidates, model {}, {} threads",
-        bench::SAMPLES,
+        "reference workload: {} samples/step (train.batch_size), history {}, 1+{} candidates, model {}, {} threads",
+        config.train.batch_size,
         bench::HISTORY,
         bench::NEGATIVES,
         model_dir.display(),

@@ -218,7 +218,8 @@ fn keep_freed_memory() {
     }
 }
 
-/// Rank 0 logs at `info`, the others at `warn` (what every rank would say alike, rank 0 says).
+/// Rank 0 logs at `info`, the others at `warn` (what every rank would say alike, rank 0 says);
+/// colours only on a terminal, never into a log file.
 fn init_logging() {
     let rank = mtrec_dist::launcher_rank();
     tracing_subscriber::fmt()
@@ -227,6 +228,7 @@ fn init_logging() {
                 .unwrap_or_else(|_| if rank == 0 { "info".into() } else { "warn".into() }),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
