@@ -201,18 +201,24 @@ print(mrr / n, ndcg10 / n, n)
     }
 }
 
-/// `bench` times both steps on the reference workload (440 titles) and prints the phase table.
+/// `bench` times both steps on the reference workload (`train.batch_size` samples: 8 of 55
+/// titles each) and prints the phase table.
 #[test]
 fn bench_prints_both_steps_with_their_phases() {
     let run_dir = fixture().root.join("bench");
-    let out = run(worker("bench", &run_dir, &[]).args(["--steps", "1", "--warmup", "1"]), true);
+    let out =
+        run(worker("bench", &run_dir, &["train.batch_size=8"]).args(["--steps", "1", "--warmup", "1"]), true);
     let text = stdout(&out);
-    assert!(text.contains("440 titles"), "{text}");
+    assert!(text.contains("reference workload: 8 samples/step") && text.contains("440 titles"), "{text}");
     for row in ["| mtrec surgery |", "| main task only |"] {
         let line =
             text.lines().find(|l| l.starts_with(row)).unwrap_or_else(|| panic!("no {row} row:\n{text}"));
         // samples/s, mean and median step s, fastest-slowest, then five phase times.
-        assert_eq!(line.split('|').count(), 12, "{line}");
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        assert_eq!(cells.len(), 12, "{line}");
+        // The samples/s are those of the 8 samples run (rounded figures: within 2%).
+        let (per_s, step_s): (f64, f64) = (cells[2].parse().unwrap(), cells[3].parse().unwrap());
+        assert!((per_s * step_s / 8.0 - 1.0).abs() < 0.02, "{line}");
     }
     assert!(text.contains("surgery step / main-only step:"), "{text}");
 }
