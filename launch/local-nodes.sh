@@ -270,7 +270,7 @@ case ${1:-} in
   rsh) shift; remote_shell "$@" ;;
   kill) node_arg "${2:-}"; kill_node "$2"; say "killed every process on $2" ;;
   cut) node_arg "${2:-}"; ip link set "mtrec-$2" down; say "$2 cut off (link mtrec-$2 down)" ;;
-  heal) node_arg "${2:-}"; ip link set "mtrec-$2" up; say "$2 reconnected" ;;
+  heal) node_arg "${2:-}"; ip link set "mtrec-$2" up; wait_reachable "$2"; say "$2 reconnected" ;;
   pids) node_arg "${2:-}"; pids "$2" ;;
   mount) add_mount "${2:-}" "${3:-}" "${4:-}" ;;
   unmount) node_arg "${2:-}"; rm -f "$dir/$2.mounts"; say "$2 sees this machine's folders again" ;;

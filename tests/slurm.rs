@@ -75,8 +75,9 @@ fn mpirun_sh_spreads_ranks_over_the_hosts_and_forwards_the_environment() {
     std::fs::write(&agent, "#!/bin/sh\n# ssh HOST COMMAND, run here in an empty environment\nshift\nexec env -i PATH=\"$PATH\" sh -c \"$*\"\n")
         .unwrap();
     run(Command::new("chmod").arg("+x").arg(&agent), true);
-    let flags =
-        format!("--hostfile {} --display-map --mca plm_rsh_agent {}", hostfile.display(), agent.display());
+    // The agent goes in as MTREC_RSH_AGENT: mpirun.sh sets plm_rsh_agent itself (its
+    // remote-shell.sh, which runs the agent), and OpenMPI refuses an MCA parameter given twice.
+    let flags = format!("--hostfile {} --display-map", hostfile.display());
 
     // mpirun's own mapping, for contrast: 2 ranks fill localhost's 2 slots.
     let out =
@@ -102,6 +103,7 @@ fn mpirun_sh_spreads_ranks_over_the_hosts_and_forwards_the_environment() {
                 .env("GPUS_PER_NODE", per_node.to_string())
                 .env("MTREC_WORKER", "/bin/sh")
                 .env("MPIRUN_FLAGS", &flags)
+                .env("MTREC_RSH_AGENT", &agent)
                 .env("NCCL_MTREC_TEST", "nccl-value")
                 .env("RUST_BACKTRACE", "1")
                 .env("MTREC_TEST_VALUE", "mtrec-value")
