@@ -13,6 +13,7 @@
 //! This crate knows nothing about models or training: it moves tensors and numbers between ranks.
 
 mod check;
+pub mod gpu;
 mod job;
 mod liveness;
 mod local;

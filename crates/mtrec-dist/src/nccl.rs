@@ -5,7 +5,6 @@
 //! (stream 0), the stream libtorch's kernels run on unless told otherwise, so the reduction is
 //! ordered after the backward pass that produced the gradients without a host synchronisation.
 use crate::{Collective, DistError, MpiCollective, Placement, check_reducible, check_world_blocks};
-use cudarc::driver::result as cuda;
 use cudarc::nccl::{result as nccl, sys};
 use tch::{Kind, Tensor};
 
@@ -62,46 +61,22 @@ pub fn nccl_library_status() -> Result<String, String> {
     Ok(format!("{}.{}.{}", code / 10000, (code / 100) % 100, code % 100))
 }
 
-/// The PCI bus id of a CUDA device (`0000:01:00.0`): what tells two ranks apart that see
-/// their GPUs under different indices.
-fn pci_bus_id(device: cudarc::driver::sys::CUdevice) -> Result<String, DistError> {
-    let mut text = [0 as std::ffi::c_char; 32];
-    // SAFETY: the driver writes at most `len` bytes, NUL-terminated, for a valid device.
-    unsafe {
-        cudarc::driver::sys::cuDeviceGetPCIBusId(text.as_mut_ptr(), text.len() as i32, device)
-            .result()
-            .map_err(|e| nccl_err("cuDeviceGetPCIBusId", e))?;
-        Ok(std::ffi::CStr::from_ptr(text.as_ptr()).to_string_lossy().into_owned())
-    }
-}
-
 impl NcclCollective {
     /// Makes the rank's GPU ([`crate::local_gpu`]) current, refuses two ranks of a node on one
     /// GPU (by PCI bus id), has rank 0 create the communicator id, broadcasts it over MPI and
     /// joins the communicator.
     pub(crate) fn new(placement: Placement, mpi: Option<MpiCollective>) -> Result<Self, DistError> {
         nccl_library_status().map_err(DistError::Nccl)?;
-        // SAFETY: only tries to open the driver library by name (cudarc panics on a missing one).
-        if !unsafe { cudarc::driver::sys::is_culib_present() } {
-            return Err(DistError::Nccl("the CUDA driver library (libcuda.so) is not installed".into()));
-        }
-        cuda::init().map_err(|e| nccl_err("cuInit", e))?;
-        let visible = cuda::device::get_count().map_err(|e| nccl_err("cuDeviceGetCount", e))?;
-        let device = crate::local_gpu(placement.local_rank, visible as usize).map_err(DistError::Nccl)?;
-        let dev = cuda::device::get(device as i32).map_err(|e| nccl_err("cuDeviceGet", e))?;
-        let bus_id = pci_bus_id(dev)?;
+        let visible = crate::gpu::count().map_err(DistError::Nccl)?;
+        let device = crate::local_gpu(placement.local_rank, visible).map_err(DistError::Nccl)?;
+        let bus_id = crate::gpu::pci_bus_id(device).map_err(DistError::Nccl)?;
         if let Some(mpi) = &mpi
             && let Some(shared) =
                 crate::shared_gpu(&mpi.all_gather_strings(&format!("{}\t{bus_id}", crate::hostname())))
         {
             return Err(DistError::Nccl(shared));
         }
-        // SAFETY: plain driver calls on a visible device; the primary context stays retained for
-        // the process.
-        unsafe {
-            let ctx = cuda::primary_ctx::retain(dev).map_err(|e| nccl_err("cuDevicePrimaryCtxRetain", e))?;
-            cuda::ctx::set_current(ctx).map_err(|e| nccl_err("cuCtxSetCurrent", e))?;
-        }
+        crate::gpu::make_current(device).map_err(DistError::Nccl)?;
         let mut id = if placement.rank == 0 {
             nccl::get_uniqueid().map_err(|e| nccl_err("ncclGetUniqueId", e))?
         } else {

@@ -112,7 +112,7 @@ pub struct BenchResult {
     /// With a news-vector cache: the share of the global batches' news read from it.
     pub cache_hit_rate: Option<f64>,
     /// On CUDA: the most GPU memory in use after a step, as the driver counts it
-    /// ([`crate::gpu::GpuMemory::used`]), when it could be read.
+    /// ([`mtrec_dist::gpu::GpuMemory::used`]), when it could be read.
     pub gpu_memory_peak: Option<usize>,
 }
 
@@ -326,7 +326,7 @@ impl<'a> Runner<'a> {
         if let tch::Device::Cuda(gpu) = self.device()
             && pass != Pass::Warmup
         {
-            let used = crate::gpu::memory(gpu).ok().map(|m| m.used());
+            let used = mtrec_dist::gpu::memory(gpu).ok().map(|m| m.used());
             self.gpu_memory_peak = self.gpu_memory_peak.max(used);
         }
         if time_phases {

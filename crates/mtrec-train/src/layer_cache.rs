@@ -210,7 +210,7 @@ fn gpu_zeros(tokens: usize, hidden: usize, device: Device) -> Option<Tensor> {
     };
     let bytes = tokens * hidden * std::mem::size_of::<f32>();
     let held_on_host = "the frozen-layer cache is held in host memory";
-    match crate::gpu::memory(index) {
+    match mtrec_dist::gpu::memory(index) {
         Ok(memory) if bytes as f64 <= GPU_SHARE * memory.free as f64 => {}
         Ok(memory) => {
             tracing::info!(

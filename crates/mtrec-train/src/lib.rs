@@ -13,7 +13,6 @@ pub mod config;
 pub mod device_batch;
 pub mod eval;
 pub mod flat;
-pub mod gpu;
 pub mod layer_cache;
 pub mod metrics;
 pub mod optim;

@@ -76,18 +76,12 @@ pub fn check_collectives(job: &Job, args: &ConfigArgs, abort: bool) -> anyhow::R
     let checks = mtrec_dist::check_collectives(collective, device);
     let who = mtrec_dist::who();
     for check in &checks {
-        match &check.outcome {
-            Ok(how) => mtrec_dist::say(&format!(
-                "{who}: {} ok ({}, {device:?}): {how}",
-                check.name,
-                collective.backend()
-            )),
-            Err(why) => mtrec_dist::say(&format!(
-                "{who}: {} FAILED ({}, {device:?}): {why}",
-                check.name,
-                collective.backend()
-            )),
-        }
+        let (verdict, detail) = match &check.outcome {
+            Ok(how) => ("ok", how),
+            Err(why) => ("FAILED", why),
+        };
+        let backend = collective.backend();
+        mtrec_dist::say(&format!("{who}: {} {verdict} ({backend}, {device:?}): {detail}", check.name));
     }
     let failed = checks.iter().filter(|c| c.outcome.is_err()).count();
     if abort {
@@ -491,7 +485,7 @@ fn bench_reference(config: &Config, options: &BenchOptions) -> anyhow::Result<()
 /// The name of `device` when it is a GPU the driver names.
 fn gpu_name(device: Device) -> Option<String> {
     match device {
-        Device::Cuda(gpu) => mtrec_train::gpu::name(gpu).ok(),
+        Device::Cuda(gpu) => mtrec_dist::gpu::name(gpu).ok(),
         _ => None,
     }
 }
@@ -502,7 +496,7 @@ fn gpu_memory_line(device: Device, peak: Option<usize>) -> String {
         return String::new();
     };
     let gpu_label = gpu_name(device).unwrap_or_else(|| format!("GPU {gpu}"));
-    match (peak, mtrec_train::gpu::memory(gpu)) {
+    match (peak, mtrec_dist::gpu::memory(gpu)) {
         (Some(peak), Ok(memory)) => format!(
             "peak GPU memory in use {:.2} GB of {:.2} GB ({gpu_label}), as the driver counts it after each \
              step: torch's reserved pool, the CUDA context and any other process",
