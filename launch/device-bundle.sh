@@ -157,11 +157,10 @@ export PMIX_PREFIX="$bundle" PMIX_EXEC_PREFIX="$bundle" PMIX_LIBDIR="$bundle/lib
 export OMPI_MCA_mca_base_component_path="$bundle/lib/openmpi3"
 torch_lib=$("$PYTHON" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
 export LD_LIBRARY_PATH="$bundle/lib:$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-# cudarc opens libnccl.so by name; the nvidia-nccl wheel ships libnccl.so.2.
-if nccl_lib=$("$PYTHON" -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null); then
-  mkdir -p "$bundle/nccl" && ln -sfn "$nccl_lib/libnccl.so.2" "$bundle/nccl/libnccl.so"
-  export LD_LIBRARY_PATH="$bundle/nccl:$LD_LIBRARY_PATH"
-fi
+# The nvidia-nccl wheel's library as the libnccl.so cudarc opens (in $bundle/target/nccl).
+root=$bundle
+# shellcheck source=launch/nccl-env.sh
+source "$bundle/launch/nccl-env.sh"
 export PATH="$bundle/bin:$PATH"
 export MTREC_BIN_DIR="$bundle/bin" MTREC_MODEL=${MTREC_MODEL:-$bundle/model}
 ENV

@@ -130,5 +130,7 @@ fn the_bundle_trains_over_its_own_mpirun_where_openmpi_is_absent() {
         );
     }
     assert!(!text.contains("FAILED"), "{text}");
+    // env.sh gives the worker the machine's NCCL (the nvidia-nccl wheel of PYTHON's torch).
+    assert!(text.lines().any(|l| l.starts_with("NCCL") && !l.contains("unavailable")), "{text}");
     assert!(elsewhere.join("run/step-00000004/model.safetensors").is_file(), "{text}");
 }
