@@ -201,10 +201,11 @@ start_slurmd() {
     rm -rf "${dir:?}/tmp/$node"
     mkdir -p "$dir/tmp/$node"
     chmod 1777 "$dir/tmp/$node"
-    # A checkout under /tmp stays visible at its path: bound into the node's /tmp first.
+    # A checkout under /tmp stays visible at its path, with the node's local disks mounted in it:
+    # bound (recursively) into the node's /tmp first.
     # shellcheck disable=SC2016 # expanded by that shell
     bash "$root/launch/local-nodes.sh" exec "$node" unshare -m --propagation private \
-      sh -c 'case $2 in /tmp/*) mkdir -p "$0/${2#/tmp/}" && mount --bind "$2" "$0/${2#/tmp/}" || exit 1 ;; esac
+      sh -c 'case $2 in /tmp/*) mkdir -p "$0/${2#/tmp/}" && mount --rbind "$2" "$0/${2#/tmp/}" || exit 1 ;; esac
         mount --rbind "$0" /tmp && exec slurmd -f "$1"' "$dir/tmp/$node" "$conf" "$root" ||
       die "slurmd on $node did not start: $(tail -n 5 "$dir/log/slurmd-$node.log" 2>/dev/null)"
   else
