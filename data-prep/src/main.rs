@@ -8,10 +8,7 @@
 //!     --model MODEL_DIR --out data/shards
 //! ```
 
-mod prep;
-mod staged;
-mod synth;
-mod tokenize;
+use mtrec_prep::{prep, synth};
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -44,6 +44,7 @@ pub mod error;
 pub mod manifest;
 pub mod mind;
 pub mod read;
+pub mod vectors;
 pub mod write;
 
 pub use error::DataError;

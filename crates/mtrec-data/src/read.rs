@@ -89,7 +89,7 @@ pub struct EvalImpression {
 
 /// Opens a shard, checks that its schema is the contract's, and returns its record batches
 /// one at a time.
-fn batches(
+pub(crate) fn batches(
     path: &Path,
     expected: &SchemaRef,
 ) -> Result<impl Iterator<Item = Result<RecordBatch, DataError>> + use<>, DataError> {
@@ -122,7 +122,7 @@ fn batches(
 }
 
 /// One column of a batch whose types [`batches`] checked.
-fn column<'a>(path: &Path, b: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, DataError> {
+pub(crate) fn column<'a>(path: &Path, b: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, DataError> {
     b.column_by_name(name).ok_or_else(|| DataError::Schema {
         path: path.to_path_buf(),
         field: name.to_string(),
@@ -130,7 +130,7 @@ fn column<'a>(path: &Path, b: &'a RecordBatch, name: &str) -> Result<&'a ArrayRe
     })
 }
 
-fn prim<'a, T: ArrowPrimitiveType>(
+pub(crate) fn prim<'a, T: ArrowPrimitiveType>(
     path: &Path,
     b: &'a RecordBatch,
     name: &str,
@@ -138,7 +138,7 @@ fn prim<'a, T: ArrowPrimitiveType>(
     Ok(column(path, b, name)?.as_primitive::<T>())
 }
 
-fn list<'a>(path: &Path, b: &'a RecordBatch, name: &str) -> Result<&'a ListArray, DataError> {
+pub(crate) fn list<'a>(path: &Path, b: &'a RecordBatch, name: &str) -> Result<&'a ListArray, DataError> {
     Ok(column(path, b, name)?.as_list::<i32>())
 }
 

@@ -22,7 +22,7 @@ const BATCH_ROWS: usize = 8192;
 /// Rows per Parquet row group (bounds the writer's memory).
 const ROW_GROUP_ROWS: usize = 65_536;
 
-fn list_of(item: DataType) -> DataType {
+pub(crate) fn list_of(item: DataType) -> DataType {
     DataType::List(Arc::new(Field::new("item", item, true)))
 }
 
@@ -79,7 +79,7 @@ pub fn part_name(index: usize) -> String {
 }
 
 /// A Parquet file being written: batches in, row count checked at close.
-struct Sink {
+pub(crate) struct Sink {
     path: PathBuf,
     schema: SchemaRef,
     writer: ArrowWriter<File>,
@@ -87,7 +87,7 @@ struct Sink {
 }
 
 impl Sink {
-    fn create(path: &Path, schema: SchemaRef) -> Result<Sink, DataError> {
+    pub(crate) fn create(path: &Path, schema: SchemaRef) -> Result<Sink, DataError> {
         let file = File::create(path).map_err(|e| DataError::io(path, e))?;
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
@@ -98,7 +98,7 @@ impl Sink {
         Ok(Sink { path: path.to_path_buf(), schema, writer, rows: 0 })
     }
 
-    fn write(&mut self, columns: Vec<ArrayRef>) -> Result<(), DataError> {
+    pub(crate) fn write(&mut self, columns: Vec<ArrayRef>) -> Result<(), DataError> {
         let batch = RecordBatch::try_new(self.schema.clone(), columns)
             .map_err(|source| DataError::Arrow { path: self.path.clone(), source })?;
         if batch.num_rows() == 0 {
@@ -108,7 +108,7 @@ impl Sink {
         self.writer.write(&batch).map_err(|source| DataError::Parquet { path: self.path.clone(), source })
     }
 
-    fn close(self) -> Result<u64, DataError> {
+    pub(crate) fn close(self) -> Result<u64, DataError> {
         let meta =
             self.writer.close().map_err(|source| DataError::Parquet { path: self.path.clone(), source })?;
         let written = meta.file_metadata().num_rows() as u64;
@@ -388,57 +388,4 @@ pub fn write_atomically<T, E: From<DataError>>(
         let _ = std::fs::remove_file(&tmp);
     }
     result
-}
-
-/// Schema of the news-vector file written by `mtrec-worker embed`.
-pub fn embedding_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("news_id", DataType::Utf8, false),
-        Field::new("vector", list_of(DataType::Float32), false),
-    ]))
-}
-
-/// Writes `(news_id, vector)` rows of width `dim` to `path` ([`write_atomically`]: a failed run
-/// leaves no half-written file). Returns the rows written.
-pub fn write_embeddings<'a>(
-    path: &Path,
-    dim: usize,
-    rows: impl Iterator<Item = (&'a str, &'a [f32])>,
-) -> Result<u64, DataError> {
-    write_atomically(path, |tmp| {
-        let mut sink = Sink::create(tmp, embedding_schema())?;
-        let mut ids = StringBuilder::new();
-        let mut vectors = ListBuilder::new(Float32Builder::new());
-        for (row, (id, vector)) in rows.enumerate() {
-            if vector.len() != dim {
-                return Err(DataError::Invalid {
-                    path: path.to_path_buf(),
-                    row,
-                    field: "vector".into(),
-                    reason: format!("{} values, the file's vectors have {dim}", vector.len()),
-                });
-            }
-            ids.append_value(id);
-            vectors.append_value(vector.iter().map(|&v| Some(v)));
-        }
-        sink.write(vec![Arc::new(ids.finish()), Arc::new(vectors.finish())])?;
-        sink.close()
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_vector_of_the_wrong_width_fails_and_leaves_no_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("vectors.parquet");
-        let (good, short) = ([1.0f32, 2.0, 3.0], [1.0f32, 2.0]);
-        let rows = [("N1", &good[..]), ("N2", &short[..])];
-        let err = write_embeddings(&path, 3, rows.into_iter()).unwrap_err().to_string();
-        assert!(err.contains("row 1: `vector`: 2 values, the file's vectors have 3"), "{err}");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no file and no temporary file");
-        assert_eq!(write_embeddings(&path, 3, [("N1", &good[..])].into_iter()).unwrap(), 1);
-    }
 }

@@ -129,6 +129,38 @@ impl ImpressionBatch {
             owners,
         }
     }
+
+    /// `[B, d]`: each impression's user vector, from the news vectors of its history.
+    fn user_vectors(&self, model: &NewsRecModel, news_vectors: &Tensor) -> Result<Tensor, TrainError> {
+        let (b, h) = self.history.size2()?;
+        let d = news_vectors.size()[1];
+        let history = news_vectors.index_select(0, &self.history.view([-1])).view([b, h, d]);
+        Ok(model.encode_users(&history, &self.mask, &self.users, &Dropout::Off))
+    }
+}
+
+/// `[impressions, d]` user vectors on the device of `news_vectors`, each from the impression's
+/// last `history` clicks (as [`score_impressions`] computes them), `batch` impressions at a time.
+pub fn user_vectors(
+    model: &NewsRecModel,
+    news_vectors: &Tensor,
+    impressions: &[EvalImpression],
+    history: usize,
+    batch: usize,
+) -> Result<Tensor, TrainError> {
+    let device = news_vectors.device();
+    let d = news_vectors.size()[1];
+    tch::no_grad(|| {
+        let parts = impressions
+            .chunks(batch.max(1))
+            .map(|chunk| ImpressionBatch::new(chunk, history, device).user_vectors(model, news_vectors))
+            .collect::<Result<Vec<Tensor>, TrainError>>()?;
+        Ok(if parts.is_empty() {
+            Tensor::zeros([0, d], (Kind::Float, device))
+        } else {
+            Tensor::cat(&parts, 0)
+        })
+    })
 }
 
 /// Click scores of every candidate of `impressions`, in their original order, `batch`
@@ -147,7 +179,6 @@ pub fn score_impressions(
     tick: Tick,
 ) -> Result<Vec<Vec<f32>>, TrainError> {
     let device = news_vectors.device();
-    let d = news_vectors.size()[1];
     let bar = progress(impressions.len() as u64, "impressions", show_progress);
     let batch = batch.max(1);
     let chunks = impressions.chunks(batch);
@@ -156,9 +187,7 @@ pub fn score_impressions(
     tch::no_grad(|| -> Result<(), TrainError> {
         for chunk in chunks {
             let inputs = ImpressionBatch::new(chunk, history, device);
-            let (b, h) = inputs.history.size2()?;
-            let hist = news_vectors.index_select(0, &inputs.history.view([-1])).view([b, h, d]);
-            let user_vectors = model.encode_users(&hist, &inputs.mask, &inputs.users, &Dropout::Off);
+            let user_vectors = inputs.user_vectors(model, news_vectors)?;
             // All candidates of the chunk at once: [C, d] . their impressions' user vectors.
             let cand_vectors = news_vectors.index_select(0, &inputs.candidates);
             let owners = user_vectors.index_select(0, &inputs.owners);

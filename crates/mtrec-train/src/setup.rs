@@ -2,6 +2,7 @@
 //! model built from them.
 use crate::TrainError;
 use crate::agree::same_on_every_rank;
+use crate::checkpoint::Checkpoint;
 use crate::config::{Config, DeviceChoice, ModelInit};
 use mtrec_data::batch::Sampler;
 use mtrec_data::manifest::Manifest;
@@ -156,6 +157,36 @@ pub fn build_model(
     }
     if let Some(top) = spec.trainable_layers {
         NewsRecModel::freeze_lower_layers(&vs, bert.num_hidden_layers, top);
+    }
+    Ok((vs, model))
+}
+
+/// A model built per `config` with a checkpoint's weights (or, without one, as
+/// [`build_model`] makes it). A checkpoint written under another model shape
+/// ([`crate::train::config_digest`]: architecture, heads, encoders) is refused by name before any
+/// weight is read, as a resume refuses it.
+pub fn trained_model(
+    config: &Config,
+    loaded: &Loaded,
+    checkpoint: Option<&Checkpoint>,
+    device: Device,
+) -> Result<(nn::VarStore, NewsRecModel), TrainError> {
+    if let Some(checkpoint) = checkpoint {
+        let digest = crate::train::config_digest(config);
+        if checkpoint.state.config_digest != digest {
+            return Err(TrainError::Checkpoint(format!(
+                "{}: written with a different model configuration (digest {} vs this config's {digest}): \
+                 use the config the checkpoint was trained with",
+                checkpoint.dir.display(),
+                checkpoint.state.config_digest
+            )));
+        }
+    }
+    let entity_table = entity_table(config, &config.data.shards)?;
+    let labels = LabelCounts::of(&loaded.manifest);
+    let (vs, model) = build_model(config, labels, &loaded.model_dir, entity_table, device)?;
+    if let Some(checkpoint) = checkpoint {
+        crate::checkpoint::load_model(&vs, checkpoint)?;
     }
     Ok((vs, model))
 }

@@ -2,14 +2,18 @@
 use crate::ConfigArgs;
 use anyhow::{Context, bail};
 use mtrec_data::manifest::Split;
+use mtrec_data::vectors::{VectorSource, write_news_vectors, write_user_vectors};
 use mtrec_data::write::write_atomically;
 use mtrec_dist::{Backend, Collective, Job, Local, Watchdog};
 use mtrec_train::agree::agree_on_config;
 use mtrec_train::checkpoint::Checkpoint;
 use mtrec_train::config::{Config, Dedup, DistBackend};
-use mtrec_train::eval::{category_accuracy, encode_all_news, eval_impressions, evaluate, score_impressions};
+use mtrec_train::eval::{
+    category_accuracy, encode_all_news, eval_impressions, evaluate, score_impressions, user_vectors,
+};
 use mtrec_train::metrics::ranks_in_input_order;
-use mtrec_train::setup::{self, LabelCounts};
+use mtrec_train::setup;
+use mtrec_train::train::config_digest;
 use mtrec_train::train::open_chosen_checkpoint;
 use mtrec_train::{Resume, Start, bench};
 use std::io::Write;
@@ -175,27 +179,6 @@ pub fn show_config(args: &ConfigArgs, get: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A model built per `config` with the checkpoint's weights.
-fn model_from_checkpoint(
-    config: &Config,
-    loaded: &setup::Loaded,
-    checkpoint: Option<&Checkpoint>,
-    device: tch::Device,
-) -> anyhow::Result<(tch::nn::VarStore, mtrec_model::NewsRecModel)> {
-    let entity_table = setup::entity_table(config, &config.data.shards)?;
-    let (vs, model) = setup::build_model(
-        config,
-        LabelCounts::of(&loaded.manifest),
-        &loaded.model_dir,
-        entity_table,
-        device,
-    )?;
-    if let Some(checkpoint) = checkpoint {
-        mtrec_train::checkpoint::load_model(&vs, checkpoint)?;
-    }
-    Ok((vs, model))
-}
-
 pub fn eval(job: &Job, args: &ConfigArgs, checkpoint: &Path) -> anyhow::Result<()> {
     let config = load_config(args)?;
     let watchdog = watch_job(job, &config);
@@ -211,7 +194,7 @@ pub fn eval(job: &Job, args: &ConfigArgs, checkpoint: &Path) -> anyhow::Result<(
     // Rank 0 verifies it; every rank proves it reads the same one.
     let verified = if placement.is_main() { Some(Checkpoint::open(checkpoint)?) } else { None };
     let checkpoint = open_chosen_checkpoint(verified, collective)?.expect("rank 0 opened one");
-    let (_vs, model) = model_from_checkpoint(&config, &loaded, Some(&checkpoint), device)?;
+    let (_vs, model) = setup::trained_model(&config, &loaded, Some(&checkpoint), device)?;
     let checkpoint = checkpoint.dir.as_path();
     let impressions = eval_impressions(&config, &loaded.manifest)?;
     heartbeat.phase("evaluation");
@@ -244,13 +227,8 @@ pub fn eval(job: &Job, args: &ConfigArgs, checkpoint: &Path) -> anyhow::Result<(
 }
 
 /// `ImpressionID [r1,r2,...]` lines in input order, zipped as `prediction.txt`.
-pub fn predict(args: &ConfigArgs, checkpoint: &Path, split: &str, out: &Path) -> anyhow::Result<()> {
+pub fn predict(args: &ConfigArgs, checkpoint: &Path, split: Split, out: &Path) -> anyhow::Result<()> {
     let config = load_config(args)?;
-    let split = match split {
-        "dev" => Split::Dev,
-        "test" => Split::Test,
-        other => bail!("--split {other:?}: expected dev or test"),
-    };
     let watchdog = watch(&config);
     let heartbeat = watchdog.heartbeat();
     let tick = || {
@@ -259,7 +237,7 @@ pub fn predict(args: &ConfigArgs, checkpoint: &Path, split: &str, out: &Path) ->
     };
     let device = setup::device(config.train.device, 0)?;
     let loaded = setup::load(&config, &Local)?;
-    let (_vs, model) = model_from_checkpoint(&config, &loaded, Some(&Checkpoint::open(checkpoint)?), device)?;
+    let (_vs, model) = setup::trained_model(&config, &loaded, Some(&Checkpoint::open(checkpoint)?), device)?;
     let impressions = mtrec_data::read::read_eval(&config.data.shards, &loaded.manifest, split)?;
     heartbeat.phase("prediction");
     let news_vectors =
@@ -294,37 +272,71 @@ pub fn write_prediction_zip<'a>(
     .with_context(|| format!("writing {}", out.display()))
 }
 
-pub fn embed(
-    model: Option<PathBuf>,
-    shards: Option<PathBuf>,
-    checkpoint: Option<&Path>,
-    config_path: Option<&Path>,
-    overrides: &[String],
-    out: &Path,
-) -> anyhow::Result<()> {
-    let mut config = match config_path {
-        Some(path) => Config::load(path, overrides)?,
-        None => Config::parse("", overrides)?,
+/// What `embed` writes: one vector per news item, or with `users` one user vector per
+/// impression of `split`.
+#[derive(Debug)]
+pub struct EmbedOptions {
+    pub model: Option<PathBuf>,
+    pub shards: Option<PathBuf>,
+    pub checkpoint: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+    pub overrides: Vec<String>,
+    pub users: Option<Split>,
+    pub out: PathBuf,
+}
+
+/// Writes news vectors (`news_id`, `vector`), or user vectors (`impression_id`, `vector`), to
+/// Parquet, stamped with the checkpoint they come from ([`mtrec_data::vectors::VectorSource`]).
+pub fn embed(options: EmbedOptions) -> anyhow::Result<()> {
+    let mut config = match &options.config {
+        Some(path) => Config::load(path, &options.overrides)?,
+        None => Config::parse("", &options.overrides)?,
     };
-    if let Some(model) = model {
+    if let Some(model) = options.model {
         config.model.path = model;
     }
-    if let Some(shards) = shards {
+    if let Some(shards) = options.shards {
         config.data.shards = shards;
     }
     let device = setup::device(config.train.device, 0)?;
     let loaded = setup::load(&config, &Local)?;
-    let checkpoint = checkpoint.map(Checkpoint::open).transpose()?;
-    let (_vs, model) = model_from_checkpoint(&config, &loaded, checkpoint.as_ref(), device)?;
-    let vectors =
+    let checkpoint = options.checkpoint.as_deref().map(Checkpoint::open).transpose()?;
+    let (_vs, model) = setup::trained_model(&config, &loaded, checkpoint.as_ref(), device)?;
+    let source = checkpoint.as_ref().map(|c| VectorSource {
+        model_sha256: c.state.model_sha256.clone(),
+        config_digest: config_digest(&config),
+    });
+    let news_vectors =
         encode_all_news(&model, &loaded.news, config.eval.news_batch, device, &Local, &|| Ok(()), None)?;
-    let dim = vectors.size()[1] as usize;
-    let values: Vec<f32> =
-        Vec::try_from(vectors.to_device(tch::Device::Cpu).to_kind(tch::Kind::Float).view([-1]))?;
-    let rows = (1..loaded.news.news_id.len())
-        .map(|nid| (loaded.news.news_id[nid].as_str(), &values[nid * dim..(nid + 1) * dim]));
-    let written = mtrec_data::write::write_embeddings(out, dim, rows)?;
-    println!("wrote {} ({written} news, {dim}-d vectors)", out.display());
+    let host = |t: &tch::Tensor| -> anyhow::Result<Vec<f32>> {
+        Ok(Vec::try_from(t.to_device(Device::Cpu).to_kind(tch::Kind::Float).view([-1]))?)
+    };
+    let dim = news_vectors.size()[1] as usize;
+    let out = &options.out;
+    match options.users {
+        None => {
+            let values = host(&news_vectors)?;
+            let rows = (1..loaded.news.news_id.len())
+                .map(|nid| (loaded.news.news_id[nid].as_str(), &values[nid * dim..(nid + 1) * dim]));
+            let written = write_news_vectors(out, dim, source.as_ref(), rows)?;
+            println!("wrote {} ({written} news, {dim}-d vectors)", out.display());
+        }
+        Some(split) => {
+            let impressions = mtrec_data::read::read_eval(&config.data.shards, &loaded.manifest, split)?;
+            let (history, batch) = (config.data.history, config.eval.user_batch);
+            let values = host(&user_vectors(&model, &news_vectors, &impressions, history, batch)?)?;
+            let rows = impressions
+                .iter()
+                .enumerate()
+                .map(|(i, imp)| (imp.impression_id, &values[i * dim..(i + 1) * dim]));
+            let written = write_user_vectors(out, dim, source.as_ref(), rows)?;
+            println!(
+                "wrote {} ({written} impressions of {}, {dim}-d user vectors)",
+                out.display(),
+                split.name()
+            );
+        }
+    }
     Ok(())
 }
 

@@ -2,7 +2,8 @@
 //!
 //! `train`, `eval`, `predict` (the MIND leaderboard file), `embed` (news vectors to Parquet),
 //! `bench` (step time on the reference or a MIND-like workload), `report` (figures and a summary of a run),
-//! `compare` (runs side by side with the paper's Table 1), `config` (the resolved config),
+//! `compare` (runs side by side with the paper's Table 1), `serve` (the HTTP ranking service),
+//! `config` (the resolved config),
 //! `doctor` (what this binary found) and `check-collectives` (every collective with known values).
 //!
 //! One failure path for every command and phase ([`fail`]): an error or a panic on any rank is
@@ -14,6 +15,7 @@ mod commands;
 mod doctor;
 
 use clap::{Parser, Subcommand};
+use mtrec_data::manifest::Split;
 use mtrec_dist::Job;
 use std::path::PathBuf;
 
@@ -62,12 +64,14 @@ enum Command {
         config: ConfigArgs,
         #[arg(long)]
         checkpoint: PathBuf,
-        #[arg(long, default_value = "test")]
-        split: String,
+        #[arg(long, default_value = "test", value_parser = parse_split)]
+        split: Split,
         #[arg(long, default_value = "prediction.zip")]
         out: PathBuf,
     },
-    /// Write the news vector of every news item of the shards to Parquet (news_id, vector).
+    /// Write the news vector of every news item of the shards to Parquet (news_id, vector), or
+    /// with `--users --split S` the user vector of every impression of split S (impression_id,
+    /// vector); stamped with the checkpoint, so `serve --news` can check it.
     Embed {
         /// Hugging Face model folder (default: the config's model.path, else the venv's MiniLM).
         #[arg(long)]
@@ -83,6 +87,13 @@ enum Command {
         config: Option<PathBuf>,
         #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
         overrides: Vec<String>,
+        /// Write one user vector per impression of `--split` (impression_id, vector) instead of
+        /// the news vectors.
+        #[arg(long)]
+        users: bool,
+        /// With `--users`: `dev` or `test`.
+        #[arg(long, requires = "users", value_parser = parse_split)]
+        split: Option<Split>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -136,6 +147,43 @@ enum Command {
         /// Print only this field's value, for example `train.run_dir`.
         #[arg(long, value_name = "SECTION.KEY")]
         get: Option<String>,
+    },
+    /// Serve a trained model over HTTP: rank candidates, recommend from the whole catalogue,
+    /// add news while running, user vectors (README, "Serving"). Prints `listening on URL`
+    /// once the port is open; `/readyz` answers 200 once the news table is built.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Address to listen on (`127.0.0.1:0`: a free port, printed at start).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// News to serve: a shards folder (default: the config's data.shards), or a news-vector
+        /// file written by `embed` from the same checkpoint.
+        #[arg(long)]
+        news: Option<PathBuf>,
+        /// Requests answered by one model call, at most.
+        #[arg(long, default_value_t = 64)]
+        max_batch: usize,
+        /// The longest a request waits for others to share its model call (milliseconds).
+        #[arg(long, default_value_t = 2.0)]
+        batch_wait_ms: f64,
+        #[arg(long, default_value_t = 1000)]
+        max_candidates: usize,
+        #[arg(long, default_value_t = 1000)]
+        max_k: usize,
+        /// News items per `/v1/news` request, at most.
+        #[arg(long, default_value_t = 1000)]
+        max_news: usize,
+        #[arg(long, default_value_t = 1 << 20)]
+        max_body_bytes: usize,
+        /// Requests waiting for the model thread before new ones get 503 (overloaded).
+        #[arg(long, default_value_t = 4096)]
+        queue: usize,
+        /// Threads of the HTTP side (the model has its own thread).
+        #[arg(long, default_value_t = 1)]
+        http_threads: usize,
     },
     /// Print what this binary found: libtorch, CUDA devices, MPI, rank/world, NCCL.
     Doctor,
@@ -232,6 +280,15 @@ fn init_logging() {
         .init();
 }
 
+/// `dev` or `test`.
+fn parse_split(name: &str) -> Result<Split, String> {
+    match name {
+        "dev" => Ok(Split::Dev),
+        "test" => Ok(Split::Test),
+        other => Err(format!("{other:?}: expected dev or test")),
+    }
+}
+
 /// Runs the command; returns the exit code of a command that did not fail.
 fn run(cli: Cli, job: &Job) -> anyhow::Result<i32> {
     let done = |result: anyhow::Result<()>| result.map(|()| 0);
@@ -241,10 +298,16 @@ fn run(cli: Cli, job: &Job) -> anyhow::Result<i32> {
         }
         Command::Eval { config, checkpoint } => done(commands::eval(job, &config, &checkpoint)),
         Command::Predict { config, checkpoint, split, out } => {
-            done(commands::predict(&config, &checkpoint, &split, &out))
+            done(commands::predict(&config, &checkpoint, split, &out))
         }
-        Command::Embed { model, shards, checkpoint, config, overrides, out } => {
-            done(commands::embed(model, shards, checkpoint.as_deref(), config.as_deref(), &overrides, &out))
+        Command::Embed { model, shards, checkpoint, config, overrides, users, split, out } => {
+            let users = match (users, split) {
+                (true, None) => anyhow::bail!("embed --users needs --split dev or --split test"),
+                (true, split) => split,
+                (false, _) => None,
+            };
+            let options = commands::EmbedOptions { model, shards, checkpoint, config, overrides, users, out };
+            done(commands::embed(options))
         }
         Command::Bench { config, workload, batch_per_rank, variants, steps, warmup, json } => {
             let options = commands::BenchOptions {
@@ -260,6 +323,42 @@ fn run(cli: Cli, job: &Job) -> anyhow::Result<i32> {
         Command::Report { run_dir, out } => done(commands::report(&run_dir, out.as_deref()).map(|_| ())),
         Command::Compare { run_dirs, out } => done(commands::compare(&run_dirs, &out)),
         Command::Config { config, get } => done(commands::show_config(&config, get.as_deref())),
+        Command::Serve {
+            config,
+            checkpoint,
+            listen,
+            news,
+            max_batch,
+            batch_wait_ms,
+            max_candidates,
+            max_k,
+            max_news,
+            max_body_bytes,
+            queue,
+            http_threads,
+        } => {
+            if !batch_wait_ms.is_finite() || batch_wait_ms < 0.0 {
+                anyhow::bail!("--batch-wait-ms {batch_wait_ms}: expected a duration >= 0");
+            }
+            let options = mtrec_serve::ServeOptions {
+                config: config.config,
+                overrides: config.overrides,
+                checkpoint,
+                listen,
+                news,
+                batch: mtrec_serve::engine::BatchPolicy {
+                    max_batch,
+                    max_wait: std::time::Duration::from_secs_f64(batch_wait_ms / 1000.0),
+                },
+                max_candidates,
+                max_k,
+                max_news,
+                max_body_bytes,
+                queue,
+                http_threads,
+            };
+            done(mtrec_serve::serve(&options))
+        }
         Command::Doctor => done(doctor::run(job)),
         Command::CheckCollectives { config, abort } => commands::check_collectives(job, &config, abort),
     }
