@@ -143,10 +143,10 @@ fn write_vectors<'a, K>(
     })
 }
 
-/// A news-vector file read back: row `i` of `values` (`dim` floats each) is `news_id[i]`'s.
+/// A vector file read back: row `i` of `values` (`dim` floats each) belongs to `keys[i]`.
 #[derive(Debug)]
-pub struct NewsVectors {
-    pub news_id: Vec<String>,
+pub struct Vectors<K> {
+    pub keys: Vec<K>,
     pub dim: usize,
     pub values: Vec<f32>,
     /// `None` for a file written without a checkpoint (pretrained weights).
@@ -163,17 +163,33 @@ pub fn read_vector_source(path: &Path) -> Result<Option<VectorSource>, DataError
 }
 
 /// Reads a file written by [`write_news_vectors`]; every vector must have the same width.
-pub fn read_news_vectors(path: &Path) -> Result<NewsVectors, DataError> {
+pub fn read_news_vectors(path: &Path) -> Result<Vectors<String>, DataError> {
+    read_vectors(path, news_vector_schema(), |b, r| {
+        Ok(column(path, b, "news_id")?.as_string::<i32>().value(r).to_string())
+    })
+}
+
+/// Reads a file written by [`write_user_vectors`]; every vector must have the same width.
+pub fn read_user_vectors(path: &Path) -> Result<Vectors<i64>, DataError> {
+    read_vectors(path, user_vector_schema(), |b, r| {
+        Ok(crate::read::prim::<arrow::datatypes::Int64Type>(path, b, "impression_id")?.value(r))
+    })
+}
+
+fn read_vectors<K>(
+    path: &Path,
+    schema: SchemaRef,
+    key: impl Fn(&arrow::record_batch::RecordBatch, usize) -> Result<K, DataError>,
+) -> Result<Vectors<K>, DataError> {
     let source = read_vector_source(path)?;
-    let mut out = NewsVectors { news_id: Vec::new(), dim: 0, values: Vec::new(), source };
-    for batch in batches(path, &news_vector_schema())? {
+    let mut out = Vectors { keys: Vec::new(), dim: 0, values: Vec::new(), source };
+    for batch in batches(path, &schema)? {
         let b = batch?;
-        let ids = column(path, &b, "news_id")?.as_string::<i32>();
         let vectors = list(path, &b, "vector")?;
         for r in 0..b.num_rows() {
             let vector = vectors.value(r);
             let vector = vector.as_primitive::<Float32Type>();
-            let row = out.news_id.len();
+            let row = out.keys.len();
             if row == 0 {
                 out.dim = vector.len();
             }
@@ -190,7 +206,7 @@ pub fn read_news_vectors(path: &Path) -> Result<NewsVectors, DataError> {
                     ),
                 });
             }
-            out.news_id.push(ids.value(r).to_string());
+            out.keys.push(key(&b, r)?);
             out.values.extend_from_slice(vector.values());
         }
     }
@@ -222,11 +238,15 @@ mod tests {
         let rows = [("N7", &a[..]), ("N9", &b[..])];
         write_news_vectors(&path, 2, Some(&source), rows.into_iter()).unwrap();
         let read = read_news_vectors(&path).unwrap();
-        assert_eq!(read.news_id, ["N7", "N9"]);
+        assert_eq!(read.keys, ["N7", "N9"]);
         assert_eq!((read.dim, read.values), (2, vec![1.0, -2.0, 0.5, 4.0]));
         assert_eq!(read.source, Some(source.clone()));
         assert_eq!(read_vector_source(&path).unwrap(), Some(source));
         write_news_vectors(&bare, 2, None, rows.into_iter()).unwrap();
         assert_eq!(read_news_vectors(&bare).unwrap().source, None);
+        let users = dir.path().join("users.parquet");
+        write_user_vectors(&users, 2, Some(&source), [(11i64, &a[..]), (12, &b[..])].into_iter()).unwrap();
+        let read = read_user_vectors(&users).unwrap();
+        assert_eq!((read.keys, read.values), (vec![11, 12], vec![1.0, -2.0, 0.5, 4.0]));
     }
 }

@@ -67,6 +67,7 @@ pub fn serve(options: &ServeOptions) -> anyhow::Result<()> {
     std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
     let config = Config::load(&options.config, &options.overrides)?;
     let checkpoint = Checkpoint::open(&options.checkpoint)?;
+    setup::check_model_shape(&config, &checkpoint)?;
     let loaded = setup::load(&config, &mtrec_dist::Local)?;
     let source = news_source(options.news.as_deref(), &config, &checkpoint, &loaded)?;
     let tokenizer = TitleTokenizer::load(&loaded.model_dir, loaded.manifest.max_title_len as usize)?;
@@ -245,13 +246,13 @@ fn build_engine(
         NewsSource::Shards(news) => encode(&news)?,
         NewsSource::Vectors(path) => {
             let file = read_news_vectors(&path)?;
-            if file.dim as i64 != d && !file.news_id.is_empty() {
+            if file.dim as i64 != d && !file.keys.is_empty() {
                 bail!("{}: {}-d vectors, the model's are {d}-d", path.display(), file.dim);
             }
             let mut values = vec![0.0f32; d as usize];
             values.extend_from_slice(&file.values);
             let table = tch::Tensor::from_slice(&values).view([-1, d]).to_device(device);
-            Catalogue::new(table, file.news_id)
+            Catalogue::new(table, file.keys)
         }
     };
     tracing::info!(

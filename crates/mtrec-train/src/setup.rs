@@ -161,6 +161,21 @@ pub fn build_model(
     Ok((vs, model))
 }
 
+/// Refuses a checkpoint written under another model shape than `config`'s
+/// ([`crate::train::config_digest`]: architecture, heads, encoders).
+pub fn check_model_shape(config: &Config, checkpoint: &Checkpoint) -> Result<(), TrainError> {
+    let digest = crate::train::config_digest(config);
+    if checkpoint.state.config_digest != digest {
+        return Err(TrainError::Checkpoint(format!(
+            "{}: written with a different model configuration (digest {} vs this config's {digest}): \
+             use the config the checkpoint was trained with",
+            checkpoint.dir.display(),
+            checkpoint.state.config_digest
+        )));
+    }
+    Ok(())
+}
+
 /// A model built per `config` with a checkpoint's weights (or, without one, as
 /// [`build_model`] makes it). A checkpoint written under another model shape
 /// ([`crate::train::config_digest`]: architecture, heads, encoders) is refused by name before any
@@ -172,15 +187,7 @@ pub fn trained_model(
     device: Device,
 ) -> Result<(nn::VarStore, NewsRecModel), TrainError> {
     if let Some(checkpoint) = checkpoint {
-        let digest = crate::train::config_digest(config);
-        if checkpoint.state.config_digest != digest {
-            return Err(TrainError::Checkpoint(format!(
-                "{}: written with a different model configuration (digest {} vs this config's {digest}): \
-                 use the config the checkpoint was trained with",
-                checkpoint.dir.display(),
-                checkpoint.state.config_digest
-            )));
-        }
+        check_model_shape(config, checkpoint)?;
     }
     let entity_table = entity_table(config, &config.data.shards)?;
     let labels = LabelCounts::of(&loaded.manifest);
