@@ -10,7 +10,7 @@ bash ci/setup.sh
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
 step() { printf '\n== %s\n' "$*"; }
-step "shellcheck";         shellcheck ci/*.sh .ci/run launch/*.sh launch/slurm/*.sbatch launch/slurm/*.sh data-prep/*.sh
+step "shellcheck";         shellcheck ci/*.sh .ci/run launch/*.sh launch/slurm/*.sbatch launch/slurm/*.sh data-prep/*.sh crates/mtrec-serve/*.sh
 step "cargo fmt --check";  cargo fmt --all -- --check
 step "cargo clippy";       cargo clippy --workspace --all-targets -- -D warnings
 # The end-to-end tests run the real binaries; cargo builds a binary for the tests of its own

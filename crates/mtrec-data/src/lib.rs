@@ -38,6 +38,10 @@
 //!
 //! Shards of a split concatenated in manifest order give the impressions in the order of the
 //! input `behaviors.tsv`.
+//!
+//! Outside the shards folder, `mtrec-worker embed` writes vector files ([`vectors`]): news
+//! vectors (`news_id`, `vector`) or user vectors (`impression_id`, `vector`), stamped with the
+//! checkpoint they come from.
 
 pub mod batch;
 pub mod error;

@@ -256,10 +256,11 @@ async fn rank(
     let ranked = state
         .ask(|reply| Work::Rank { history: request.history, candidates: request.candidates, reply })
         .await?;
-    let ranks = mtrec_train::metrics::ranks_in_input_order(0, &ranked.scores)
+    // `predict`'s order: descending score, equal scores in listed order.
+    let order = mtrec_train::metrics::ranking(0, &ranked.scores)
         .map_err(|e| RequestError::internal(format!("scores: {e}")))?;
-    let mut order: Vec<usize> = (0..candidates.len()).collect();
-    order.sort_by_key(|&i| ranks[i]);
+    let mut ranks = vec![0; order.len()];
+    order.iter().enumerate().for_each(|(rank, &i)| ranks[i] = rank + 1);
     let ranked_list =
         order.into_iter().map(|i| Scored { id: candidates[i].clone(), score: ranked.scores[i] }).collect();
     Ok(Json(RankResponse { ranked: ranked_list, ranks, history: ranked.history.into() }))

@@ -30,25 +30,46 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-/// Everything `serve` is told on its command line.
-#[derive(Debug, Clone)]
+/// `serve`'s command line, after the config.
+#[derive(Debug, Clone, clap::Args)]
 pub struct ServeOptions {
-    pub config: PathBuf,
-    pub overrides: Vec<String>,
+    #[arg(long)]
     pub checkpoint: PathBuf,
+    /// Address to listen on (`127.0.0.1:0`: a free port, printed at start).
+    #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
-    /// A shards folder whose news are encoded at start (default: the config's `data.shards`),
-    /// or a news-vector file written by `embed` from the same checkpoint.
+    /// News to serve: a shards folder (default: the config's data.shards), or a news-vector
+    /// file written by `embed` from the same checkpoint.
+    #[arg(long)]
     pub news: Option<PathBuf>,
-    pub batch: BatchPolicy,
+    /// Requests answered by one model call, at most.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_batch: u32,
+    /// The longest a request waits for others to share its model call (milliseconds; 0: none).
+    #[arg(long, default_value_t = 2.0, value_parser = non_negative)]
+    pub batch_wait_ms: f64,
+    #[arg(long, default_value_t = 1000)]
     pub max_candidates: usize,
+    #[arg(long, default_value_t = 1000)]
     pub max_k: usize,
+    /// News items per `/v1/news` request, at most.
+    #[arg(long, default_value_t = 1000)]
     pub max_news: usize,
+    #[arg(long, default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
-    /// Requests queued for the model thread before new ones get a 503.
-    pub queue: usize,
-    /// Threads of the HTTP side.
-    pub http_threads: usize,
+    /// Requests waiting for the model thread before new ones get 503 (overloaded).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub queue: u32,
+    /// Threads of the HTTP side (the model has its own thread).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_threads: u32,
+}
+
+fn non_negative(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{text:?}: expected a number of milliseconds >= 0")),
+    }
 }
 
 /// Where the catalogue's vectors come from.
@@ -61,11 +82,12 @@ enum NewsSource {
     Vectors(PathBuf),
 }
 
-/// Runs the service until SIGTERM or SIGINT; returns when the requests in flight are answered.
-pub fn serve(options: &ServeOptions) -> anyhow::Result<()> {
+/// Runs the service of the checkpoint trained under the config at `config` (with `overrides`)
+/// until SIGTERM or SIGINT; returns when the requests in flight are answered.
+pub fn serve(config: &Path, overrides: &[String], options: &ServeOptions) -> anyhow::Result<()> {
     // A panic in a request is that request's 500 (engine, api), never the end of the process.
     std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
-    let config = Config::load(&options.config, &options.overrides)?;
+    let config = Config::load(config, overrides)?;
     let checkpoint = Checkpoint::open(&options.checkpoint)?;
     setup::check_model_shape(&config, &checkpoint)?;
     let loaded = setup::load(&config, &mtrec_dist::Local)?;
@@ -79,7 +101,7 @@ pub fn serve(options: &ServeOptions) -> anyhow::Result<()> {
              (user 0, as predict serves dev users absent from train)"
         );
     }
-    let (queue, work) = std::sync::mpsc::sync_channel(options.queue.max(1));
+    let (queue, work) = std::sync::mpsc::sync_channel(options.queue as usize);
     let status = Arc::new(Status::default());
     let metrics = Arc::new(metrics::Metrics::new());
     let state = AppState {
@@ -98,7 +120,7 @@ pub fn serve(options: &ServeOptions) -> anyhow::Result<()> {
         metrics: metrics.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(options.http_threads.max(1))
+        .worker_threads(options.http_threads as usize)
         .thread_name("http")
         .enable_all()
         .build()
@@ -112,7 +134,10 @@ pub fn serve(options: &ServeOptions) -> anyhow::Result<()> {
     std::io::Write::flush(&mut std::io::stdout())?;
 
     let (failed_tx, failed) = tokio::sync::oneshot::channel::<String>();
-    let policy = options.batch;
+    let policy = BatchPolicy {
+        max_batch: options.max_batch as usize,
+        max_wait: std::time::Duration::from_secs_f64(options.batch_wait_ms / 1000.0),
+    };
     let model_thread = std::thread::Builder::new().name("model".into()).spawn({
         let (status, metrics) = (status.clone(), metrics.clone());
         move || -> anyhow::Result<u64> {

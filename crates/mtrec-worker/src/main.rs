@@ -154,36 +154,8 @@ enum Command {
     Serve {
         #[command(flatten)]
         config: ConfigArgs,
-        #[arg(long)]
-        checkpoint: PathBuf,
-        /// Address to listen on (`127.0.0.1:0`: a free port, printed at start).
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: String,
-        /// News to serve: a shards folder (default: the config's data.shards), or a news-vector
-        /// file written by `embed` from the same checkpoint.
-        #[arg(long)]
-        news: Option<PathBuf>,
-        /// Requests answered by one model call, at most.
-        #[arg(long, default_value_t = 64)]
-        max_batch: usize,
-        /// The longest a request waits for others to share its model call (milliseconds).
-        #[arg(long, default_value_t = 2.0)]
-        batch_wait_ms: f64,
-        #[arg(long, default_value_t = 1000)]
-        max_candidates: usize,
-        #[arg(long, default_value_t = 1000)]
-        max_k: usize,
-        /// News items per `/v1/news` request, at most.
-        #[arg(long, default_value_t = 1000)]
-        max_news: usize,
-        #[arg(long, default_value_t = 1 << 20)]
-        max_body_bytes: usize,
-        /// Requests waiting for the model thread before new ones get 503 (overloaded).
-        #[arg(long, default_value_t = 4096)]
-        queue: usize,
-        /// Threads of the HTTP side (the model has its own thread).
-        #[arg(long, default_value_t = 1)]
-        http_threads: usize,
+        #[command(flatten)]
+        options: mtrec_serve::ServeOptions,
     },
     /// Print what this binary found: libtorch, CUDA devices, MPI, rank/world, NCCL.
     Doctor,
@@ -323,41 +295,8 @@ fn run(cli: Cli, job: &Job) -> anyhow::Result<i32> {
         Command::Report { run_dir, out } => done(commands::report(&run_dir, out.as_deref()).map(|_| ())),
         Command::Compare { run_dirs, out } => done(commands::compare(&run_dirs, &out)),
         Command::Config { config, get } => done(commands::show_config(&config, get.as_deref())),
-        Command::Serve {
-            config,
-            checkpoint,
-            listen,
-            news,
-            max_batch,
-            batch_wait_ms,
-            max_candidates,
-            max_k,
-            max_news,
-            max_body_bytes,
-            queue,
-            http_threads,
-        } => {
-            if !batch_wait_ms.is_finite() || batch_wait_ms < 0.0 {
-                anyhow::bail!("--batch-wait-ms {batch_wait_ms}: expected a duration >= 0");
-            }
-            let options = mtrec_serve::ServeOptions {
-                config: config.config,
-                overrides: config.overrides,
-                checkpoint,
-                listen,
-                news,
-                batch: mtrec_serve::engine::BatchPolicy {
-                    max_batch,
-                    max_wait: std::time::Duration::from_secs_f64(batch_wait_ms / 1000.0),
-                },
-                max_candidates,
-                max_k,
-                max_news,
-                max_body_bytes,
-                queue,
-                http_threads,
-            };
-            done(mtrec_serve::serve(&options))
+        Command::Serve { config, options } => {
+            done(mtrec_serve::serve(&config.config, &config.overrides, &options))
         }
         Command::Doctor => done(doctor::run(job)),
         Command::CheckCollectives { config, abort } => commands::check_collectives(job, &config, abort),

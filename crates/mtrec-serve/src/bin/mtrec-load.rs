@@ -21,6 +21,8 @@ enum Endpoint {
     Rank,
     Recommend,
     Users,
+    /// `/v1/news`: one news item per request, id `load-N`, title and category of `--titles`.
+    News,
 }
 
 #[derive(Parser, Debug)]
@@ -54,11 +56,17 @@ struct Args {
     /// Requests sent (and not counted) before the measured ones, to open connections.
     #[arg(long, default_value_t = 100)]
     warmup: u64,
+    /// With `--endpoint news`: a MIND `news.tsv` whose titles and categories the added news take.
+    #[arg(long, required_if_eq("endpoint", "news"))]
+    titles: Option<PathBuf>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Print one JSON object instead of a line.
     #[arg(long)]
     json: bool,
+    /// A label copied into the report (which server setup was measured).
+    #[arg(long, default_value = "")]
+    tag: String,
 }
 
 /// Distinct bodies made, then sent in turn.
@@ -76,13 +84,18 @@ fn main() -> anyhow::Result<()> {
         Endpoint::Rank => "v1/rank",
         Endpoint::Recommend => "v1/recommend",
         Endpoint::Users => "v1/users",
+        Endpoint::News => "v1/news",
     };
     let target = url.join(path)?;
     let news = mtrec_data::read::read_news(&args.shards)?.news_id.split_off(1);
     if news.len() < args.history.max(args.candidates) {
         bail!("{}: {} news, fewer than a body needs", args.shards.display(), news.len());
     }
-    let bodies = Arc::new(make_bodies(&args, &news));
+    let titles = match &args.titles {
+        Some(path) => read_titles(path)?,
+        None => Vec::new(),
+    };
+    let bodies = Arc::new(make_bodies(&args, &news, &titles));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let report = runtime.block_on(run(&args, target, bodies))?;
     if args.json {
@@ -108,10 +121,26 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn make_bodies(args: &Args, news: &[String]) -> Vec<String> {
+/// `(category, title)` of every line of a MIND `news.tsv`.
+fn read_titles(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let titles: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split('\t').collect();
+            (cols.len() > 3).then(|| (cols[1].to_string(), cols[3].to_string()))
+        })
+        .collect();
+    if titles.is_empty() {
+        bail!("{}: no news lines (id, category, subcategory, title, ...)", path.display());
+    }
+    Ok(titles)
+}
+
+fn make_bodies(args: &Args, news: &[String], titles: &[(String, String)]) -> Vec<String> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
     (0..BODIES)
-        .map(|_| {
+        .map(|i| {
             let history: Vec<&String> = news.choose_multiple(&mut rng, args.history).collect();
             let body = match args.endpoint {
                 Endpoint::Rank => {
@@ -121,6 +150,10 @@ fn make_bodies(args: &Args, news: &[String]) -> Vec<String> {
                 }
                 Endpoint::Recommend => serde_json::json!({"history": history, "k": args.k}),
                 Endpoint::Users => serde_json::json!({"history": history}),
+                Endpoint::News => {
+                    let (category, title) = &titles[i % titles.len()];
+                    serde_json::json!({"id": format!("load-{i}"), "title": title, "category": category})
+                }
             };
             body.to_string()
         })
@@ -177,6 +210,7 @@ async fn run(
     };
     let done = latencies.len() + errors.len();
     Ok(serde_json::json!({
+        "tag": args.tag,
         "endpoint": format!("{:?}", args.endpoint).to_lowercase(),
         "concurrency": args.concurrency,
         "history": args.history,
