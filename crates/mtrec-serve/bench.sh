@@ -102,7 +102,7 @@ echo "{\"measure\": \"add 1000 news in one request\", \"seconds\": $(elapsed "$s
 curl -s "$url/metrics" | grep -E '^mtrec_batch_size_(sum|count)|^mtrec_catalogue_news' | tee "$work/metrics-100k.txt"
 stop
 
-echo "== serve --batch-wait-ms 0: no batching window (batches form only while the model is busy)"
+echo "== serve --batch-wait-ms 0: never wait (batches form only from what queued while the model was busy)"
 serve "$work/serve-nowait" --news "$work/news.parquet" --batch-wait-ms 0
 for c in 1 16 64; do load rank "$c" 10000 --history 50 --candidates 20 --tag wait0; done
 for c in 1 16 64; do load recommend "$c" 5000 --history 50 --k 10 --tag wait0; done

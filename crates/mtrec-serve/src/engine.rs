@@ -81,18 +81,20 @@ pub struct BatchPolicy {
     pub max_wait: Duration,
 }
 
-/// Takes batches from `queue` until every sender is gone: the first queued item, then what
-/// arrives until `max_wait` after that item was queued or until `max_batch` items; each batch
-/// goes to `process`. A panic in `process` is logged and the loop goes on. Returns the batches
+/// Takes batches from `queue` until every sender is gone: the first queued item and what else
+/// is queued, up to `max_batch` items; while requests come concurrently (the previous batch had
+/// more than one), also what arrives until `max_wait` after the first item was queued. One
+/// client at a time is so answered at once, and concurrent ones share model calls. Each batch
+/// goes to `process`; a panic in it is logged and the loop goes on. Returns the batches
 /// processed.
 pub fn run_batches<W>(
     queue: &Receiver<(Instant, W)>,
     policy: BatchPolicy,
     mut process: impl FnMut(Vec<W>),
 ) -> u64 {
-    let mut batches = 0;
+    let (mut batches, mut concurrent) = (0, false);
     while let Ok((queued, first)) = queue.recv() {
-        let deadline = queued + policy.max_wait;
+        let deadline = if concurrent { queued + policy.max_wait } else { queued };
         let mut batch = vec![first];
         while batch.len() < policy.max_batch.max(1) {
             let next = match deadline.checked_duration_since(Instant::now()) {
@@ -105,6 +107,7 @@ pub fn run_batches<W>(
             }
         }
         batches += 1;
+        concurrent = batch.len() > 1;
         if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| process(batch))) {
             tracing::error!("a batch failed and its requests got a 500: {}", panic_message(&*panic));
         }
@@ -355,28 +358,37 @@ mod tests {
     use super::*;
     use std::sync::mpsc::sync_channel;
 
-    /// Items queued together form one batch (up to `max_batch`); an item queued after the
-    /// window of the batch's first item starts the next batch; a panicking batch is logged and
-    /// the next batch is still processed.
+    /// Items queued together form one batch (up to `max_batch`); a panicking batch is logged
+    /// and the next is still processed. After a batch of several, an item arriving within the
+    /// window of the batch's first item joins it; after a batch of one, nothing is waited for.
     #[test]
-    fn batches_gather_queued_items_and_survive_a_panic() {
+    fn batches_gather_queued_items_wait_only_under_concurrency_and_survive_a_panic() {
         let (tx, rx) = sync_channel(16);
         let now = Instant::now();
         for item in [1, 2, 3, 13, 5] {
             tx.send((now, item)).unwrap();
         }
-        let late = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
-            tx.send((Instant::now(), 6)).unwrap();
+        let sender = std::thread::spawn(move || {
+            let at = |ms: u64, item: i32| {
+                std::thread::sleep(
+                    (now + Duration::from_millis(ms)).saturating_duration_since(Instant::now()),
+                );
+                tx.send((Instant::now(), item)).unwrap();
+            };
+            at(500, 6); // after [13, 5]: a window opens at 6 ...
+            at(550, 7); // ... which 7 joins
+            at(1200, 8); // after [6, 7]: a window, which nothing joins
+            at(1900, 9); // after [8]: no window ...
+            at(2000, 10); // ... so 10 is a batch of its own
         });
-        let policy = BatchPolicy { max_batch: 3, max_wait: Duration::from_millis(100) };
+        let policy = BatchPolicy { max_batch: 3, max_wait: Duration::from_millis(300) };
         let mut seen = Vec::new();
         let batches = run_batches(&rx, policy, |batch: Vec<i32>| {
             seen.push(batch.clone());
             assert!(!batch.contains(&13), "a batch with 13 panics");
         });
-        late.join().unwrap();
-        assert_eq!(seen, vec![vec![1, 2, 3], vec![13, 5], vec![6]]);
-        assert_eq!(batches, 3);
+        sender.join().unwrap();
+        assert_eq!(seen, vec![vec![1, 2, 3], vec![13, 5], vec![6, 7], vec![8], vec![9], vec![10]]);
+        assert_eq!(batches, 6);
     }
 }

@@ -45,7 +45,8 @@ pub struct ServeOptions {
     /// Requests answered by one model call, at most.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_batch: u32,
-    /// The longest a request waits for others to share its model call (milliseconds; 0: none).
+    /// While requests come concurrently, the longest a request waits for others to share its
+    /// model call (milliseconds; 0: never wait).
     #[arg(long, default_value_t = 2.0, value_parser = non_negative)]
     pub batch_wait_ms: f64,
     #[arg(long, default_value_t = 1000)]
