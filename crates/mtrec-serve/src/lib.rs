@@ -47,7 +47,7 @@ pub struct ServeOptions {
     pub max_batch: u32,
     /// While requests come concurrently, the longest a request waits for others to share its
     /// model call (milliseconds; 0: never wait).
-    #[arg(long, default_value_t = 2.0, value_parser = non_negative)]
+    #[arg(long, default_value_t = 0.5, value_parser = non_negative)]
     pub batch_wait_ms: f64,
     #[arg(long, default_value_t = 1000)]
     pub max_candidates: usize,
