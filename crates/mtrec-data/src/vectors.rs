@@ -241,7 +241,7 @@ mod tests {
         assert_eq!(read.keys, ["N7", "N9"]);
         assert_eq!((read.dim, read.values), (2, vec![1.0, -2.0, 0.5, 4.0]));
         assert_eq!(read.source, Some(source.clone()));
-        assert_eq!(read_vector_source(&path).unwrap(), Some(source));
+        assert_eq!(read_vector_source(&path).unwrap(), Some(source.clone()));
         write_news_vectors(&bare, 2, None, rows.into_iter()).unwrap();
         assert_eq!(read_news_vectors(&bare).unwrap().source, None);
         let users = dir.path().join("users.parquet");

@@ -28,7 +28,7 @@ impl Catalogue {
     }
 
     /// News items, padding excluded.
-    pub fn len(&self) -> usize {
+    pub fn news(&self) -> usize {
         self.rows - 1
     }
 
@@ -110,7 +110,7 @@ mod tests {
         // One replaced, three new: the table grows past its first capacity (3 rows).
         let new = Tensor::from_slice(&[9.0f32, 9.0, 3.0, 3.0, 4.0, 4.0, 5.0, 5.0]).view([4, 2]);
         assert_eq!(catalogue.upsert(&ids(&["A", "C", "D", "E"]), &new), 3);
-        assert_eq!(catalogue.len(), 5);
+        assert_eq!(catalogue.news(), 5);
         let table: Vec<f32> = Vec::try_from(catalogue.table().reshape([-1])).unwrap();
         assert_eq!(table, [0.0, 0.0, 9.0, 9.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0, 5.0, 5.0]);
         assert_eq!(catalogue.rows_of("history", &ids(&["E"])).unwrap(), [5]);

@@ -183,7 +183,7 @@ impl Engine {
             Tensor::cat(&parts, 0)
         });
         let added = self.catalogue.upsert(&ids, &vectors);
-        Ok(Added { added, replaced: ids.len() - added, news: self.catalogue.len() })
+        Ok(Added { added, replaced: ids.len() - added, news: self.catalogue.news() })
     }
 
     fn resolve(&self, history: &[String]) -> Result<Resolved, RequestError> {
@@ -322,7 +322,7 @@ impl Engine {
             Some(Tensor::from_slice(&cols).to_device(device)),
         ];
         let scores = scores.index_put(&masked, &Tensor::from(f32::NEG_INFINITY).to_device(device), false);
-        let k_max = k_max.min(self.catalogue.len()) as i64;
+        let k_max = k_max.min(self.catalogue.news()) as i64;
         let (values, indices) = scores.topk(k_max, -1, true, true);
         let values: Vec<f32> = Vec::try_from(values.to_device(tch::Device::Cpu).view([-1])).expect("f32");
         let indices: Vec<i64> = Vec::try_from(indices.to_device(tch::Device::Cpu).view([-1])).expect("i64");

@@ -104,7 +104,7 @@ pub fn serve(config: &Path, overrides: &[String], options: &ServeOptions) -> any
     }
     let (queue, work) = std::sync::mpsc::sync_channel(options.queue as usize);
     let status = Arc::new(Status::default());
-    let metrics = Arc::new(metrics::Metrics::new());
+    let metrics = Arc::new(metrics::Metrics::default());
     let state = AppState {
         queue,
         status: status.clone(),
@@ -149,7 +149,7 @@ pub fn serve(config: &Path, overrides: &[String], options: &ServeOptions) -> any
                     return Err(e);
                 }
             };
-            let news = engine.catalogue.len();
+            let news = engine.catalogue.news();
             status.news.store(news, Ordering::Release);
             metrics.set_news(news);
             status.ready.store(true, Ordering::Release);
@@ -283,7 +283,7 @@ fn build_engine(
     };
     tracing::info!(
         "news table: {} news, {d}-d, on {device:?}, built in {:.1} s",
-        catalogue.len(),
+        catalogue.news(),
         start.elapsed().as_secs_f64()
     );
     Ok(Engine { model, weights, catalogue, history: config.data.history, news_batch: config.eval.news_batch })

@@ -32,8 +32,8 @@ pub struct Metrics {
     news: Gauge,
 }
 
-impl Metrics {
-    pub fn new() -> Metrics {
+impl Default for Metrics {
+    fn default() -> Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<EndpointLabel, Histogram, fn() -> Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,
@@ -47,7 +47,9 @@ impl Metrics {
         registry.register("catalogue_news", "News items the service can rank", news.clone());
         Metrics { registry, requests, latency, batch_size, news }
     }
+}
 
+impl Metrics {
     pub fn request(&self, endpoint: &str, status: u16, seconds: f64) {
         self.requests.get_or_create(&RequestLabels { endpoint: endpoint.into(), status }).inc();
         self.latency.get_or_create(&EndpointLabel { endpoint: endpoint.into() }).observe(seconds);
@@ -75,7 +77,7 @@ mod tests {
 
     #[test]
     fn counts_latencies_and_batches_appear_in_the_text_format() {
-        let metrics = Metrics::new();
+        let metrics = Metrics::default();
         metrics.request("/v1/rank", 200, 0.001);
         metrics.request("/v1/rank", 200, 0.003);
         metrics.request("/v1/rank", 400, 0.0002);
