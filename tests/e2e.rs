@@ -618,6 +618,7 @@ fn sigterm_leaves_a_loadable_checkpoint() {
         ("mtl.ner=false", "different model configuration"),
         ("train.seed=8", "written with train.seed"),
         ("train.batch_size=8", "written with train.batch_size"),
+        ("model.trainable_layers=1", "written with model.trainable_layers = 0"),
     ] {
         let out = run(worker("train", &run_dir, &[change]).args(["--resume", "auto"]), false);
         let stderr = String::from_utf8_lossy(&out.stderr);

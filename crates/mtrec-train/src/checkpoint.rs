@@ -46,6 +46,10 @@ pub struct TrainerState {
     /// Rows of a news-vector cache saved in optimizer.safetensors (`crate::vector_cache`).
     #[serde(default)]
     pub vector_cache_rows: Option<u64>,
+    /// `model.trainable_layers` of the run: the trained parameters, and so the optimizer's state,
+    /// depend on it, so a resume with another value is refused. Absent in older checkpoints.
+    #[serde(default)]
+    pub trainable_layers: Option<i64>,
 }
 
 /// `run_dir/best.json`: the checkpoint with the best evaluation AUC so far; `checkpoint` is
@@ -496,6 +500,7 @@ mod tests {
             max_steps: None,
             warmup_steps: None,
             vector_cache_rows: None,
+            trainable_layers: None,
         }
     }
 

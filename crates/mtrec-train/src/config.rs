@@ -52,7 +52,8 @@ pub struct ModelConfig {
     pub amf: bool,
     /// With `amf`: add a subcategory field (an extension; the paper has none). Default false.
     pub amf_subcategory: bool,
-    /// Train only the top N BERT layers (PLM-NR style); 0 = all layers.
+    /// Train only the top N BERT layers (PLM-NR style), the embeddings frozen; 0 = everything
+    /// trains. N at or above the layer count trains every layer but freezes the embeddings.
     pub trainable_layers: i64,
     /// With `trainable_layers`: compute the frozen embeddings and lower layers once per run for
     /// every news item and start each step (and in-training evaluation) from those states

@@ -142,6 +142,7 @@ mod tests {
             max_steps: None,
             warmup_steps: None,
             vector_cache_rows: None,
+            trainable_layers: None,
         };
         let dir = checkpoint::save(run.path(), &saved, &saved, state).unwrap();
         let fresh = nn::VarStore::new(tch::Device::Cpu);

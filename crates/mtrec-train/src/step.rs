@@ -1,6 +1,6 @@
 //! One training step (`DESIGN.md` "One training step"):
-//! one forward; `g_main` from `L_main` and `g_aux` from `L_category + L_ner` (scaled by `lambda`
-//! in the MTRec surgery only) by separate backward passes; each all-reduced (averaged) as its own buffer so that surgery sees the
+//! one forward; `g_main` from `L_main` and `g_aux` from `L_category + L_ner` (its shared
+//! slice scaled by `lambda` in the MTRec surgery only) by separate backward passes; each all-reduced (averaged) as its own buffer so that surgery sees the
 //! globally averaged gradient of each task; surgery on the shared (BERT) slice, identical on every
 //! rank; clip; AdamW. Losses and statistics stay on the device.
 use crate::TrainError;
@@ -369,21 +369,12 @@ pub fn task_gradients(
     };
     times.backward_main += clock.lap();
 
-    // 3. auxiliary gradients: one per task for PCGrad, which needs them apart, else one for
-    //    lambda (L_category + L_ner); each all-reduced as its own buffer. `lambda` is MTRec's
-    //    (`g_aux = lambda (g_category + g_ner)`); `none` sums L_MTRec = L_main + L_category + L_ner
-    //    and PCGrad treats the three tasks alike, so both take them at weight 1.
-    let lambda = mtl.aux_weight();
+    // 3. auxiliary gradients: one per task for PCGrad, which needs them apart, else one of
+    //    L_category + L_ner; each all-reduced as its own buffer.
     let objectives: Vec<Tensor> = if mtl.surgery == SurgeryMode::Pcgrad {
-        aux_losses.iter().map(|l| *l * lambda).collect()
+        aux_losses.iter().map(|l| l.shallow_clone()).collect()
     } else {
-        aux_losses
-            .iter()
-            .map(|l| l.shallow_clone())
-            .reduce(|a, b| a + b)
-            .map(|sum| sum * lambda)
-            .into_iter()
-            .collect()
+        aux_losses.iter().map(|l| l.shallow_clone()).reduce(|a, b| a + b).into_iter().collect()
     };
     let mut aux_grads: Result<Vec<Tensor>, TrainError> = Ok(Vec::new());
     collective.all_reduce_mean_during(&mut g_main, &mut || {
@@ -396,6 +387,16 @@ pub fn task_gradients(
     let mut aux_grads = aux_grads?;
     for g_task in aux_grads.iter_mut() {
         collective.all_reduce_mean(g_task)?;
+    }
+    // MTRec's `g_aux = lambda (g_category + g_ner)` (paper/MTREC.md, "Gradient surgery"): lambda
+    // scales the merged gradient of the shared encoder, which surgery compares with `g_main`;
+    // each head keeps its own task's gradient, unscaled. `none` (L_main + L_category + L_ner)
+    // and PCGrad (all tasks alike) take weight 1.
+    let lambda = mtl.aux_weight();
+    if lambda != 1.0 {
+        for g_task in aux_grads.iter_mut() {
+            let _ = g_task.narrow(0, 0, params.shared_len()).g_mul_scalar_(lambda);
+        }
     }
     times.backward_aux = clock.lap();
 

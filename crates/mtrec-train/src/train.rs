@@ -260,6 +260,15 @@ fn check_resumable(
             state.seed, config.train.seed
         ));
     }
+    if let Some(was) = state.trainable_layers
+        && was != config.model.trainable_layers
+    {
+        return refuse(format!(
+            "written with model.trainable_layers = {was}, this run has {}: the trained parameters, and \
+             with them the optimizer's state, differ",
+            config.model.trainable_layers
+        ));
+    }
     if state.sample_cursor != state.step * config.train.batch_size as u64 {
         return refuse(format!(
             "written with train.batch_size = {}, this run has {}",
@@ -713,6 +722,7 @@ fn trainer_state(
         max_steps: Some(config.train.max_steps),
         warmup_steps: Some(config.optim.warmup_steps),
         vector_cache_rows: None,
+        trainable_layers: Some(config.model.trainable_layers),
     }
 }
 

@@ -113,8 +113,11 @@ fn slice_of(t: &Tiny, g: &Tensor, prefix: &str) -> Vec<Tensor> {
     parts
 }
 
+/// `lambda` scales the shared encoder's part of `g_aux` in the MTRec surgery (the paper's
+/// `g_aux = lambda (g_category + g_ner)` is over the shared parameters); each head gets its own
+/// task's gradient unscaled in every mode.
 #[test]
-fn g_main_is_the_main_loss_gradient_and_lambda_applies_in_the_mtrec_surgery_only() {
+fn g_main_is_the_main_loss_gradient_and_lambda_scales_the_shared_g_aux_in_the_mtrec_surgery_only() {
     for (surgery, weight) in [("mtrec", 0.3), ("none", 1.0), ("pcgrad", 1.0)] {
         let t = tiny(&[&format!("mtl.surgery={surgery}"), "mtl.lambda=0.3"]);
         let (g_main, aux) = gradients(&t);
@@ -130,13 +133,22 @@ fn g_main_is_the_main_loss_gradient_and_lambda_applies_in_the_mtrec_surgery_only
             );
         } else {
             assert_eq!(aux.len(), 1);
-            let expected = (&category + &ner) * weight;
+            let expected = &category + &ner;
+            let _ = expected.narrow(0, 0, t.params.shared_len()).g_mul_scalar_(weight);
             let (diff, scale) = (max_diff(&aux[0], &expected), expected.abs().max().double_value(&[]));
-            let unweighted = max_diff(&aux[0], &(&category + &ner));
+            let everywhere = max_diff(&aux[0], &((&category + &ner) * weight));
             assert!(
                 diff < 1e-6 * scale,
-                "{surgery}: g_aux is not {weight} (g_category + g_ner): {diff} of {scale}, unweighted {unweighted}"
+                "{surgery}: g_aux is not {weight} (g_category + g_ner) on the shared slice and the \
+                 task's own gradient on the heads: {diff} of {scale} (lambda on every parameter: {everywhere})"
             );
+            for head in ["category_head", "ner_head"] {
+                for (got, own) in
+                    slice_of(&t, &aux[0], head).iter().zip(slice_of(&t, &(&category + &ner), head))
+                {
+                    assert!(max_diff(got, &own) < 1e-7, "{surgery}: {head} got a scaled gradient");
+                }
+            }
         }
         // Each head gets only its own task's gradient: the main loss does not reach the heads,
         // and each auxiliary loss reaches its own head only.
