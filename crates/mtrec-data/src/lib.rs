@@ -1,7 +1,7 @@
 //! The mtrec data contract: the files `mtrec-prep` writes and `mtrec-worker` reads.
 //!
 //! This crate parses the MIND text formats ([`mind`]), fixes the layout of the shard files
-//! ([`write`]), reads them back into plain vectors ([`read`]), and assembles training batches
+//! ([`schema`]), writes them ([`write`]), reads them back into plain vectors ([`read`]), and assembles training batches
 //! from them ([`batch`]: seeded negatives, rank slices of one global order, each news item once
 //! with its occurrence count). It must not depend on torch:
 //! turning these vectors into tensors is the worker's job, tokenizing titles is prep's.
@@ -48,6 +48,7 @@ pub mod error;
 pub mod manifest;
 pub mod mind;
 pub mod read;
+pub mod schema;
 pub mod vectors;
 pub mod write;
 

@@ -8,7 +8,8 @@ use arrow::datatypes::{ArrowPrimitiveType, Float32Type, Int8Type, Int32Type, Int
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::manifest::{Manifest, Split};
-use crate::write::{entity_schema, eval_schema, news_schema, train_schema};
+pub use crate::schema::{EvalImpression, TrainImpression};
+use crate::schema::{entity_schema, eval_schema, news_schema, train_schema};
 use crate::{DataError, MANIFEST_FILE};
 
 /// `news.parquet` in memory, indexed by nid; index 0 is the padding entry (empty title, no
@@ -51,40 +52,6 @@ impl NewsTable {
     pub fn is_empty(&self) -> bool {
         self.news_id.is_empty()
     }
-}
-
-/// One training impression.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TrainImpression {
-    /// MIND impression id.
-    pub impression_id: i64,
-    /// Dense user id, `1..=num_users`.
-    pub user: i32,
-    /// Unix seconds, UTC.
-    pub time: i64,
-    /// nids, oldest first (at most `max_history`).
-    pub history: Vec<i32>,
-    /// Clicked nids.
-    pub clicked: Vec<i32>,
-    /// Shown but not clicked nids.
-    pub non_clicked: Vec<i32>,
-}
-
-/// One dev/test impression.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EvalImpression {
-    /// MIND impression id.
-    pub impression_id: i64,
-    /// Dense user id, 0 for users not seen in train.
-    pub user: i32,
-    /// Unix seconds, UTC.
-    pub time: i64,
-    /// nids, oldest first (at most `max_history`).
-    pub history: Vec<i32>,
-    /// Candidate nids in their original order.
-    pub candidates: Vec<i32>,
-    /// Labels aligned to `candidates` (1 = clicked); `None` when the split has none.
-    pub labels: Option<Vec<i8>>,
 }
 
 /// Opens a shard, checks that its schema is the contract's, and returns its record batches

@@ -16,7 +16,8 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::DataError;
 use crate::read::{batches, column, list};
-use crate::write::{Sink, list_of, write_atomically};
+use crate::schema::list_of;
+use crate::write::{Sink, write_atomically};
 
 /// The model the vectors were computed with: a training checkpoint's `model.safetensors`
 /// (its sha256, as `trainer.json` records it) under a config of the given model-shape digest.

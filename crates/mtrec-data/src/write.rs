@@ -1,5 +1,5 @@
-//! Schemas and Parquet writers of the shard files (the only code that fixes their layout; the
-//! readers in [`crate::read`] check files against the same schemas).
+//! Parquet writers of the shard files, in the layout of [`crate::schema`] (the readers in
+//! [`crate::read`] check files against the same schemas).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -8,70 +8,19 @@ use std::sync::Arc;
 use arrow::array::{
     ArrayRef, Float32Builder, Int8Builder, Int32Builder, Int64Builder, ListBuilder, StringBuilder,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
 use crate::DataError;
-use crate::read::{EvalImpression, TrainImpression};
+use crate::schema::{EvalImpression, TrainImpression, entity_schema, eval_schema, news_schema, train_schema};
 
 /// Rows buffered before a record batch goes to the Parquet writer.
 const BATCH_ROWS: usize = 8192;
 /// Rows per Parquet row group (bounds the writer's memory).
 const ROW_GROUP_ROWS: usize = 65_536;
-
-pub(crate) fn list_of(item: DataType) -> DataType {
-    DataType::List(Arc::new(Field::new("item", item, true)))
-}
-
-/// Schema of `news.parquet`.
-pub fn news_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("nid", DataType::Int32, false),
-        Field::new("news_id", DataType::Utf8, false),
-        Field::new("category", DataType::Int32, false),
-        Field::new("subcategory", DataType::Int32, false),
-        Field::new("title", DataType::Utf8, false),
-        Field::new("input_ids", list_of(DataType::Int32), false),
-        Field::new("ner_tags", list_of(DataType::Int8), false),
-        Field::new("entities", list_of(DataType::Int32), false),
-    ]))
-}
-
-/// Schema of `entity_embedding.parquet`.
-pub fn entity_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("row", DataType::Int32, false),
-        Field::new("wikidata_id", DataType::Utf8, false),
-        Field::new("vector", list_of(DataType::Float32), false),
-    ]))
-}
-
-/// Schema of `train/part-NNNNN.parquet`.
-pub fn train_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("impression_id", DataType::Int64, false),
-        Field::new("user", DataType::Int32, false),
-        Field::new("time", DataType::Int64, false),
-        Field::new("history", list_of(DataType::Int32), false),
-        Field::new("clicked", list_of(DataType::Int32), false),
-        Field::new("non_clicked", list_of(DataType::Int32), false),
-    ]))
-}
-
-/// Schema of `dev/part-NNNNN.parquet` and `test/part-NNNNN.parquet`.
-pub fn eval_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("impression_id", DataType::Int64, false),
-        Field::new("user", DataType::Int32, false),
-        Field::new("time", DataType::Int64, false),
-        Field::new("history", list_of(DataType::Int32), false),
-        Field::new("candidates", list_of(DataType::Int32), false),
-        Field::new("labels", list_of(DataType::Int8), true),
-    ]))
-}
 
 /// Shard file name of part `index` (`part-00000.parquet`).
 pub fn part_name(index: usize) -> String {

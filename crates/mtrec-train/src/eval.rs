@@ -2,34 +2,17 @@
 //! impression (on the leaderboard's ranks, [`crate::metrics`]), summed per rank and reduced.
 //! Impressions are split across ranks by position.
 //! The loops call a [`Tick`] once per round, the same number of times on every rank (a rank with
-//! less work runs empty rounds): it tells the watchdog that work goes on, and in training it is
-//! where the ranks agree to stop on a signal, so it may be a collective, and an `Err` from it
-//! ends the evaluation.
+//! less work runs empty rounds).
 use crate::TrainError;
 use crate::device_batch::news_inputs;
 use crate::layer_cache::LayerCache;
 use crate::metrics::RankingMetrics;
-use indicatif::{ProgressBar, ProgressStyle};
+use crate::progress::{Tick, progress};
 use mtrec_data::manifest::{Manifest, Split};
 use mtrec_data::read::{EvalImpression, NewsTable};
 use mtrec_dist::Collective;
 use mtrec_model::{Dropout, NewsRecModel, upload, upload_i64};
 use tch::{Device, Kind, Tensor};
-
-/// Called once per round of an evaluation loop (see the module documentation).
-pub type Tick<'a> = &'a dyn Fn() -> Result<(), TrainError>;
-
-/// A progress bar on a terminal (hidden otherwise, and on ranks other than 0).
-pub fn progress(len: u64, what: &str, visible: bool) -> ProgressBar {
-    let bar = if visible { ProgressBar::new(len) } else { ProgressBar::hidden() };
-    bar.set_style(
-        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_message(what.to_string());
-    bar
-}
 
 /// News vectors of every news item: `[num_news + 1, d]` f32, row `nid`,
 /// row 0 zeros. Titles are sorted by length and dealt round-robin to the ranks (equal work); each

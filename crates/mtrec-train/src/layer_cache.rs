@@ -34,7 +34,7 @@
 //! the ones it was first built from), so nothing of it is saved.
 use crate::TrainError;
 use crate::config::Config;
-use crate::eval::{Tick, progress};
+use crate::progress::{Tick, progress};
 use mtrec_data::read::NewsTable;
 use mtrec_dist::Collective;
 use mtrec_model::news::LowerStates;

@@ -16,6 +16,7 @@ pub mod flat;
 pub mod layer_cache;
 pub mod metrics;
 pub mod optim;
+pub mod progress;
 pub mod setup;
 pub mod step;
 pub mod stop;
