@@ -626,6 +626,53 @@ fn sigterm_leaves_a_loadable_checkpoint() {
     }
 }
 
+/// Early stopping: with `eval.min_delta = 1` no evaluation after the first improves the AUC,
+/// so `eval.patience = 2` stops the run at the third evaluation (step 15 of 40), saying why in
+/// its output, `metrics.jsonl` and report.md, with the best checkpoint (step 5) kept. Resumed
+/// with `--resume auto`, it knows it stopped and trains nothing; a larger patience goes on
+/// counting (one more evaluation: step 20); `--reschedule` starts the count again (step 35).
+#[test]
+fn early_stopping_stops_keeps_the_best_and_a_resume_knows_it() {
+    let run_dir = fixture().root.join("early-stop");
+    let sets =
+        ["train.max_steps=40", "eval.every=5", "eval.patience=2", "eval.min_delta=1.0", "checkpoint.keep=2"];
+    let out = run(&mut worker("train", &run_dir, &sets), true);
+    let text = stdout(&out);
+    assert!(
+        text.contains("stopped early at step 15: 2 evaluations without an improvement of auc by more than 1"),
+        "{text}"
+    );
+    let records = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    let stop: serde_json::Value = serde_json::from_str(
+        records.lines().find(|l| l.contains("early_stop")).expect("an early-stop record"),
+    )
+    .unwrap();
+    assert_eq!((stop["step"].as_u64(), stop["early_stop"]["best_step"].as_u64()), (Some(15), Some(5)));
+    assert!(run_dir.join("step-00000005").is_dir(), "the best checkpoint is kept");
+    assert!(run_dir.join("step-00000015").is_dir());
+    assert!(!run_dir.join("step-00000020").exists(), "no step after the stop");
+    let best: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("best.json")).unwrap()).unwrap();
+    assert_eq!(best["step"].as_u64(), Some(5), "{best}");
+    let report = std::fs::read_to_string(run_dir.join("report/report.md")).unwrap();
+    assert!(report.contains("| stopped early | at step 15"), "{report}");
+
+    let out = run(worker("train", &run_dir, &sets).args(["--resume", "auto"]), true);
+    let (text, log) = (stdout(&out), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(log.contains("nothing to do"), "{log}");
+    assert!(text.contains("stopped early at step 15") && text.contains("trained 0 steps"), "{text}");
+    assert_eq!(std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap(), records, "nothing trained");
+
+    let more =
+        ["train.max_steps=40", "eval.every=5", "eval.patience=3", "eval.min_delta=1.0", "checkpoint.keep=2"];
+    let text = stdout(&run(worker("train", &run_dir, &more).args(["--resume", "auto"]), true));
+    assert!(text.contains("stopped early at step 20: 3 evaluations"), "{text}");
+    let text =
+        stdout(&run(worker("train", &run_dir, &more).args(["--resume", "auto", "--reschedule"]), true));
+    assert!(text.contains("stopped early at step 35: 3 evaluations"), "{text}");
+    assert!(run_dir.join("step-00000005").is_dir(), "the best checkpoint is still kept");
+}
+
 /// A rank killed with SIGKILL ends the whole 2-rank job with a non-zero status within 60 s.
 #[test]
 fn a_killed_rank_ends_the_job() {

@@ -41,7 +41,8 @@ const RUN: &str = "run";
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let root = repo_root().join(format!("target/tmp/serve-{}", std::process::id()));
+        // Under target/ (a static is never dropped): replaced by the next run, kept after a failure.
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve");
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         let shards = synthetic_shards(&root);

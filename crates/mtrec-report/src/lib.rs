@@ -343,6 +343,16 @@ fn report_markdown(
         (None, _) => "- (no `best.json`)".into(),
     };
     let _ = writeln!(out, "| best checkpoint | {best_line} |");
+    // An early stop the run went on from (`--reschedule`) is no longer how it ended.
+    if let Some(e) = m.early_stop.as_ref().filter(|e| e.step >= m.last_step()) {
+        let f = &e.early_stop;
+        let _ = writeln!(
+            out,
+            "| stopped early | at step {}: {} evaluations without an improvement of {} by more than {} \
+             (eval.patience = {}); best {:.4} at step {} |",
+            e.step, f.evaluations_without_improvement, f.metric, f.min_delta, f.patience, f.best, f.best_step
+        );
+    }
     let final_line = m.eval.last().map_or("- (no evaluation records)".into(), |r| {
         format!("step {}, {}: {}", r.step, r.split, metrics_line(r))
     });

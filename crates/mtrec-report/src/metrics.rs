@@ -66,6 +66,23 @@ pub struct EvalRecord {
     pub time: Option<f64>,
 }
 
+/// The record of an early stop (`eval.patience`): the step the run stopped at and why.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct EarlyStopRecord {
+    pub step: u64,
+    pub early_stop: EarlyStopFields,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct EarlyStopFields {
+    pub metric: String,
+    pub best: f64,
+    pub best_step: u64,
+    pub evaluations_without_improvement: u64,
+    pub patience: u64,
+    pub min_delta: f64,
+}
+
 /// The records of one `metrics.jsonl`, each kind sorted by step with one record per step (the
 /// last one in the file wins, as after a resume that logged a step again).
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -78,6 +95,8 @@ pub struct Metrics {
     pub duplicates: usize,
     /// The last line had no newline and did not parse: a writer killed mid-line; it is ignored.
     pub torn_last_line: bool,
+    /// The last early stop, if the run stopped early.
+    pub early_stop: Option<EarlyStopRecord>,
 }
 
 impl Metrics {
@@ -112,6 +131,12 @@ impl Metrics {
             };
             if !value.is_object() {
                 return Err(bad("not a JSON object".into()));
+            }
+            if value.get("early_stop").is_some() {
+                let record: EarlyStopRecord = serde_json::from_value(value)
+                    .map_err(|error| bad(format!("early-stop record: {error}")))?;
+                metrics.early_stop = Some(record);
+                continue;
             }
             let replaced = if value.get("eval").is_some() {
                 let record: EvalRecord = serde_json::from_value(value)

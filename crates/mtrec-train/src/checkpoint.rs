@@ -50,6 +50,9 @@ pub struct TrainerState {
     /// depend on it, so a resume with another value is refused. Absent in older checkpoints.
     #[serde(default)]
     pub trainable_layers: Option<i64>,
+    /// Early stopping's count at this step (`crate::early_stop`). Absent in older checkpoints.
+    #[serde(default)]
+    pub early_stopping: Option<crate::early_stop::EarlyStopping>,
 }
 
 /// `run_dir/best.json`: the checkpoint with the best evaluation AUC so far; `checkpoint` is
@@ -501,6 +504,7 @@ mod tests {
             warmup_steps: None,
             vector_cache_rows: None,
             trainable_layers: None,
+            early_stopping: None,
         }
     }
 

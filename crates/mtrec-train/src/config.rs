@@ -259,11 +259,56 @@ pub struct EvalConfig {
     pub user_batch: usize,
     /// Evaluate on at most this many impressions (0 = all).
     pub max_impressions: usize,
+    /// Early stopping: stop after this many evaluations in a row without an improvement of
+    /// `metric` by more than `min_delta` (0 = off; needs `every`). [`crate::early_stop`].
+    pub patience: u64,
+    pub min_delta: f64,
+    /// The metric early stopping watches.
+    pub metric: EvalMetric,
+}
+
+/// A dev metric early stopping can watch.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EvalMetric {
+    Auc,
+    Mrr,
+    Ndcg5,
+    Ndcg10,
+}
+
+impl EvalMetric {
+    pub fn of(self, m: &crate::metrics::RankingMetrics) -> f64 {
+        match self {
+            EvalMetric::Auc => m.auc,
+            EvalMetric::Mrr => m.mrr,
+            EvalMetric::Ndcg5 => m.ndcg5,
+            EvalMetric::Ndcg10 => m.ndcg10,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EvalMetric::Auc => "auc",
+            EvalMetric::Mrr => "mrr",
+            EvalMetric::Ndcg5 => "ndcg5",
+            EvalMetric::Ndcg10 => "ndcg10",
+        }
+    }
 }
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        EvalConfig { every: 0, split: "dev".into(), news_batch: 256, user_batch: 256, max_impressions: 0 }
+        EvalConfig {
+            every: 0,
+            split: "dev".into(),
+            news_batch: 256,
+            user_batch: 256,
+            max_impressions: 0,
+            patience: 0,
+            min_delta: 0.0,
+            metric: EvalMetric::Auc,
+        }
     }
 }
 
@@ -451,6 +496,7 @@ impl Config {
             ("optim.max_grad_norm", o.max_grad_norm, 0.0, f64::INFINITY, false),
             ("data.cache_p_max", self.data.cache_p_max, 0.0, 1.0, false),
             ("data.cache_beta", self.data.cache_beta, 0.0, f64::INFINITY, false),
+            ("eval.min_delta", self.eval.min_delta, 0.0, f64::INFINITY, false),
         ];
         for (field, value, low, high, open) in ranges {
             let inside = value.is_finite() && value >= low && if open { value < high } else { value <= high };
@@ -473,6 +519,12 @@ impl Config {
         }
         if !matches!(self.eval.split.as_str(), "dev" | "test") {
             return fail(format!("eval.split = {:?}: expected \"dev\" or \"test\"", self.eval.split));
+        }
+        if self.eval.patience > 0 && self.eval.every == 0 {
+            return fail(format!(
+                "eval.patience = {} needs evaluations during the run: set eval.every",
+                self.eval.patience
+            ));
         }
         if self.checkpoint.keep < 2 {
             return fail(format!("checkpoint.keep = {} must be at least 2", self.checkpoint.keep));

@@ -143,6 +143,7 @@ mod tests {
             warmup_steps: None,
             vector_cache_rows: None,
             trainable_layers: None,
+            early_stopping: None,
         };
         let dir = checkpoint::save(run.path(), &saved, &saved, state).unwrap();
         let fresh = nn::VarStore::new(tch::Device::Cpu);

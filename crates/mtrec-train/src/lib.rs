@@ -11,6 +11,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod device_batch;
+pub mod early_stop;
 pub mod eval;
 pub mod flat;
 pub mod layer_cache;

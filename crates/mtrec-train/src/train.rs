@@ -10,8 +10,9 @@
 use crate::TrainError;
 use crate::agree::{agree_on_config, rank_zero_value, same_on_every_rank};
 use crate::checkpoint::{self, Best, Checkpoint, CheckpointWriter, TrainerState};
-use crate::config::Config;
+use crate::config::{Config, EvalConfig};
 use crate::device_batch::{Batches, DeviceBatch};
+use crate::early_stop::EarlyStopping;
 use crate::eval::{eval_impressions, evaluate};
 use crate::flat::FlatParams;
 use crate::layer_cache::LayerCache;
@@ -72,6 +73,9 @@ pub struct TrainSummary {
     pub last_checkpoint: Option<PathBuf>,
     /// Set when a signal stopped the run before `train.max_steps`.
     pub stopped: Option<Stopped>,
+    /// Set when early stopping ended the run (this time, or at the checkpoint it resumed): the
+    /// step and the count ([`EarlyStopping::describe`] says why).
+    pub early_stop: Option<(u64, EarlyStopping)>,
 }
 
 /// sha256 over the settings that shape the model's parameters (architecture, heads, encoders):
@@ -108,7 +112,30 @@ pub fn train(
     let resume_from = open_chosen_checkpoint(chosen, collective)?;
     if let Some(ckpt) = &resume_from {
         check_resumable(ckpt, config, start.reschedule, placement.is_main())?;
+        let saved = ckpt.state.early_stopping.as_ref();
+        if let Some(done) = EarlyStopping::already_stopped(saved, &config.eval, start.reschedule) {
+            if placement.is_main() {
+                tracing::info!(
+                    "{}: this run {}; nothing to do (--reschedule, or a larger eval.patience, goes on)",
+                    ckpt.dir.display(),
+                    done.describe(ckpt.state.step, &config.eval)
+                );
+            }
+            return Ok(TrainSummary {
+                steps: 0,
+                seconds: 0.0,
+                samples_per_second: 0.0,
+                final_eval: None,
+                best: Best::read(&config.train.run_dir).map(|b| (b.step, b.auc)),
+                last_checkpoint: Some(ckpt.dir.clone()),
+                stopped: None,
+                early_stop: Some((ckpt.state.step, done.clone())),
+            });
+        }
     }
+    let early = resume_from
+        .as_ref()
+        .and_then(|c| EarlyStopping::resume(c.state.early_stopping.as_ref(), &config.eval, start.reschedule));
 
     // data
     heartbeat.phase("loading the shards");
@@ -126,7 +153,10 @@ pub fn train(
         }
         Err(e) => return Err(e),
     };
-    Trainer::build(config, collective, heartbeat, device, &loaded, &impressions, eval, resume_from)?.run()
+    let mut trainer =
+        Trainer::build(config, collective, heartbeat, device, &loaded, &impressions, eval, resume_from)?;
+    trainer.early = early;
+    trainer.run()
 }
 
 /// Rank 0's start in the run directory: creates it, removes what killed writers left and the
@@ -373,6 +403,8 @@ struct Trainer<'a> {
     metrics: MetricsLogger,
     stop: StopSignal,
     fault: Option<Fault>,
+    /// Early stopping's count (`eval.patience`), carried by every checkpoint.
+    early: Option<EarlyStopping>,
 }
 
 /// A failure injected on purpose, to try how a cluster and its scripts handle a failing rank
@@ -528,6 +560,7 @@ impl<'a> Trainer<'a> {
             metrics,
             stop,
             fault,
+            early: None,
         })
     }
 
@@ -539,6 +572,7 @@ impl<'a> Trainer<'a> {
         let started = Instant::now();
         let mut final_eval = None;
         let mut stopped = None;
+        let mut early_stop = None;
         let data = &self.data;
         std::thread::scope(|scope| -> Result<(), TrainError> {
             let batches = spawn_input_pipeline(
@@ -597,6 +631,10 @@ impl<'a> Trainer<'a> {
                     ) {
                         Ok(metrics) => {
                             self.metrics.write_eval(step_number, &metrics, eval_started.elapsed())?;
+                            let value = config.eval.metric.of(&metrics);
+                            if EarlyStopping::observe(&mut self.early, &config.eval, step_number, value) {
+                                early_stop = self.early.clone().map(|count| (step_number, count));
+                            }
                             evaluation = Some(metrics);
                         }
                         Err(TrainError::Stopped(s)) => signal = Some(s),
@@ -623,6 +661,7 @@ impl<'a> Trainer<'a> {
                         .filter(|rows| rows[0].1.size()[0] > 0) // nothing a later step could read
                         .unwrap_or_default();
                     state.vector_cache_rows = cache_rows.first().map(|(_, nids)| nids.size()[0] as u64);
+                    state.early_stopping = self.early.clone();
                     self.checkpoints.save(
                         state,
                         &self.params,
@@ -643,6 +682,10 @@ impl<'a> Trainer<'a> {
                     stopped = Some(Stopped { step: step_number, signal, checkpoint });
                     return Ok(());
                 }
+                if let Some((step, count)) = &early_stop {
+                    self.metrics.write_early_stop(*step, count, &config.eval)?;
+                    return Ok(());
+                }
             }
             Ok(())
         })?;
@@ -658,7 +701,11 @@ impl<'a> Trainer<'a> {
         }
 
         let seconds = started.elapsed().as_secs_f64();
-        let end = stopped.as_ref().map_or(max_steps, |s| s.step);
+        let end = stopped
+            .as_ref()
+            .map(|s| s.step)
+            .or(early_stop.as_ref().map(|(step, _)| *step))
+            .unwrap_or(max_steps);
         let steps = end.saturating_sub(self.start_step);
         Ok(TrainSummary {
             steps,
@@ -668,6 +715,7 @@ impl<'a> Trainer<'a> {
             best: self.checkpoints.best.map(|b| (b.step, b.auc)),
             last_checkpoint: self.checkpoints.last,
             stopped,
+            early_stop,
         })
     }
 }
@@ -724,6 +772,7 @@ fn trainer_state(
         warmup_steps: Some(config.optim.warmup_steps),
         vector_cache_rows: None,
         trainable_layers: Some(config.model.trainable_layers),
+        early_stopping: None,
     }
 }
 
@@ -972,6 +1021,27 @@ impl MetricsLogger {
         let mut record = eval_record(step, &self.split, metrics);
         record["time"] = json!(unix_time());
         record["seconds"] = json!(took.as_secs_f64());
+        self.append(&record)
+    }
+
+    /// The record (and log line) of an early stop.
+    fn write_early_stop(
+        &mut self,
+        step: u64,
+        count: &EarlyStopping,
+        eval: &EvalConfig,
+    ) -> Result<(), TrainError> {
+        if self.main_rank {
+            let line = count.describe(step, eval);
+            if self.bar.is_hidden() {
+                tracing::info!("{line}");
+            } else {
+                self.bar.println(line);
+            }
+        }
+        let record = json!({"step": step, "early_stop": {"metric": count.metric, "best": count.best,
+            "best_step": count.best_step, "evaluations_without_improvement": count.since,
+            "patience": eval.patience, "min_delta": eval.min_delta}, "time": unix_time()});
         self.append(&record)
     }
 

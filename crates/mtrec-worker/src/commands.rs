@@ -130,6 +130,9 @@ pub fn train(job: &Job, args: &ConfigArgs, resume: Option<&str>, reschedule: boo
         }
         return Ok(mtrec_train::EXIT_INTERRUPTED);
     }
+    if let (Some((step, count)), true) = (&summary.early_stop, collective.placement().is_main()) {
+        println!("{}", count.describe(*step, &config.eval));
+    }
     if collective.placement().is_main() {
         println!(
             "trained {} steps in {:.1} s ({:.2} samples/s) on {} rank(s); run dir {}",
