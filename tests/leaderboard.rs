@@ -44,7 +44,8 @@ json.dump(edits, open(edits_path, "w"))
 print(len(lines), "impressions,", len(edits), "edited")
 "#;
 
-/// The official scorer on `prediction.zip` (argv[1]) against `behaviors.tsv` (argv[2]), as MIND's
+/// The official scorer on `prediction.zip` (argv[1]) against `behaviors.tsv` (argv[2]) (and, by
+/// user group, train's `behaviors.tsv`, argv[4]), as MIND's
 /// `evaluate.py` computes it: score `1 / r` from each rank `r`, then per impression
 /// `roc_auc_score`, `mrr_score`, `ndcg_score@5/10`, averaged. Impressions with one class only
 /// (where `roc_auc_score` raises) are counted apart. Also checks, with `edits.json` (argv[3]),
@@ -79,6 +80,14 @@ assert len(sub) == len(truth), (len(sub), len(truth))
 aucs, mrrs, n5s, n10s, half = [], [], [], [], []
 one_class = 0
 checked = {"blank": 0, "dup": 0}
+# By user group, as eval reports them: the history the shards keep (the last 50 clicks) by
+# length, and the users absent from train's behaviors (argv[4]).
+train_users = {l.split("\t")[1] for l in open(sys.argv[4]).read().splitlines()}
+def groups_of(history, user):
+    n = min(len(history.split()), 50)
+    bucket = "history 0" if n == 0 else "history 1-5" if n <= 5 else "history 6-20" if n <= 20 else "history 21-50"
+    return [bucket] + (["not in train"] if user not in train_users else [])
+groups = {}
 for lp, lt in zip(sub, truth):
     imp, ranks = lp.split(" ", 1)
     assert imp == lt[0], (imp, lt[0])
@@ -107,14 +116,21 @@ for lp, lt in zip(sub, truth):
     if y_true.min() == y_true.max():
         one_class += 1
         continue
-    aucs.append(roc_auc_score(y_true, y_score))
-    mrrs.append(mrr_score(y_true, y_score))
-    n5s.append(ndcg_score(y_true, y_score, 5))
-    n10s.append(ndcg_score(y_true, y_score, 10))
+    one = [roc_auc_score(y_true, y_score), mrr_score(y_true, y_score), ndcg_score(y_true, y_score, 5),
+        ndcg_score(y_true, y_score, 10)]
+    aucs.append(one[0])
+    mrrs.append(one[1])
+    n5s.append(one[2])
+    n10s.append(one[3])
     half.append(roc_auc_score(y_true, tied))
+    for g in groups_of(lt[3], lt[1]):
+        groups.setdefault(g, []).append(one)
+by_group = {g: dict(zip(["auc", "mrr", "ndcg5", "ndcg10"], map(float, np.mean(v, axis=0))), impressions=len(v))
+    for g, v in groups.items()}
 print(json.dumps({"auc": float(np.mean(aucs)), "mrr": float(np.mean(mrrs)),
     "ndcg5": float(np.mean(n5s)), "ndcg10": float(np.mean(n10s)), "impressions": len(aucs),
-    "one_class": one_class, "auc_ties_half": float(np.mean(half)), "checked": checked}))
+    "one_class": one_class, "auc_ties_half": float(np.mean(half)), "checked": checked,
+    "groups": by_group}))
 "#;
 
 fn json(path: &Path) -> serde_json::Value {
@@ -156,7 +172,10 @@ fn eval_equals_the_official_scorer_on_predicts_ranks_with_ties() {
             .arg(&zip),
         true,
     );
-    let out = run(Command::new(python()).arg("-c").arg(SCORER).arg(&zip).arg(&behaviors).arg(&edits), true);
+    let train_behaviors = mind.join("train/behaviors.tsv");
+    let mut scorer = Command::new(python());
+    scorer.arg("-c").arg(SCORER).arg(&zip).arg(&behaviors).arg(&edits).arg(&train_behaviors);
+    let out = run(&mut scorer, true);
     let scorer: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     // The evaluation at the end of training (the same model, before it was saved).
     let trained = std::fs::read_to_string(run_dir.join("metrics.jsonl"))
@@ -186,6 +205,32 @@ fn eval_equals_the_official_scorer_on_predicts_ranks_with_ties() {
             assert!((ours - official).abs() < 1e-4, "{key}: {what} {ours}, official scorer {official}");
         }
     }
+    // The same metrics by user group (history length, users absent from train), in eval's
+    // metrics.json and the evaluation at the end of training.
+    let groups = scorer["groups"].as_object().unwrap();
+    assert!(groups.len() >= 4 && groups.contains_key("not in train"), "{scorer}");
+    for (name, official) in groups {
+        for (what, m) in [("eval", &eval), ("train", &trained)] {
+            let ours = &m["groups"][name];
+            assert_eq!(
+                ours["impressions"].as_f64(),
+                official["impressions"].as_f64(),
+                "{what} {name}: {ours}"
+            );
+            for key in ["auc", "mrr", "ndcg5", "ndcg10"] {
+                let (a, b) = (ours[key].as_f64().unwrap(), official[key].as_f64().unwrap());
+                assert!((a - b).abs() < 1e-4, "{what} {name} {key}: {a}, official scorer {b}");
+            }
+        }
+        println!(
+            "{name}: {} impressions, AUC {:.4} (scorer {:.4})",
+            official["impressions"], eval["groups"][name]["auc"], official["auc"]
+        );
+    }
+    let report = std::fs::read_to_string(run_dir.join("report/report.md")).unwrap();
+    let cold = &groups["not in train"];
+    let row = format!("| not in train | {:.4} |", eval["groups"]["not in train"]["auc"].as_f64().unwrap());
+    assert!(report.contains(&row), "report.md has no {row:?} ({cold}):\n{report}");
     // Raw scores with ties counted half (the old `eval`) would be off by far more than 1e-4 here,
     // so the comparison above can tell the two apart.
     let half = scorer["auc_ties_half"].as_f64().unwrap();

@@ -374,6 +374,33 @@ fn report_markdown(
             "| {:.4} | {:.4} | {:.4} | {:.4} | {impressions} |",
             r.auc, r.mrr, r.ndcg5, r.ndcg10
         );
+        if let Some(groups) = r.groups.as_ref().filter(|g| !g.is_empty()) {
+            let _ = writeln!(
+                out,
+                "\nBy user group (history: the clicks the shards keep; not in train: cold users):\n"
+            );
+            let _ = writeln!(
+                out,
+                "| group | AUC | MRR | nDCG@5 | nDCG@10 | impressions |\n|---|---:|---:|---:|---:|---:|"
+            );
+            // The trainer's order (a JSON object read back is sorted by name), then any other.
+            const ORDER: [&str; 6] = [
+                "history 0",
+                "history 1-5",
+                "history 6-20",
+                "history 21-50",
+                "history over 50",
+                "not in train",
+            ];
+            let mut names: Vec<&String> = groups.keys().collect();
+            names.sort_by_key(|n| ORDER.iter().position(|o| o == n).unwrap_or(ORDER.len()));
+            for (name, g) in names.into_iter().map(|n| (n, &groups[n])) {
+                let value = |key: &str| g[key].as_f64().map_or("-".into(), |v| format!("{v:.4}"));
+                let n = g["impressions"].as_f64().map_or("-".into(), |v| format!("{v}"));
+                let (auc, mrr, n5, n10) = (value("auc"), value("mrr"), value("ndcg5"), value("ndcg10"));
+                let _ = writeln!(out, "| {name} | {auc} | {mrr} | {n5} | {n10} | {n} |");
+            }
+        }
     }
 
     let diffs = config_diff(&run.config, defaults);

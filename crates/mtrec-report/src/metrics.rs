@@ -64,6 +64,10 @@ pub struct EvalRecord {
     pub impressions: Option<f64>,
     /// Unix time (seconds) the record was written; absent in older files.
     pub time: Option<f64>,
+    /// The same metrics by user group (`history 0`, `history 1-5`, ..., `not in train`), in the
+    /// trainer's order; absent in older files.
+    #[serde(default)]
+    pub groups: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// The record of an early stop (`eval.patience`): the step the run stopped at and why.

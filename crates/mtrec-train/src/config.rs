@@ -108,15 +108,16 @@ pub struct DataConfig {
     /// Which news a rank encodes when the world is larger than one (a world of one encodes
     /// its batch's unique news either way).
     pub dedup: Dedup,
-    /// SpeedyFeed's news-vector cache (`crate::vector_cache`): approximate, off by default.
+    /// A news-vector cache after SpeedyFeed's (`crate::vector_cache`): approximate, off by default.
     pub vector_cache: bool,
     /// The cache's `p_max`: each step reads the cache with probability
     /// `p_max (1 - exp(-cache_beta step))`.
     pub cache_p_max: f64,
-    /// The cache's `beta` (SpeedyFeed's MIND setting, `--beta_for_cache 0.002`).
+    /// The cache's `beta` (SpeedyRec's default, `--beta_for_cache 0.002`).
     pub cache_beta: f64,
     /// The cache's `gamma`: a vector computed at step `s` may be read at steps `s + 1 ..= s +
-    /// gamma` (20; SpeedyRec's MIND command uses 2: `crate::vector_cache` says why 20).
+    /// gamma` (20, SpeedyRec's code default; its README's MIND command uses 2:
+    /// `crate::vector_cache`).
     pub cache_gamma: u64,
 }
 

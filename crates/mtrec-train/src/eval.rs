@@ -6,7 +6,7 @@
 use crate::TrainError;
 use crate::device_batch::news_inputs;
 use crate::layer_cache::LayerCache;
-use crate::metrics::RankingMetrics;
+use crate::metrics::{RankingMetrics, UserGroups};
 use crate::progress::{Tick, progress};
 use mtrec_data::manifest::{Manifest, Split};
 use mtrec_data::read::{EvalImpression, NewsTable};
@@ -280,7 +280,7 @@ pub fn rank_range(len: usize, rank: usize, world: usize) -> std::ops::Range<usiz
 /// order, `-0.0 == +0.0`) and the metrics are computed on those ranks (score `1 / rank`), so they
 /// equal MIND's scorer on `predict`'s `prediction.zip` for the same checkpoint and split. A NaN
 /// score is an error naming the impression; impressions without both a click and a non-click are
-/// skipped (see [`crate::metrics`]).
+/// skipped (see [`crate::metrics`]). Also the same metrics by user group ([`UserGroups`]).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     model: &NewsRecModel,
@@ -291,7 +291,7 @@ pub fn evaluate(
     collective: &dyn Collective,
     tick: Tick,
     cache: Option<&LayerCache>,
-) -> Result<RankingMetrics, TrainError> {
+) -> Result<(RankingMetrics, UserGroups), TrainError> {
     let placement = collective.placement();
     let show = placement.is_main();
     let news_vectors =
@@ -300,7 +300,7 @@ pub fn evaluate(
     let (history, batch) = (config.data.history, config.eval.user_batch);
     let rounds = rounds_for(impressions.len(), placement.world_size, batch);
     let scores = score_impressions(model, &news_vectors, mine, history, batch, rounds, show, tick)?;
-    let mut sums = RankingMetrics::default();
+    let (mut sums, mut groups) = (RankingMetrics::default(), UserGroups::default());
     for (imp, s) in mine.iter().zip(&scores) {
         let labels = imp.labels.as_ref().ok_or_else(|| {
             TrainError::Config(format!(
@@ -308,11 +308,18 @@ pub fn evaluate(
                 imp.impression_id
             ))
         })?;
-        sums.add(imp.impression_id, labels, s).map_err(|e| TrainError::Config(format!("scores: {e}")))?;
+        let mut one = RankingMetrics::default();
+        one.add(imp.impression_id, labels, s).map_err(|e| TrainError::Config(format!("scores: {e}")))?;
+        sums = sums.plus(&one);
+        for g in UserGroups::of(imp.history.len(), imp.user) {
+            groups.0[g] = groups.0[g].plus(&one);
+        }
     }
-    let mut array = sums.as_array();
+    let mut array = sums.as_array().to_vec();
+    array.extend(groups.as_array());
     collective.all_reduce_sum_f64(&mut array)?;
-    Ok(RankingMetrics::from_array(array).mean())
+    let overall = RankingMetrics::from_array(array[..5].try_into().expect("5 sums"));
+    Ok((overall.mean(), UserGroups::from_array(&array[5..]).mean()))
 }
 
 #[cfg(test)]

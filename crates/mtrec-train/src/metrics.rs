@@ -78,6 +78,12 @@ impl RankingMetrics {
         self.impressions += 1.0;
     }
 
+    /// The sums of both.
+    pub fn plus(&self, other: &RankingMetrics) -> RankingMetrics {
+        let (a, b) = (self.as_array(), other.as_array());
+        RankingMetrics::from_array(std::array::from_fn(|i| a[i] + b[i]))
+    }
+
     pub fn as_array(&self) -> [f64; 5] {
         [self.auc, self.mrr, self.ndcg5, self.ndcg10, self.impressions]
     }
@@ -96,6 +102,70 @@ impl RankingMetrics {
             ndcg10: self.ndcg10 / n,
             impressions: self.impressions,
         }
+    }
+}
+
+/// The user groups every evaluation also reports: by the clicks an impression's history holds
+/// (as the shards keep it: at most prep's `--max-history`, 50 by default, so "over 50" needs a
+/// larger one), and the users absent from training (user id 0: cold users).
+pub const USER_GROUPS: [&str; 6] =
+    ["history 0", "history 1-5", "history 6-20", "history 21-50", "history over 50", "not in train"];
+
+/// Summed metrics of each of [`USER_GROUPS`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct UserGroups(pub [RankingMetrics; 6]);
+
+impl UserGroups {
+    /// The groups of an impression with `history` clicks of user `user`: its history bucket, and
+    /// "not in train" when `user` is 0.
+    pub fn of(history: usize, user: i32) -> impl Iterator<Item = usize> {
+        let bucket = match history {
+            0 => 0,
+            1..=5 => 1,
+            6..=20 => 2,
+            21..=50 => 3,
+            _ => 4,
+        };
+        std::iter::once(bucket).chain((user == 0).then_some(5))
+    }
+
+    /// Each group's sums, then the next group's: `6 x 5` values (for one all-reduce).
+    pub fn as_array(&self) -> Vec<f64> {
+        self.0.iter().flat_map(|m| m.as_array()).collect()
+    }
+
+    pub fn from_array(values: &[f64]) -> Self {
+        let mut groups = UserGroups::default();
+        for (group, chunk) in groups.0.iter_mut().zip(values.chunks(5)) {
+            *group = RankingMetrics::from_array(chunk.try_into().expect("5 values per group"));
+        }
+        groups
+    }
+
+    /// Each group averaged over its impressions.
+    pub fn mean(&self) -> UserGroups {
+        UserGroups(self.0.map(|m| m.mean()))
+    }
+
+    /// `{"history 0": {"auc": ..., "mrr": ..., "ndcg5": ..., "ndcg10": ..., "impressions": n}, ...}`;
+    /// a group without impressions is left out.
+    pub fn to_json(&self) -> serde_json::Value {
+        let groups = USER_GROUPS.iter().zip(&self.0).filter(|(_, m)| m.impressions > 0.0).map(|(name, m)| {
+            let values = serde_json::json!({"auc": m.auc, "mrr": m.mrr, "ndcg5": m.ndcg5, "ndcg10": m.ndcg10,
+                "impressions": m.impressions});
+            (name.to_string(), values)
+        });
+        serde_json::Value::Object(groups.collect())
+    }
+}
+
+impl std::fmt::Display for UserGroups {
+    /// One line per group with impressions: `  history 1-5: AUC ... (n impressions)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (name, m) in USER_GROUPS.iter().zip(&self.0).filter(|(_, m)| m.impressions > 0.0) {
+            writeln!(f, "  {name:>15}: {m}")?;
+        }
+        Ok(())
     }
 }
 
@@ -190,6 +260,31 @@ pub fn ndcg(labels: &[i8], ranks: &[usize], k: usize) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    /// An impression belongs to its history bucket, and to "not in train" when its user is 0;
+    /// each group's means are those of its impressions alone.
+    #[test]
+    fn user_groups_bucket_by_history_and_cold_users() {
+        let groups_of = |h, u| UserGroups::of(h, u).map(|g| USER_GROUPS[g]).collect::<Vec<_>>();
+        assert_eq!(groups_of(0, 3), ["history 0"]);
+        assert_eq!(groups_of(5, 0), ["history 1-5", "not in train"]);
+        assert_eq!(groups_of(6, 1), ["history 6-20"]);
+        assert_eq!(groups_of(50, 1), ["history 21-50"]);
+        assert_eq!(groups_of(51, 0), ["history over 50", "not in train"]);
+        let (a, b) = (
+            RankingMetrics::from_array([1.0, 1.0, 1.0, 1.0, 1.0]),
+            RankingMetrics::from_array([0.5, 0.25, 0.5, 0.5, 1.0]),
+        );
+        let mut groups = UserGroups::default();
+        groups.0[1] = a.plus(&b);
+        groups.0[5] = b;
+        let round = UserGroups::from_array(&groups.as_array()).mean();
+        assert_eq!(round.0[1].as_array(), [0.75, 0.625, 0.75, 0.75, 2.0]);
+        assert_eq!(round.0[5].as_array(), [0.5, 0.25, 0.5, 0.5, 1.0]);
+        let json = round.to_json();
+        assert_eq!(json.as_object().unwrap().len(), 2, "groups without impressions are left out: {json}");
+        assert_eq!(json["not in train"]["mrr"], 0.25);
+    }
+
     use super::*;
 
     fn close(a: f64, b: f64) {

@@ -16,7 +16,7 @@ use crate::early_stop::EarlyStopping;
 use crate::eval::{eval_impressions, evaluate};
 use crate::flat::FlatParams;
 use crate::layer_cache::LayerCache;
-use crate::metrics::RankingMetrics;
+use crate::metrics::{RankingMetrics, UserGroups};
 use crate::optim::{AdamW, schedule};
 use crate::progress::progress;
 use crate::setup::{self, Loaded};
@@ -629,8 +629,13 @@ impl<'a> Trainer<'a> {
                         &tick,
                         cache,
                     ) {
-                        Ok(metrics) => {
-                            self.metrics.write_eval(step_number, &metrics, eval_started.elapsed())?;
+                        Ok((metrics, groups)) => {
+                            self.metrics.write_eval(
+                                step_number,
+                                &metrics,
+                                &groups,
+                                eval_started.elapsed(),
+                            )?;
                             let value = config.eval.metric.of(&metrics);
                             if EarlyStopping::observe(&mut self.early, &config.eval, step_number, value) {
                                 early_stop = self.early.clone().map(|count| (step_number, count));
@@ -1008,10 +1013,16 @@ impl MetricsLogger {
         &mut self,
         step: u64,
         metrics: &RankingMetrics,
+        groups: &UserGroups,
         took: std::time::Duration,
     ) -> Result<(), TrainError> {
         if self.main_rank {
-            let line = format!("step {step}: {}: {metrics} ({:.1} s)", self.split, took.as_secs_f64());
+            let line = format!(
+                "step {step}: {}: {metrics} ({:.1} s); by user group:\n{groups}",
+                self.split,
+                took.as_secs_f64()
+            );
+            let line = line.trim_end();
             if self.bar.is_hidden() {
                 tracing::info!("{line}");
             } else {
@@ -1021,6 +1032,7 @@ impl MetricsLogger {
         let mut record = eval_record(step, &self.split, metrics);
         record["time"] = json!(unix_time());
         record["seconds"] = json!(took.as_secs_f64());
+        record["groups"] = groups.to_json();
         self.append(&record)
     }
 

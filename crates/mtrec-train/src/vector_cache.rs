@@ -1,20 +1,27 @@
-//! SpeedyFeed's news-vector cache (Xiao et al. 2021, "Training Large-Scale News Recommenders with
-//! Pretrained Language Models in the Loop"; `speedy_mind` in microsoft/SpeedyRec): approximate,
-//! opt-in (`data.vector_cache`).
+//! A news-vector cache after SpeedyFeed's (Xiao et al. 2021, "Training Large-Scale News
+//! Recommenders with Pretrained Language Models in the Loop"; `speedy_mind` in
+//! microsoft/SpeedyRec): approximate, opt-in (`data.vector_cache`).
 //!
 //! Each step reads the cache with probability `p(step) = p_max (1 - exp(-beta step))` (one draw
 //! per step, seeded by the run seed and the step, so a resumed run draws alike). A step that reads
 //! it takes a history news item from the cache, without gradient, when that item's vector was
 //! computed within the last `gamma` steps; every other news item of the global batch is encoded
-//! fresh, and the fresh vectors are written to the cache after the optimizer step. Candidates are
-//! always fresh. `beta = 0.002` and `p_max = 1` are SpeedyFeed's MIND setting
-//! (`speedy_mind/README.md`: `--beta_for_cache 0.002`); `gamma` defaults to 20, not the README's
-//! `--max_step_in_cache 2`: on MIND-like data with 32-64 samples per rank, `gamma = 2` reads only
-//! 24-28% of the news from the cache (a news item must recur within two steps) for 1.3x the exact
-//! step's samples/s, `gamma = 20` 49-55% for 1.85-2.1x, and over two seeds the dev AUC after the
-//! same steps did not differ between 2, 20 and no cache beyond the seeds' spread
-//! (`docs/benchmarks.md`). SpeedyRec's batches are larger, which makes recurrence within two
-//! steps likelier there.
+//! fresh, and the fresh vectors are written to the cache after the optimizer step.
+//!
+//! Where it departs from SpeedyRec's code (`speedy_mind/data_handler/TrainDataloader.py` at
+//! 520533e): SpeedyRec may also serve candidates from the cache (its split covers the candidates
+//! and the clicks alike, `TrainDataloader.py:291-293`); here candidates are always fresh, so the
+//! main loss's candidates always pass their gradient. SpeedyRec's ramp is
+//! `max_hit_ratio - exp(-beta step)` (`:158`), which equals this one only at `p_max = 1`, the
+//! default of both. `beta = 0.002` and `p_max = 1` are SpeedyRec's defaults
+//! (`speedy_mind/parameters.py:99,105`). `gamma` (`--max_step_in_cache`) defaults to 20 in
+//! SpeedyRec's code (`parameters.py:100`) and here; its README's MIND commands pass 2. Measured here on
+//! MIND-like data with 32-64 samples per rank, `gamma = 2` reads only 24-28% of the news from the
+//! cache (a news item must recur within two steps) for 1.3x the exact step's samples/s, `gamma =
+//! 20` 49-55% for 1.85-2.1x, and over two seeds the dev AUC after the same steps did not differ
+//! between 2, 20 and no cache beyond the seeds' spread (`docs/benchmarks.md`; a random-init
+//! 2-layer model: not measured with a pretrained encoder). SpeedyRec's README runs 4 ranks of 42
+//! (a global batch of 168), which makes recurrence within two steps likelier there.
 //!
 //! This changes the training objective: a cached history vector is an older encoder's output and
 //! passes no gradient to the encoder, and the auxiliary losses see only the freshly encoded news

@@ -205,9 +205,11 @@ pub fn eval(job: &Job, args: &ConfigArgs, checkpoint: &Path) -> anyhow::Result<(
         heartbeat.beat();
         Ok(())
     };
-    let metrics = evaluate(&model, &loaded.news, &impressions, &config, device, collective, &tick, None)?;
+    let (metrics, groups) =
+        evaluate(&model, &loaded.news, &impressions, &config, device, collective, &tick, None)?;
     if placement.is_main() {
         println!("{}: {metrics}", config.eval.split);
+        print!("by user group:\n{groups}");
         heartbeat.phase("category accuracy");
         let beat = || heartbeat.beat();
         let category =
@@ -221,7 +223,8 @@ pub fn eval(job: &Job, args: &ConfigArgs, checkpoint: &Path) -> anyhow::Result<(
         let path = checkpoint.join("metrics.json");
         let json = serde_json::json!({"split": config.eval.split, "auc": metrics.auc, "mrr": metrics.mrr,
             "ndcg5": metrics.ndcg5, "ndcg10": metrics.ndcg10, "impressions": metrics.impressions,
-            "category_accuracy": category.map(|c| c.0), "category_majority": category.map(|c| c.1)});
+            "category_accuracy": category.map(|c| c.0), "category_majority": category.map(|c| c.1),
+            "groups": groups.to_json()});
         std::fs::write(&path, serde_json::to_string_pretty(&json)?)
             .with_context(|| path.display().to_string())?;
         println!("wrote {}", path.display());
