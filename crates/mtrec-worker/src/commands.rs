@@ -12,9 +12,9 @@ use mtrec_train::eval::{
     category_accuracy, encode_all_news, eval_impressions, evaluate, score_impressions, user_vectors,
 };
 use mtrec_train::metrics::ranks_in_input_order;
+use mtrec_train::resume::open_chosen_checkpoint;
 use mtrec_train::setup;
 use mtrec_train::train::config_digest;
-use mtrec_train::train::open_chosen_checkpoint;
 use mtrec_train::{Resume, Start, bench};
 use std::io::Write;
 use std::path::{Path, PathBuf};
