@@ -114,14 +114,14 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         }
         let bytes = axum::body::to_bytes(request.into_body(), limit).await.map_err(|_| too_large())?;
         let mut json = serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(&mut json).map(JsonBody).map_err(|e| {
-            let field = e.path().to_string();
-            RequestError::invalid(
-                if field == "." { String::new() } else { field },
-                e.into_inner().to_string(),
-            )
-        })
+        serde_path_to_error::deserialize(&mut json).map(JsonBody).map_err(parse_error)
     }
+}
+
+/// A body that does not parse as its type: a 400 naming the field where parsing stopped.
+fn parse_error(error: serde_path_to_error::Error<serde_json::Error>) -> RequestError {
+    let field = error.path().to_string();
+    RequestError::invalid(if field == "." { String::new() } else { field }, error.into_inner().to_string())
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,20 +230,21 @@ impl AppState {
         }
         answer.await.map_err(|_| RequestError::internal("the model failed on the batch of this request"))?
     }
+}
 
-    fn check_history(&self, history: &[String]) -> Result<(), RequestError> {
-        if history.is_empty() {
-            return Err(RequestError::invalid("history", "empty: a user vector needs at least one click"));
-        }
-        Ok(())
+/// A user vector needs at least one click.
+fn check_history(history: &[String]) -> Result<(), RequestError> {
+    if history.is_empty() {
+        return Err(RequestError::invalid("history", "empty: a user vector needs at least one click"));
     }
+    Ok(())
 }
 
 async fn rank(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<RankRequest>,
 ) -> Result<Json<RankResponse>, RequestError> {
-    state.check_history(&request.history)?;
+    check_history(&request.history)?;
     let max = state.limits.max_candidates;
     if request.candidates.is_empty() || request.candidates.len() > max {
         let n = request.candidates.len();
@@ -270,7 +271,7 @@ async fn recommend(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<RecommendRequest>,
 ) -> Result<Json<RecommendResponse>, RequestError> {
-    state.check_history(&request.history)?;
+    check_history(&request.history)?;
     let max = state.limits.max_k;
     if request.k == 0 || request.k > max {
         return Err(RequestError::invalid("k", format!("{}: between 1 and {max} (--max-k)", request.k)));
@@ -286,7 +287,7 @@ async fn user(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<UserRequest>,
 ) -> Result<Json<UserResponse>, RequestError> {
-    state.check_history(&request.history)?;
+    check_history(&request.history)?;
     let answer = state.ask(|reply| Work::User { history: request.history, reply }).await?;
     Ok(Json(UserResponse { vector: answer.vector, history: answer.history.into() }))
 }
@@ -299,10 +300,7 @@ fn news_items(body: serde_json::Value) -> Result<(Vec<NewsItem>, bool), RequestE
     } else {
         serde_path_to_error::deserialize(body).map(|item: NewsItem| vec![item])
     };
-    parsed.map(|items| (items, list)).map_err(|e| {
-        let field = e.path().to_string();
-        RequestError::invalid(if field == "." { String::new() } else { field }, e.into_inner().to_string())
-    })
+    parsed.map(|items| (items, list)).map_err(parse_error)
 }
 
 async fn add_news(

@@ -264,8 +264,12 @@ impl Engine {
             };
             // Recommendations: one product with the whole catalogue, then the top k of each row.
             let recommended = (!recommends.is_empty()).then(|| self.top_k(&answerable, &recommends, &users));
-            let user_values: Vec<f32> =
-                Vec::try_from(users.to_device(tch::Device::Cpu).view([-1])).expect("f32 user vectors");
+            // User vectors come back to the host only when a request asks for one.
+            let user_values: Vec<f32> = if answerable.iter().any(|(w, _, _)| matches!(w, Work::User { .. })) {
+                Vec::try_from(users.to_device(tch::Device::Cpu).view([-1])).expect("f32 user vectors")
+            } else {
+                Vec::new()
+            };
             let d = users.size()[1] as usize;
             let (mut rank_offset, mut recommend_index) = (0, 0);
             for (i, (query, resolved, candidates)) in answerable.into_iter().enumerate() {

@@ -20,7 +20,7 @@ use api::{AppState, Limits, Status};
 use catalogue::Catalogue;
 use engine::{BatchPolicy, Engine, Work};
 use mtrec_data::read::NewsTable;
-use mtrec_data::vectors::{VectorSource, read_news_vectors, read_vector_source};
+use mtrec_data::vectors::{read_news_vectors, read_vector_source};
 use mtrec_prep::tokenize::TitleTokenizer;
 use mtrec_train::checkpoint::Checkpoint;
 use mtrec_train::config::Config;
@@ -224,10 +224,7 @@ fn news_source(
         }
         return Ok(NewsSource::Shards(shards.news));
     }
-    let expected = VectorSource {
-        model_sha256: checkpoint.state.model_sha256.clone(),
-        config_digest: mtrec_train::train::config_digest(config),
-    };
+    let expected = setup::vector_source(config, checkpoint);
     match read_vector_source(path)? {
         Some(found) if found == expected => Ok(NewsSource::Vectors(path.to_path_buf())),
         Some(found) => bail!(

@@ -176,6 +176,14 @@ pub fn check_model_shape(config: &Config, checkpoint: &Checkpoint) -> Result<(),
     Ok(())
 }
 
+/// What a vector file written from `checkpoint` under `config` says it comes from.
+pub fn vector_source(config: &Config, checkpoint: &Checkpoint) -> mtrec_data::vectors::VectorSource {
+    mtrec_data::vectors::VectorSource {
+        model_sha256: checkpoint.state.model_sha256.clone(),
+        config_digest: crate::train::config_digest(config),
+    }
+}
+
 /// A model built per `config` with a checkpoint's weights (or, without one, as
 /// [`build_model`] makes it). A checkpoint written under another model shape
 /// ([`crate::train::config_digest`]: architecture, heads, encoders) is refused by name before any

@@ -2,7 +2,7 @@
 use crate::ConfigArgs;
 use anyhow::{Context, bail};
 use mtrec_data::manifest::Split;
-use mtrec_data::vectors::{VectorSource, write_news_vectors, write_user_vectors};
+use mtrec_data::vectors::{write_news_vectors, write_user_vectors};
 use mtrec_data::write::write_atomically;
 use mtrec_dist::{Backend, Collective, Job, Local, Watchdog};
 use mtrec_train::agree::agree_on_config;
@@ -14,7 +14,6 @@ use mtrec_train::eval::{
 use mtrec_train::metrics::ranks_in_input_order;
 use mtrec_train::resume::open_chosen_checkpoint;
 use mtrec_train::setup;
-use mtrec_train::train::config_digest;
 use mtrec_train::{Resume, Start, bench};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -308,10 +307,7 @@ pub fn embed(options: EmbedOptions) -> anyhow::Result<()> {
     let loaded = setup::load(&config, &Local)?;
     let checkpoint = options.checkpoint.as_deref().map(Checkpoint::open).transpose()?;
     let (_vs, model) = setup::trained_model(&config, &loaded, checkpoint.as_ref(), device)?;
-    let source = checkpoint.as_ref().map(|c| VectorSource {
-        model_sha256: c.state.model_sha256.clone(),
-        config_digest: config_digest(&config),
-    });
+    let source = checkpoint.as_ref().map(|c| setup::vector_source(&config, c));
     let news_vectors =
         encode_all_news(&model, &loaded.news, config.eval.news_batch, device, &Local, &|| Ok(()), None)?;
     let host = |t: &tch::Tensor| -> anyhow::Result<Vec<f32>> {
