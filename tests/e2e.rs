@@ -103,6 +103,18 @@ fn tiny_model_learns_the_planted_signal() {
         accuracy > majority + 0.2,
         "category head accuracy {accuracy} against the majority class {majority}"
     );
+    // The beyond-accuracy metrics of the default top 5 and 10 (their values are checked by hand
+    // in mtrec-train's `beyond` tests): fractions, a longer list covers at least as much.
+    let lists = metrics["beyond_accuracy"].as_array().expect("beyond_accuracy in metrics.json");
+    assert_eq!(lists.iter().map(|b| b["k"].as_u64().unwrap()).collect::<Vec<_>>(), [5, 10], "{metrics}");
+    for b in lists {
+        for key in ["ild_category", "ild_cosine", "coverage", "history_overlap"] {
+            let v = b[key].as_f64().unwrap_or(f64::NAN);
+            assert!((0.0..=1.0).contains(&v), "{key} = {v}: {b}");
+        }
+        assert!(b["novelty"].as_f64().unwrap() > 0.0, "{b}");
+    }
+    assert!(lists[1]["coverage"].as_f64() >= lists[0]["coverage"].as_f64(), "{metrics}");
 }
 
 #[test]
@@ -595,6 +607,7 @@ fn sigterm_leaves_a_loadable_checkpoint() {
         ("dev", 4, 140),
         ("learning_rate", 2, 300),
         ("throughput", 1, 300),
+        ("groups", 3, 300),
     ] {
         let (rgb, width, height) = mtrec_report::read_rgb(&report.join(format!("{figure}.png"))).unwrap();
         let colours: std::collections::HashSet<[u8; 3]> = rgb.iter().copied().collect();
@@ -612,6 +625,7 @@ fn sigterm_leaves_a_loadable_checkpoint() {
     let auc = logged(&run_dir, "auc").last().copied().expect("an evaluation at the end");
     assert!(summary.contains(&format!("{auc:.4}")), "AUC {auc:.4} not in report.md:\n{summary}");
     assert!(summary.contains(&format!("{} of {}", step + 2, step + 2)), "{summary}");
+    assert!(summary.contains("| k | ILD category |") && summary.contains("\n| 10 | "), "{summary}");
 
     // A config that changes the model, or the data order, is refused, naming the checkpoint.
     for (change, refusal) in [

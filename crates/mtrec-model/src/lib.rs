@@ -17,7 +17,7 @@ pub mod user;
 pub use bert::{BertConfig, BertModel};
 pub use buckets::{AttentionLayout, BucketPolicy};
 pub use dropout::Dropout;
-pub use model::{ModelSpec, NewsInputs, NewsOutputs, NewsRecModel, SHARED_PREFIX};
+pub use model::{Heads, ModelSpec, NewsInputs, NewsOutputs, NewsRecModel, SHARED_PREFIX};
 pub use news::TitleBatch;
 pub use precision::Precision;
 pub use user::{LsturMode, UserEncoderKind};

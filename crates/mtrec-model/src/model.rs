@@ -48,6 +48,17 @@ pub struct NewsInputs {
     pub entities: Tensor,
 }
 
+/// Which task heads [`NewsRecModel::encode_news`] runs besides the news vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heads {
+    /// The news vectors only (ranking).
+    None,
+    /// And the category logits: evaluation reads the category head's accuracy off the same pass.
+    Category,
+    /// And the NER logits of every token (training).
+    All,
+}
+
 /// News-side outputs.
 #[derive(Debug)]
 pub struct NewsOutputs {
@@ -135,26 +146,21 @@ impl NewsRecModel {
         }
     }
 
-    /// News vectors, and with `heads` the logits of the category and NER heads that exist.
-    ///
-    /// The category head's prediction (argmax) for each title, without dropout; `None` when
-    /// the model has no category head.
-    ///
-    /// # Shapes
-    /// `N` titles -> `[N]` int64.
-    pub fn predict_categories(&self, titles: &TitleBatch) -> Option<Tensor> {
-        let head = self.category_head.as_ref()?;
-        let EncodedTitles { cls, .. } = encode_titles(&self.bert, titles, false, &Dropout::Off, 0);
-        Some(head.forward(&cls).argmax(-1, false))
+    /// Whether the model has a category head (the category task is on).
+    pub fn has_category_head(&self) -> bool {
+        self.category_head.is_some()
     }
 
+    /// News vectors, and the logits of the task heads `heads` asks for that exist.
+    ///
     /// # Shapes
     /// `N` unique news -> `vectors [N, d]`, `category_logits [N, C]`, `ner_logits [T - N, tags]`.
-    pub fn encode_news(&self, inputs: &NewsInputs, heads: bool, dropout: &Dropout) -> NewsOutputs {
-        let ner_head = self.ner_head.as_ref().filter(|_| heads);
+    pub fn encode_news(&self, inputs: &NewsInputs, heads: Heads, dropout: &Dropout) -> NewsOutputs {
+        let ner_head = self.ner_head.as_ref().filter(|_| heads == Heads::All);
         let EncodedTitles { cls, tokens } =
             encode_titles(&self.bert, &inputs.titles, ner_head.is_some(), dropout, self.quiet_layers);
-        let category_logits = self.category_head.as_ref().filter(|_| heads).map(|head| head.forward(&cls));
+        let category_logits =
+            self.category_head.as_ref().filter(|_| heads != Heads::None).map(|head| head.forward(&cls));
         let ner_logits = ner_head.zip(tokens).map(|(head, tokens)| head.forward(&tokens));
         let vectors = match (&self.amf, &self.entity_table) {
             (Some(amf), Some(table)) => {

@@ -3,13 +3,14 @@
 //!
 //! [`write_report`] reads `metrics.jsonl` ([`Metrics`]: training and evaluation records, sorted
 //! by step, one per step, so a resumed run is one continuous curve), `config.toml`, `best.json`
-//! and the `step-NNNNNNNN/` checkpoint folders, and writes five PNG figures and `report.md`:
+//! and the `step-NNNNNNNN/` checkpoint folders, and writes six PNG figures and `report.md`:
 //!
 //! - `losses.png`: `loss_main`, `loss_category`, `loss_ner` over steps (nats);
 //! - `gradients.png`: `cos(g_main, g_aux)` and the running conflict rate (the paper's Appendix B);
 //! - `dev.png`: AUC, MRR, nDCG@5, nDCG@10 of the evaluation records;
 //! - `learning_rate.png`: `lr_bert` and `lr_task`;
 //! - `throughput.png`: samples/s;
+//! - `groups.png`: AUC, MRR and nDCG@10 of the last evaluation by user group (bars);
 //! - `report.md`: the config's sha256 and the fields that differ from the defaults, steps, wall
 //!   and training time, throughput, the best checkpoint and the final metrics, the figures.
 //!
@@ -25,7 +26,7 @@ mod metrics;
 mod plot;
 
 pub use config::{ConfigDiff, PaperRow, TABLE1, config_diff, sha256_hex, table1_row};
-pub use metrics::{EvalRecord, Metrics, TrainRecord};
+pub use metrics::{BeyondAccuracyRecord, EvalRecord, Metrics, TrainRecord};
 pub use plot::{PALETTE, read_rgb};
 
 use std::fmt::Write as _;
@@ -148,8 +149,8 @@ fn parse_toml(text: &str, path: &Path) -> Result<toml::Table, ReportError> {
 }
 
 /// The figure files [`write_report`] writes, in order.
-pub const FIGURES: [&str; 5] =
-    ["losses.png", "gradients.png", "dev.png", "learning_rate.png", "throughput.png"];
+pub const FIGURES: [&str; 6] =
+    ["losses.png", "gradients.png", "dev.png", "learning_rate.png", "throughput.png", "groups.png"];
 
 /// Writes the figures and `report.md` of the run in `run_dir` into `out_dir` (created).
 /// `defaults_toml` is the resolved default config as TOML; `report.md` lists the fields of the
@@ -190,7 +191,7 @@ pub fn write_report(
     })
 }
 
-/// The five figures of a run, in [`FIGURES`] order.
+/// The figures of a run, in [`FIGURES`] order.
 fn figures(run: &Run) -> Vec<plot::Figure> {
     let train = &run.metrics.train;
     let eval = &run.metrics.eval;
@@ -236,7 +237,34 @@ fn figures(run: &Run) -> Vec<plot::Figure> {
     throughput.add("samples/s", steps(|r| r.samples_per_s));
     throughput.if_empty(no_train);
 
-    vec![losses, gradients, dev, lr, throughput]
+    let last = eval.last();
+    let groups: Vec<String> = last
+        .and_then(|r| r.groups.as_ref())
+        .map(|g| ordered_groups(g).into_iter().cloned().collect())
+        .unwrap_or_default();
+    let step = last.map_or(String::new(), |r| format!(" (step {})", r.step));
+    let mut by_group =
+        plot::Figure::bars(&format!("By user group on {split}{step}"), groups.clone(), "metric (fraction)");
+    for (name, key) in [("AUC", "auc"), ("MRR", "mrr"), ("nDCG@10", "ndcg10")] {
+        let values = last.and_then(|r| r.groups.as_ref());
+        by_group.add(
+            name,
+            groups.iter().enumerate().map(|(i, g)| (i as f64, values.and_then(|v| v[g][key].as_f64()))),
+        );
+    }
+    by_group.if_empty("no evaluation by user group in metrics.jsonl");
+
+    vec![losses, gradients, dev, lr, throughput, by_group]
+}
+
+/// The user groups of an evaluation record in the trainer's order (a JSON object read back is
+/// sorted by name), then any other.
+fn ordered_groups(groups: &serde_json::Map<String, serde_json::Value>) -> Vec<&String> {
+    const ORDER: [&str; 6] =
+        ["history 0", "history 1-5", "history 6-20", "history 21-50", "history over 50", "not in train"];
+    let mut names: Vec<&String> = groups.keys().collect();
+    names.sort_by_key(|n| ORDER.iter().position(|o| o == n).unwrap_or(ORDER.len()));
+    names
 }
 
 /// `best.json`, or `None` with a note saying why it is missing or unusable.
@@ -383,22 +411,36 @@ fn report_markdown(
                 out,
                 "| group | AUC | MRR | nDCG@5 | nDCG@10 | impressions |\n|---|---:|---:|---:|---:|---:|"
             );
-            // The trainer's order (a JSON object read back is sorted by name), then any other.
-            const ORDER: [&str; 6] = [
-                "history 0",
-                "history 1-5",
-                "history 6-20",
-                "history 21-50",
-                "history over 50",
-                "not in train",
-            ];
-            let mut names: Vec<&String> = groups.keys().collect();
-            names.sort_by_key(|n| ORDER.iter().position(|o| o == n).unwrap_or(ORDER.len()));
-            for (name, g) in names.into_iter().map(|n| (n, &groups[n])) {
+            for (name, g) in ordered_groups(groups).into_iter().map(|n| (n, &groups[n])) {
                 let value = |key: &str| g[key].as_f64().map_or("-".into(), |v| format!("{v:.4}"));
                 let n = g["impressions"].as_f64().map_or("-".into(), |v| format!("{v}"));
                 let (auc, mrr, n5, n10) = (value("auc"), value("mrr"), value("ndcg5"), value("ndcg10"));
                 let _ = writeln!(out, "| {name} | {auc} | {mrr} | {n5} | {n10} | {n} |");
+            }
+        }
+        if let Some(lists) = r.beyond_accuracy.as_ref().filter(|b| !b.is_empty()) {
+            let _ = writeln!(
+                out,
+                "\nBeyond accuracy, each impression's top k (intra-list diversity by category and by \
+                 news-vector cosine distance, catalogue coverage, novelty in bits, the share of the list \
+                 in categories of the user's history):\n"
+            );
+            let _ = writeln!(
+                out,
+                "| k | ILD category | ILD cosine | coverage | novelty | history overlap |\n|---:|---:|---:|---:|---:|---:|"
+            );
+            let cell = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.4}"));
+            for b in lists {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {} | {} |",
+                    b.k,
+                    cell(b.ild_category),
+                    cell(b.ild_cosine),
+                    cell(b.coverage),
+                    cell(b.novelty),
+                    cell(b.history_overlap)
+                );
             }
         }
     }

@@ -68,6 +68,21 @@ pub struct EvalRecord {
     /// trainer's order; absent in older files.
     #[serde(default)]
     pub groups: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The beyond-accuracy metrics of each top k; absent in older files.
+    #[serde(default)]
+    pub beyond_accuracy: Option<Vec<BeyondAccuracyRecord>>,
+}
+
+/// The beyond-accuracy metrics of one list length (`mtrec_train::beyond`); a metric no
+/// impression defines is null.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct BeyondAccuracyRecord {
+    pub k: usize,
+    pub ild_category: Option<f64>,
+    pub ild_cosine: Option<f64>,
+    pub coverage: Option<f64>,
+    pub novelty: Option<f64>,
+    pub history_overlap: Option<f64>,
 }
 
 /// The record of an early stop (`eval.patience`): the step the run stopped at and why.

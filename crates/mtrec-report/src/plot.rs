@@ -1,4 +1,4 @@
-//! Line figures as PNG files: plotters on an RGB buffer, text in DejaVu Sans (bundled by the
+//! Line figures, and grouped bar figures, as PNG files: plotters on an RGB buffer, text in DejaVu Sans (bundled by the
 //! `dejavu` crate, so no system font or fontconfig is needed), encoded with `png`.
 
 use crate::ReportError;
@@ -47,6 +47,9 @@ pub(crate) struct Figure {
     pub markers: bool,
     /// Draw y = 0 (a cosine's sign matters).
     pub zero_line: bool,
+    /// A bar figure: the names of the groups along x. Each series then gives one bar per group
+    /// (its point `(group index, value)`), side by side within the group, from 0.
+    pub bars: Option<Vec<String>>,
 }
 
 impl Figure {
@@ -60,7 +63,13 @@ impl Figure {
             scientific: false,
             markers: false,
             zero_line: false,
+            bars: None,
         }
+    }
+
+    /// A grouped bar figure over `groups` (see [`Figure::bars`]).
+    pub fn bars(title: &str, groups: Vec<String>, y_label: &'static str) -> Figure {
+        Figure { bars: Some(groups), ..Figure::new(title, "", y_label) }
     }
 
     /// Adds a series unless it has no finite point (an all-null field is left out).
@@ -133,9 +142,21 @@ impl Figure {
                 _ => text,
             }
         };
-        let x_format = move |x: &f64| if empty { String::new() } else { format!("{x:.0}") };
-        // at most one tick per step: no repeated labels on a short run
-        let x_ticks = ((x_range.end - x_range.start).floor() as usize + 1).clamp(2, 12);
+        let groups = self.bars.clone();
+        let x_format = move |x: &f64| match &groups {
+            _ if empty => String::new(),
+            // a group's name under its centre, nothing between groups
+            Some(names) if (x - x.round()).abs() < 1e-6 && x.round() >= 0.0 => {
+                names.get(x.round() as usize).cloned().unwrap_or_default()
+            }
+            Some(_) => String::new(),
+            None => format!("{x:.0}"),
+        };
+        // at most one tick per step (or group): no repeated labels on a short run
+        let x_ticks = match &self.bars {
+            Some(names) => names.len().max(1),
+            None => ((x_range.end - x_range.start).floor() as usize + 1).clamp(2, 12),
+        };
         chart
             .configure_mesh()
             .x_desc(self.x_label)
@@ -164,9 +185,20 @@ impl Figure {
             let zero = vec![(x_range.start, 0.0), (x_range.end, 0.0)];
             chart.draw_series(LineSeries::new(zero, RGBColor(90, 90, 90).stroke_width(1)))?;
         }
-        for series in &self.series {
+        let width = 0.8 / self.series.len().max(1) as f64;
+        for (i, series) in self.series.iter().enumerate() {
             let (r, g, b) = series.color;
             let color = RGBColor(r, g, b);
+            if self.bars.is_some() {
+                let left = |x: f64| x - 0.4 + i as f64 * width;
+                chart
+                    .draw_series(series.points.iter().map(|&(x, y)| {
+                        Rectangle::new([(left(x), 0.0), (left(x) + width * 0.9, y)], color.filled())
+                    }))?
+                    .label(series.name.as_str())
+                    .legend(move |(x, y)| Rectangle::new([(x, y - 8), (x + 30, y + 8)], color.filled()));
+                continue;
+            }
             chart
                 .draw_series(LineSeries::new(series.points.iter().copied(), color.stroke_width(3)))?
                 .label(series.name.as_str())
@@ -211,6 +243,12 @@ impl Figure {
     /// points of the lines (sampled along each segment); where every corner covers some, the
     /// y range grows upwards to leave the legend a free band above the data.
     fn layout(&self) -> (Range<f64>, Range<f64>, SeriesLabelPosition) {
+        if let Some(groups) = &self.bars {
+            // bars from 0; the legend in a free band above the highest
+            let top = self.series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).fold(0.0, f64::max);
+            let top = if top > 0.0 { top * 1.4 } else { 1.0 };
+            return (-0.5..groups.len() as f64 - 0.5, 0.0..top, SeriesLabelPosition::UpperRight);
+        }
         let (x, y) = self.ranges();
         // the legend box as a fraction of the plot area (20 px labels, about 11 px a character)
         let chars = self.series.iter().map(|s| s.name.chars().count()).max().unwrap_or(0) as f64;

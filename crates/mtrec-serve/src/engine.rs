@@ -12,7 +12,7 @@
 use crate::catalogue::Catalogue;
 use crate::error::RequestError;
 use mtrec_data::read::{EvalImpression, NewsTable};
-use mtrec_model::{Dropout, NewsRecModel};
+use mtrec_model::{Dropout, Heads, NewsRecModel};
 use mtrec_train::device_batch::news_inputs;
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -177,7 +177,7 @@ impl Engine {
                 .chunks(self.news_batch.max(1))
                 .map(|chunk| {
                     let inputs = news_inputs(&table, chunk, device, None);
-                    self.model.encode_news(&inputs, false, &Dropout::Off).vectors
+                    self.model.encode_news(&inputs, Heads::None, &Dropout::Off).vectors
                 })
                 .collect();
             Tensor::cat(&parts, 0)

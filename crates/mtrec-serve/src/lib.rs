@@ -21,6 +21,7 @@ use catalogue::Catalogue;
 use engine::{BatchPolicy, Engine, Work};
 use mtrec_data::read::NewsTable;
 use mtrec_data::vectors::{read_news_vectors, read_vector_source};
+use mtrec_model::Heads;
 use mtrec_prep::tokenize::TitleTokenizer;
 use mtrec_train::checkpoint::Checkpoint;
 use mtrec_train::config::Config;
@@ -260,8 +261,17 @@ fn build_engine(
     let encode = |news: &NewsTable| -> anyhow::Result<Catalogue> {
         let tick = || Ok(());
         let batch = config.eval.news_batch;
-        let table =
-            mtrec_train::eval::encode_all_news(&model, news, batch, device, &mtrec_dist::Local, &tick, None)?;
+        let table = mtrec_train::eval::encode_all_news(
+            &model,
+            news,
+            batch,
+            Heads::None,
+            device,
+            &mtrec_dist::Local,
+            &tick,
+            None,
+        )?
+        .vectors;
         Ok(Catalogue::new(table, news.news_id[1..].to_vec()))
     };
     let catalogue = match source {

@@ -260,6 +260,9 @@ pub struct EvalConfig {
     pub user_batch: usize,
     /// Evaluate on at most this many impressions (0 = all).
     pub max_impressions: usize,
+    /// The list lengths the beyond-accuracy metrics judge: each impression's top k
+    /// ([`crate::beyond`]; empty = none).
+    pub top_k: Vec<usize>,
     /// Early stopping: stop after this many evaluations in a row without an improvement of
     /// `metric` by more than `min_delta` (0 = off; needs `every`). [`crate::early_stop`].
     pub patience: u64,
@@ -306,6 +309,7 @@ impl Default for EvalConfig {
             news_batch: 256,
             user_batch: 256,
             max_impressions: 0,
+            top_k: vec![5, 10],
             patience: 0,
             min_delta: 0.0,
             metric: EvalMetric::Auc,
@@ -520,6 +524,9 @@ impl Config {
         }
         if !matches!(self.eval.split.as_str(), "dev" | "test") {
             return fail(format!("eval.split = {:?}: expected \"dev\" or \"test\"", self.eval.split));
+        }
+        if self.eval.top_k.contains(&0) {
+            return fail(format!("eval.top_k = {:?}: every k must be at least 1", self.eval.top_k));
         }
         if self.eval.patience > 0 && self.eval.every == 0 {
             return fail(format!(

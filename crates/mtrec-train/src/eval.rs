@@ -1,9 +1,11 @@
-//! Evaluation: encode every news item once, then users, then dot products; MIND metrics per
-//! impression (on the leaderboard's ranks, [`crate::metrics`]), summed per rank and reduced.
-//! Impressions are split across ranks by position.
+//! Evaluation: encode every news item once (the same pass gives the category head's
+//! predictions), then users, then dot products; MIND metrics per impression (on the leaderboard's
+//! ranks, [`crate::metrics`]) and the beyond-accuracy metrics of the top k ([`crate::beyond`]),
+//! summed per rank and reduced. Impressions are split across ranks by position.
 //! The loops call a [`Tick`] once per round, the same number of times on every rank (a rank with
 //! less work runs empty rounds).
 use crate::TrainError;
+use crate::beyond::{BeyondAccuracy, TrainingClicks, beyond_accuracy};
 use crate::device_batch::news_inputs;
 use crate::layer_cache::LayerCache;
 use crate::metrics::{RankingMetrics, UserGroups};
@@ -11,24 +13,34 @@ use crate::progress::{Tick, progress};
 use mtrec_data::manifest::{Manifest, Split};
 use mtrec_data::read::{EvalImpression, NewsTable};
 use mtrec_dist::Collective;
-use mtrec_model::{Dropout, NewsRecModel, upload, upload_i64};
+use mtrec_model::{Dropout, Heads, NewsRecModel, upload, upload_i64};
 use tch::{Device, Kind, Tensor};
 
-/// News vectors of every news item: `[num_news + 1, d]` f32, row `nid`,
-/// row 0 zeros. Titles are sorted by length and dealt round-robin to the ranks (equal work); each
-/// rank encodes its share `batch` titles at a time (almost no padding), and the shares are
-/// gathered so every rank ends with the whole table. With a frozen-layer `cache` (during
-/// training), only the layers above it run.
+/// Every news item's vector and, when asked for and the model has a category head, the head's
+/// prediction, from one encoder pass.
+pub struct EncodedNews {
+    /// `[num_news + 1, d]` f32, row `nid`, row 0 zeros.
+    pub vectors: Tensor,
+    /// Per row, the category head's argmax (row 0: 0), on the host.
+    pub categories: Option<Vec<i64>>,
+}
+
+/// News vectors of every news item (and with `heads = Heads::Category` the category head's
+/// predictions: [`EncodedNews`]). Titles are sorted by length and dealt round-robin to the ranks
+/// (equal work); each rank encodes its share `batch` titles at a time (almost no padding), and
+/// the shares are gathered so every rank ends with the whole table. With a frozen-layer `cache`
+/// (during training), only the layers above it run.
 #[allow(clippy::too_many_arguments)]
 pub fn encode_all_news(
     model: &NewsRecModel,
     table: &NewsTable,
     batch: usize,
+    heads: Heads,
     device: Device,
     collective: &dyn Collective,
     tick: Tick,
     cache: Option<&LayerCache>,
-) -> Result<Tensor, TrainError> {
+) -> Result<EncodedNews, TrainError> {
     let placement = collective.placement();
     let (rank, world) = (placement.rank, placement.world_size);
     let mut sorted: Vec<i32> = (1..table.input_ids.len() as i32).collect();
@@ -37,16 +49,23 @@ pub fn encode_all_news(
     let mine = share(rank);
     let rows_per_rank = sorted.len().div_ceil(world);
     let d = model.bert.config.hidden_size;
+    // The predicted category travels as one more f32 column (exact: ids are far below 2^24).
+    let with_categories = heads == Heads::Category && model.has_category_head();
+    let width = d + i64::from(with_categories);
     let kind = Kind::Float;
-    let local = Tensor::zeros([rows_per_rank as i64, d], (kind, device));
+    let local = Tensor::zeros([rows_per_rank as i64, width], (kind, device));
     let bar = progress(mine.len() as u64, "news", placement.is_main());
     let batch = batch.max(1);
     tch::no_grad(|| -> Result<(), TrainError> {
         for round in 0..rows_per_rank.div_ceil(batch) {
             let chunk = &mine[(round * batch).min(mine.len())..((round + 1) * batch).min(mine.len())];
             if !chunk.is_empty() {
-                let out = model.encode_news(&news_inputs(table, chunk, device, cache), false, &Dropout::Off);
-                local.narrow(0, (round * batch) as i64, chunk.len() as i64).copy_(&out.vectors);
+                let out = model.encode_news(&news_inputs(table, chunk, device, cache), heads, &Dropout::Off);
+                let rows = local.narrow(0, (round * batch) as i64, chunk.len() as i64);
+                rows.narrow(1, 0, d).copy_(&out.vectors);
+                if let Some(logits) = out.category_logits.filter(|_| with_categories) {
+                    rows.narrow(1, d, 1).copy_(&logits.argmax(-1, true));
+                }
                 bar.inc(chunk.len() as u64);
             }
             tick()?;
@@ -54,7 +73,7 @@ pub fn encode_all_news(
         Ok(())
     })?;
     bar.finish_and_clear();
-    let gathered = collective.all_gather(&local)?.view([-1, d]);
+    let gathered = collective.all_gather(&local)?.view([-1, width]);
     // Row q * rows_per_rank + j of `gathered` is the j-th news of rank q's share (0 = padding).
     let mut rows = vec![0i64; world * rows_per_rank];
     for q in 0..world {
@@ -62,12 +81,19 @@ pub fn encode_all_news(
             rows[q * rows_per_rank + j] = nid as i64;
         }
     }
-    let mut vectors = Tensor::zeros([table.input_ids.len() as i64, d], (kind, device));
+    let mut table_rows = Tensor::zeros([table.input_ids.len() as i64, width], (kind, device));
     tch::no_grad(|| {
-        let _ = vectors.index_copy_(0, &upload(Tensor::from_slice(&rows), device), &gathered);
-        let _ = vectors.get(0).zero_();
+        let _ = table_rows.index_copy_(0, &upload(Tensor::from_slice(&rows), device), &gathered);
+        let _ = table_rows.get(0).zero_();
     });
-    Ok(vectors)
+    let categories = if with_categories {
+        let column = table_rows.narrow(1, d, 1).view([-1]).to_kind(Kind::Int64).to_device(Device::Cpu);
+        Some(Vec::try_from(column)?)
+    } else {
+        None
+    };
+    let vectors = if with_categories { table_rows.narrow(1, 0, d).contiguous() } else { table_rows };
+    Ok(EncodedNews { vectors, categories })
 }
 
 /// One round's impressions on the device, from one upload.
@@ -228,44 +254,37 @@ pub fn eval_impressions(
     Ok(impressions)
 }
 
-/// How well the auxiliary category task learned: the category head's accuracy on the news of
-/// `impressions` (history and candidates, each news item once), and the share of their most
-/// common category (the majority-class baseline). `None` without a category head.
-pub fn category_accuracy(
-    model: &NewsRecModel,
-    table: &NewsTable,
-    impressions: &[EvalImpression],
-    batch: usize,
-    device: Device,
-    beat: &dyn Fn(),
-) -> Option<(f64, f64)> {
-    let mut nids: Vec<i32> =
-        impressions.iter().flat_map(|i| i.history.iter().chain(&i.candidates)).copied().collect();
-    nids.sort_unstable();
-    nids.dedup();
-    if nids.is_empty() {
-        return None;
+/// How well the auxiliary category task learned, on the news of the evaluated impressions
+/// (history and candidates, each news item once).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CategoryAccuracy {
+    /// The category head's accuracy.
+    pub accuracy: f64,
+    /// The share of their most common category (the majority-class baseline).
+    pub majority: f64,
+}
+
+impl CategoryAccuracy {
+    /// From the head's prediction per news row; `None` when the impressions name no news.
+    pub fn of(predicted: &[i64], table: &NewsTable, impressions: &[EvalImpression]) -> Option<Self> {
+        let mut nids: Vec<i32> =
+            impressions.iter().flat_map(|i| i.history.iter().chain(&i.candidates)).copied().collect();
+        nids.sort_unstable();
+        nids.dedup();
+        if nids.is_empty() {
+            return None;
+        }
+        let mut correct = 0usize;
+        let mut counts = std::collections::HashMap::new();
+        for &nid in &nids {
+            let truth = table.category[nid as usize];
+            correct += usize::from(predicted[nid as usize] == truth);
+            *counts.entry(truth).or_insert(0usize) += 1;
+        }
+        let majority = counts.values().copied().max().unwrap_or(0);
+        let n = nids.len() as f64;
+        Some(CategoryAccuracy { accuracy: correct as f64 / n, majority: majority as f64 / n })
     }
-    let predicted: Vec<Tensor> = nids
-        .chunks(batch.max(1))
-        .map(|chunk| {
-            let titles = news_inputs(table, chunk, device, None).titles;
-            let predicted = tch::no_grad(|| model.predict_categories(&titles));
-            beat();
-            predicted
-        })
-        .collect::<Option<_>>()?;
-    // One copy back for every chunk's predictions.
-    let predicted: Vec<i64> = Vec::try_from(Tensor::cat(&predicted, 0).to_device(Device::Cpu)).ok()?;
-    let mut correct = 0usize;
-    let mut counts = std::collections::HashMap::new();
-    for (&nid, &p) in nids.iter().zip(&predicted) {
-        let truth = table.category[nid as usize];
-        correct += usize::from(p == truth);
-        *counts.entry(truth).or_insert(0usize) += 1;
-    }
-    let majority = counts.values().copied().max().unwrap_or(0);
-    Some((correct as f64 / nids.len() as f64, majority as f64 / nids.len() as f64))
 }
 
 /// This rank's share of `len` items: a contiguous range.
@@ -274,32 +293,82 @@ pub fn rank_range(len: usize, rank: usize, world: usize) -> std::ops::Range<usiz
     (rank * per).min(len)..((rank + 1) * per).min(len)
 }
 
+/// What one evaluation measured.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// MIND's metrics over every impression.
+    pub metrics: RankingMetrics,
+    /// The same by user group.
+    pub groups: UserGroups,
+    /// The beyond-accuracy metrics of each `eval.top_k`.
+    pub beyond: Vec<BeyondAccuracy>,
+    /// Without a category head: `None`.
+    pub category: Option<CategoryAccuracy>,
+}
+
+impl Evaluation {
+    /// The fields `metrics.json` and the evaluation records of `metrics.jsonl` share.
+    pub fn to_json(&self) -> serde_json::Value {
+        let m = &self.metrics;
+        serde_json::json!({"auc": m.auc, "mrr": m.mrr, "ndcg5": m.ndcg5, "ndcg10": m.ndcg10,
+            "impressions": m.impressions, "groups": self.groups.to_json(), "beyond_accuracy": self.beyond,
+            "category_accuracy": self.category.map(|c| c.accuracy),
+            "category_majority": self.category.map(|c| c.majority)})
+    }
+}
+
+impl std::fmt::Display for Evaluation {
+    /// The summary a log shows: the metrics, then each group, top k and the category head.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{}", self.metrics)?;
+        write!(f, "by user group:\n{}", self.groups)?;
+        for b in &self.beyond {
+            writeln!(f, "  {b}")?;
+        }
+        if let Some(c) = self.category {
+            writeln!(f, "  category head accuracy {:.4} (majority class {:.4})", c.accuracy, c.majority)?;
+        }
+        Ok(())
+    }
+}
+
 /// MIND metrics of `impressions` (which must have labels), averaged over impressions of all ranks.
 /// Each impression is scored as the leaderboard scores the ranks `predict` writes for it: its
 /// scores are ranked by [`crate::metrics::ranks_in_input_order`] (descending score, ties in listed
 /// order, `-0.0 == +0.0`) and the metrics are computed on those ranks (score `1 / rank`), so they
 /// equal MIND's scorer on `predict`'s `prediction.zip` for the same checkpoint and split. A NaN
 /// score is an error naming the impression; impressions without both a click and a non-click are
-/// skipped (see [`crate::metrics`]). Also the same metrics by user group ([`UserGroups`]).
+/// skipped (see [`crate::metrics`]). Also the same metrics by user group ([`UserGroups`]), the
+/// beyond-accuracy metrics of `eval.top_k` ([`crate::beyond`], novelty from `clicks`) and the
+/// category head's accuracy, from the encoder pass that gives the news vectors.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     model: &NewsRecModel,
     table: &NewsTable,
     impressions: &[EvalImpression],
+    clicks: &TrainingClicks,
     config: &crate::config::Config,
     device: Device,
     collective: &dyn Collective,
     tick: Tick,
     cache: Option<&LayerCache>,
-) -> Result<(RankingMetrics, UserGroups), TrainError> {
+) -> Result<Evaluation, TrainError> {
     let placement = collective.placement();
     let show = placement.is_main();
-    let news_vectors =
-        encode_all_news(model, table, config.eval.news_batch, device, collective, tick, cache)?;
+    let news = encode_all_news(
+        model,
+        table,
+        config.eval.news_batch,
+        Heads::Category,
+        device,
+        collective,
+        tick,
+        cache,
+    )?;
     let mine = &impressions[rank_range(impressions.len(), placement.rank, placement.world_size)];
     let (history, batch) = (config.data.history, config.eval.user_batch);
     let rounds = rounds_for(impressions.len(), placement.world_size, batch);
-    let scores = score_impressions(model, &news_vectors, mine, history, batch, rounds, show, tick)?;
+    let scores = score_impressions(model, &news.vectors, mine, history, batch, rounds, show, tick)?;
     let (mut sums, mut groups) = (RankingMetrics::default(), UserGroups::default());
     for (imp, s) in mine.iter().zip(&scores) {
         let labels = imp.labels.as_ref().ok_or_else(|| {
@@ -319,7 +388,14 @@ pub fn evaluate(
     array.extend(groups.as_array());
     collective.all_reduce_sum_f64(&mut array)?;
     let overall = RankingMetrics::from_array(array[..5].try_into().expect("5 sums"));
-    Ok((overall.mean(), UserGroups::from_array(&array[5..]).mean()))
+    let beyond =
+        beyond_accuracy(&config.eval.top_k, mine, &scores, table, &news.vectors, clicks, collective)?;
+    Ok(Evaluation {
+        metrics: overall.mean(),
+        groups: UserGroups::from_array(&array[5..]).mean(),
+        beyond,
+        category: news.categories.and_then(|predicted| CategoryAccuracy::of(&predicted, table, impressions)),
+    })
 }
 
 #[cfg(test)]

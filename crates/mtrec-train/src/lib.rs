@@ -8,6 +8,7 @@
 
 pub mod agree;
 pub mod bench;
+pub mod beyond;
 pub mod checkpoint;
 pub mod config;
 pub mod device_batch;

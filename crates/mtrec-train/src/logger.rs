@@ -6,7 +6,8 @@ use crate::TrainError;
 use crate::checkpoint;
 use crate::config::{Config, EvalConfig};
 use crate::early_stop::EarlyStopping;
-use crate::metrics::{RankingMetrics, UserGroups};
+use crate::eval::Evaluation;
+use crate::metrics::RankingMetrics;
 use crate::progress::progress;
 use crate::step::StepStats;
 use mtrec_dist::Collective;
@@ -205,27 +206,23 @@ impl MetricsLogger {
     pub(crate) fn write_eval(
         &mut self,
         step: u64,
-        metrics: &RankingMetrics,
-        groups: &UserGroups,
+        evaluation: &Evaluation,
         took: std::time::Duration,
     ) -> Result<(), TrainError> {
         if self.main_rank {
-            let line = format!(
-                "step {step}: {}: {metrics} ({:.1} s); by user group:\n{groups}",
-                self.split,
-                took.as_secs_f64()
-            );
-            let line = line.trim_end();
+            let line = format!("step {step}: {}: {evaluation}({:.1} s)", self.split, took.as_secs_f64());
             if self.bar.is_hidden() {
                 tracing::info!("{line}");
             } else {
                 self.bar.println(line);
             }
         }
-        let mut record = eval_record(step, &self.split, metrics);
+        let mut record = eval_record(step, &self.split, &evaluation.metrics);
         record["time"] = json!(unix_time());
         record["seconds"] = json!(took.as_secs_f64());
-        record["groups"] = groups.to_json();
+        for (key, value) in evaluation.to_json().as_object().expect("an object") {
+            record.as_object_mut().expect("an object").entry(key.clone()).or_insert_with(|| value.clone());
+        }
         self.append(&record)
     }
 

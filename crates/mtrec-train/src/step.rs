@@ -14,7 +14,7 @@ use mtrec_data::batch::Shares;
 use mtrec_dist::Collective;
 use mtrec_model::loss::{category_loss, click_scores, main_loss};
 use mtrec_model::news::token_cross_entropy;
-use mtrec_model::{Dropout, NewsRecModel};
+use mtrec_model::{Dropout, Heads, NewsRecModel};
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 
@@ -234,7 +234,7 @@ pub fn forward(
             collective.placement().rank
         )));
     }
-    let news = model.encode_news(&batch.news, true, dropout);
+    let news = model.encode_news(&batch.news, Heads::All, dropout);
     let d = news.vectors.size()[1];
     let (table, exchange) = match &batch.shares {
         None => {

@@ -9,6 +9,7 @@
 //! optimizer state) is proven with [`crate::agree`]; rank 0 alone touches the run directory.
 use crate::TrainError;
 use crate::agree::{agree_on_config, same_on_every_rank};
+use crate::beyond::TrainingClicks;
 use crate::checkpoint::{self, Best, Checkpoint, CheckpointWriter, TrainerState};
 use crate::config::Config;
 use crate::device_batch::{Batches, DeviceBatch};
@@ -210,6 +211,8 @@ struct TrainData<'a> {
     batches: Batches<'a>,
     steps_per_epoch: u64,
     eval: Option<Vec<EvalImpression>>,
+    /// The training clicks evaluation's novelty weighs news by.
+    clicks: TrainingClicks,
 }
 
 /// The components of a run, built in order by [`Trainer::build`].
@@ -298,7 +301,8 @@ impl<'a> Trainer<'a> {
         }
         let steps_per_epoch = setup::steps_per_epoch(config, &sampler)?;
         let batches = Batches::new(sampler, &loaded.news, &config.data, config.train.batch_size, collective);
-        let data = TrainData { loaded, batches, steps_per_epoch, eval };
+        let clicks = TrainingClicks::count(impressions, loaded.news.len());
+        let data = TrainData { loaded, batches, steps_per_epoch, eval, clicks };
 
         // model: a resumed run loads its weights before they move into the flat buffer
         heartbeat.phase("building the model");
@@ -453,19 +457,16 @@ impl<'a> Trainer<'a> {
                         &self.model,
                         news,
                         impressions,
+                        &data.clicks,
                         config,
                         self.device,
                         collective,
                         &tick,
                         cache,
                     ) {
-                        Ok((metrics, groups)) => {
-                            self.metrics.write_eval(
-                                step_number,
-                                &metrics,
-                                &groups,
-                                eval_started.elapsed(),
-                            )?;
+                        Ok(measured) => {
+                            self.metrics.write_eval(step_number, &measured, eval_started.elapsed())?;
+                            let metrics = measured.metrics;
                             let value = config.eval.metric.of(&metrics);
                             if EarlyStopping::observe(&mut self.early, &config.eval, step_number, value) {
                                 early_stop = self.early.clone().map(|count| (step_number, count));

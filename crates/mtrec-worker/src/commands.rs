@@ -5,12 +5,12 @@ use mtrec_data::manifest::Split;
 use mtrec_data::vectors::{write_news_vectors, write_user_vectors};
 use mtrec_data::write::write_atomically;
 use mtrec_dist::{Backend, Collective, Job, Local, Watchdog};
+use mtrec_model::Heads;
 use mtrec_train::agree::agree_on_config;
+use mtrec_train::beyond::TrainingClicks;
 use mtrec_train::checkpoint::Checkpoint;
 use mtrec_train::config::{Config, Dedup, DistBackend};
-use mtrec_train::eval::{
-    category_accuracy, encode_all_news, eval_impressions, evaluate, score_impressions, user_vectors,
-};
+use mtrec_train::eval::{encode_all_news, eval_impressions, evaluate, score_impressions, user_vectors};
 use mtrec_train::metrics::ranks_in_input_order;
 use mtrec_train::resume::open_chosen_checkpoint;
 use mtrec_train::setup;
@@ -199,31 +199,22 @@ pub fn eval(job: &Job, args: &ConfigArgs, checkpoint: &Path) -> anyhow::Result<(
     let (_vs, model) = setup::trained_model(&config, &loaded, Some(&checkpoint), device)?;
     let checkpoint = checkpoint.dir.as_path();
     let impressions = eval_impressions(&config, &loaded.manifest)?;
-    heartbeat.phase("evaluation");
     let tick = || {
         heartbeat.beat();
         Ok(())
     };
-    let (metrics, groups) =
-        evaluate(&model, &loaded.news, &impressions, &config, device, collective, &tick, None)?;
+    heartbeat.phase("counting the training clicks");
+    let train = mtrec_data::read::read_train(&config.data.shards, &loaded.manifest)?;
+    let clicks = TrainingClicks::count(&train, loaded.news.len());
+    drop(train);
+    heartbeat.phase("evaluation");
+    let evaluation =
+        evaluate(&model, &loaded.news, &impressions, &clicks, &config, device, collective, &tick, None)?;
     if placement.is_main() {
-        println!("{}: {metrics}", config.eval.split);
-        print!("by user group:\n{groups}");
-        heartbeat.phase("category accuracy");
-        let beat = || heartbeat.beat();
-        let category =
-            category_accuracy(&model, &loaded.news, &impressions, config.eval.news_batch, device, &beat);
-        if let Some((accuracy, majority)) = category {
-            println!(
-                "{}: category head accuracy {accuracy:.4} (majority class {majority:.4})",
-                config.eval.split
-            );
-        }
+        print!("{}: {evaluation}", config.eval.split);
         let path = checkpoint.join("metrics.json");
-        let json = serde_json::json!({"split": config.eval.split, "auc": metrics.auc, "mrr": metrics.mrr,
-            "ndcg5": metrics.ndcg5, "ndcg10": metrics.ndcg10, "impressions": metrics.impressions,
-            "category_accuracy": category.map(|c| c.0), "category_majority": category.map(|c| c.1),
-            "groups": groups.to_json()});
+        let mut json = evaluation.to_json();
+        json["split"] = serde_json::json!(config.eval.split);
         std::fs::write(&path, serde_json::to_string_pretty(&json)?)
             .with_context(|| path.display().to_string())?;
         println!("wrote {}", path.display());
@@ -245,8 +236,17 @@ pub fn predict(args: &ConfigArgs, checkpoint: &Path, split: Split, out: &Path) -
     let (_vs, model) = setup::trained_model(&config, &loaded, Some(&Checkpoint::open(checkpoint)?), device)?;
     let impressions = mtrec_data::read::read_eval(&config.data.shards, &loaded.manifest, split)?;
     heartbeat.phase("prediction");
-    let news_vectors =
-        encode_all_news(&model, &loaded.news, config.eval.news_batch, device, &Local, &tick, None)?;
+    let news_vectors = encode_all_news(
+        &model,
+        &loaded.news,
+        config.eval.news_batch,
+        Heads::None,
+        device,
+        &Local,
+        &tick,
+        None,
+    )?
+    .vectors;
     let (history, batch) = (config.data.history, config.eval.user_batch);
     let rounds = impressions.len().div_ceil(batch.max(1));
     let scores = score_impressions(&model, &news_vectors, &impressions, history, batch, rounds, true, &tick)?;
@@ -308,8 +308,17 @@ pub fn embed(options: EmbedOptions) -> anyhow::Result<()> {
     let checkpoint = options.checkpoint.as_deref().map(Checkpoint::open).transpose()?;
     let (_vs, model) = setup::trained_model(&config, &loaded, checkpoint.as_ref(), device)?;
     let source = checkpoint.as_ref().map(|c| setup::vector_source(&config, c));
-    let news_vectors =
-        encode_all_news(&model, &loaded.news, config.eval.news_batch, device, &Local, &|| Ok(()), None)?;
+    let news_vectors = encode_all_news(
+        &model,
+        &loaded.news,
+        config.eval.news_batch,
+        Heads::None,
+        device,
+        &Local,
+        &|| Ok(()),
+        None,
+    )?
+    .vectors;
     let host = |t: &tch::Tensor| -> anyhow::Result<Vec<f32>> {
         Ok(Vec::try_from(t.to_device(Device::Cpu).to_kind(tch::Kind::Float).view([-1]))?)
     };
