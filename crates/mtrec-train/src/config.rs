@@ -337,11 +337,14 @@ impl Default for CheckpointConfig {
 pub struct LogConfig {
     /// Write metrics.jsonl (and read losses on the host) every N steps.
     pub every: u64,
+    /// Also write every record as TensorBoard scalars under `run_dir/tensorboard/`
+    /// ([`crate::tensorboard`]).
+    pub tensorboard: bool,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { every: 10 }
+        LogConfig { every: 10, tensorboard: false }
     }
 }
 

@@ -25,6 +25,7 @@ pub mod setup;
 pub mod step;
 pub mod stop;
 pub mod surgery;
+mod tensorboard;
 pub mod train;
 pub mod vector_cache;
 

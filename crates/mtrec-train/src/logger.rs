@@ -2,6 +2,8 @@
 //! (losses, gradient statistics, learning rates, throughput, reduced over the ranks), one per
 //! evaluation, one for an early stop; the progress bar or, without a terminal, one line per log
 //! step. A resumed run keeps the records up to its checkpoint, so the file holds each step once.
+//! With `log.tensorboard`, every record also goes to TensorBoard's event files
+//! ([`crate::tensorboard`]).
 use crate::TrainError;
 use crate::checkpoint;
 use crate::config::{Config, EvalConfig};
@@ -10,6 +12,7 @@ use crate::eval::Evaluation;
 use crate::metrics::RankingMetrics;
 use crate::progress::progress;
 use crate::step::StepStats;
+use crate::tensorboard::EventWriter;
 use mtrec_dist::Collective;
 use serde_json::json;
 use std::io::Write;
@@ -24,6 +27,7 @@ pub(crate) fn eval_record(step: u64, split: &str, m: &RankingMetrics) -> serde_j
 /// `metrics.jsonl` (rank 0), the progress bar, and the running totals between log steps.
 pub(crate) struct MetricsLogger {
     file: Option<std::fs::File>,
+    tensorboard: Option<EventWriter>,
     every: u64,
     lr: (f64, f64),
     pub(crate) bar: indicatif::ProgressBar,
@@ -112,11 +116,20 @@ impl MetricsLogger {
         } else {
             None
         };
+        let tensorboard = match main_rank && config.log.tensorboard {
+            true => Some(EventWriter::create(
+                &config.train.run_dir.join("tensorboard"),
+                start_step + 1,
+                &config.to_toml(),
+            )?),
+            false => None,
+        };
         let bar = progress(config.train.max_steps, "train", main_rank);
         bar.set_position(start_step);
         bar.reset_eta(); // the steps before a resume took no time in this process
         Ok(MetricsLogger {
             file,
+            tensorboard,
             every: config.log.every.max(1),
             lr: (config.optim.lr_bert, config.optim.lr_task),
             bar,
@@ -147,6 +160,9 @@ impl MetricsLogger {
     pub(crate) fn append(&mut self, record: &serde_json::Value) -> Result<(), TrainError> {
         if let Some(file) = &mut self.file {
             writeln!(file, "{record}").map_err(|e| TrainError::Checkpoint(format!("metrics.jsonl: {e}")))?;
+        }
+        if let Some(events) = &mut self.tensorboard {
+            events.record(record)?;
         }
         Ok(())
     }
