@@ -149,6 +149,21 @@ fn eval_and_predict_write_the_mind_files() {
         let (a, b) = (metrics[key].as_f64().unwrap(), two[key].as_f64().unwrap());
         assert!((a - b).abs() < 1e-3, "{key}: 1 rank {a}, 2 ranks {b}");
     }
+    // The beyond-accuracy metrics and the category head's accuracy too (sums and the coverage
+    // sets reduced over the ranks; the same near-ties may swap a list's last item).
+    for (one, other) in
+        metrics["beyond_accuracy"].as_array().unwrap().iter().zip(two["beyond_accuracy"].as_array().unwrap())
+    {
+        for key in ["ild_category", "ild_cosine", "coverage", "novelty", "history_overlap"] {
+            let (a, b) = (one[key].as_f64().unwrap(), other[key].as_f64().unwrap());
+            assert!(
+                (a - b).abs() < 1e-2 * a.abs().max(1.0),
+                "top {}: {key}: 1 rank {a}, 2 ranks {b}",
+                one["k"]
+            );
+        }
+    }
+    assert_eq!(metrics["category_accuracy"], two["category_accuracy"], "category accuracy on 1 and 2 ranks");
 
     // `predict --split <split>`, then `script` on its zip and the split's behaviors.tsv.
     let predict_and_check = |split: &str, script: &str| -> String {
