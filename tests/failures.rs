@@ -318,3 +318,32 @@ fn nccl_asked_for_on_the_cpu_is_refused_by_name() {
     let (output, _) = fails_with(job, message);
     assert!(output.contains(&format!("error: rank 0 on {}: {message}", hostname())), "{output}");
 }
+
+/// A missing input of `mtrec-prep` is named with its OS error said once (it was said twice: the
+/// error's text and its chained source), and nothing is written.
+#[test]
+fn prep_names_a_missing_input_once() {
+    let root = fixture().root.join("prep-missing");
+    let model = mtrec_e2e::model_dir();
+    let empty = root.join("empty-model");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = root.join("shards");
+    for (model, says) in [
+        (&model, "nonexistent/train/news.tsv: No such file or directory (os error 2)"),
+        (&empty, "empty-model: neither tokenizer.json nor vocab.txt found"),
+    ] {
+        let output = run(
+            Command::new(binary("mtrec-prep"))
+                .args(["mind", "--train", "/nonexistent/train", "--dev", "/nonexistent/dev", "--model"])
+                .arg(model)
+                .arg("--out")
+                .arg(&out),
+            false,
+        );
+        let said = text(&output);
+        assert!(!output.status.success() && said.contains(says), "{said}");
+        let cause = says.rsplit(": ").next().unwrap();
+        assert_eq!(said.matches(cause).count(), 1, "said once:\n{said}");
+        assert!(!out.exists(), "{} written by a failed prep", out.display());
+    }
+}

@@ -7,12 +7,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// Reading or writing a file failed.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file or folder.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (in the message once: not also chained as a `source`).
+        error: std::io::Error,
     },
     /// A line of a MIND text file (`news.tsv`, `behaviors.tsv`, `*.vec`) is malformed.
     #[error("{}:{line}: {field}: {reason}", path.display())]
@@ -27,20 +27,20 @@ pub enum DataError {
         reason: String,
     },
     /// A Parquet file could not be read or written.
-    #[error("{}: parquet: {source}", path.display())]
+    #[error("{}: parquet: {error}", path.display())]
     Parquet {
         /// The Parquet file.
         path: PathBuf,
         /// The underlying error.
-        source: parquet::errors::ParquetError,
+        error: parquet::errors::ParquetError,
     },
     /// An Arrow array could not be built or converted.
-    #[error("{}: arrow: {source}", path.display())]
+    #[error("{}: arrow: {error}", path.display())]
     Arrow {
         /// The Parquet file the batch belongs to.
         path: PathBuf,
         /// The underlying error.
-        source: arrow::error::ArrowError,
+        error: arrow::error::ArrowError,
     },
     /// A Parquet file lacks a column, or a column has the wrong type.
     #[error("{}: column `{field}`: {reason}", path.display())]
@@ -88,8 +88,8 @@ pub enum DataError {
 
 impl DataError {
     /// Shorthand for [`DataError::Io`].
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        DataError::Io { path: path.into(), source }
+    pub fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+        DataError::Io { path: path.into(), error }
     }
 
     /// Shorthand for [`DataError::Parse`].

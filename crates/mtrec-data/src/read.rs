@@ -62,7 +62,7 @@ pub(crate) fn batches(
 ) -> Result<impl Iterator<Item = Result<RecordBatch, DataError>> + use<>, DataError> {
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|source| DataError::Parquet { path: path.to_path_buf(), source })?;
+        .map_err(|error| DataError::Parquet { path: path.to_path_buf(), error })?;
     let found = builder.schema().clone();
     for field in expected.fields() {
         let Ok(actual) = found.field_with_name(field.name()) else {
@@ -83,9 +83,9 @@ pub(crate) fn batches(
     let reader = builder
         .with_batch_size(8192)
         .build()
-        .map_err(|source| DataError::Parquet { path: path.to_path_buf(), source })?;
+        .map_err(|error| DataError::Parquet { path: path.to_path_buf(), error })?;
     let path = path.to_path_buf();
-    Ok(reader.map(move |b| b.map_err(|source| DataError::Arrow { path: path.clone(), source })))
+    Ok(reader.map(move |b| b.map_err(|error| DataError::Arrow { path: path.clone(), error })))
 }
 
 /// One column of a batch whose types [`batches`] checked.

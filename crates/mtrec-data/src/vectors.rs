@@ -159,7 +159,7 @@ pub struct Vectors<K> {
 pub fn read_vector_source(path: &Path) -> Result<Option<VectorSource>, DataError> {
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|source| DataError::Parquet { path: path.to_path_buf(), source })?;
+        .map_err(|error| DataError::Parquet { path: path.to_path_buf(), error })?;
     Ok(VectorSource::from_metadata(builder.schema().metadata()))
 }
 

@@ -43,23 +43,23 @@ impl Sink {
             .set_max_row_group_size(ROW_GROUP_ROWS)
             .build();
         let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
-            .map_err(|source| DataError::Parquet { path: path.to_path_buf(), source })?;
+            .map_err(|error| DataError::Parquet { path: path.to_path_buf(), error })?;
         Ok(Sink { path: path.to_path_buf(), schema, writer, rows: 0 })
     }
 
     pub(crate) fn write(&mut self, columns: Vec<ArrayRef>) -> Result<(), DataError> {
         let batch = RecordBatch::try_new(self.schema.clone(), columns)
-            .map_err(|source| DataError::Arrow { path: self.path.clone(), source })?;
+            .map_err(|error| DataError::Arrow { path: self.path.clone(), error })?;
         if batch.num_rows() == 0 {
             return Ok(());
         }
         self.rows += batch.num_rows() as u64;
-        self.writer.write(&batch).map_err(|source| DataError::Parquet { path: self.path.clone(), source })
+        self.writer.write(&batch).map_err(|error| DataError::Parquet { path: self.path.clone(), error })
     }
 
     pub(crate) fn close(self) -> Result<u64, DataError> {
         let meta =
-            self.writer.close().map_err(|source| DataError::Parquet { path: self.path.clone(), source })?;
+            self.writer.close().map_err(|error| DataError::Parquet { path: self.path.clone(), error })?;
         let written = meta.file_metadata().num_rows() as u64;
         if written != self.rows {
             return Err(DataError::Invalid {

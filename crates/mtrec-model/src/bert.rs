@@ -54,7 +54,7 @@ impl BertConfig {
     pub fn from_model_dir(dir: &Path) -> Result<Self, ModelError> {
         let path = dir.join("config.json");
         let text =
-            std::fs::read_to_string(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
+            std::fs::read_to_string(&path).map_err(|error| ModelError::Io { path: path.clone(), error })?;
         let config: BertConfig = serde_json::from_str(&text)
             .map_err(|e| ModelError::Config { path: path.clone(), reason: e.to_string() })?;
         if config.hidden_size % config.num_attention_heads != 0 {

@@ -59,8 +59,9 @@ pub fn upload_i64(parts: &[&[i64]], device: tch::Device) -> Vec<tch::Tensor> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// The OS error is in the message once (not also chained as a `source`).
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: bad model config: {reason}")]
     Config { path: PathBuf, reason: String },
     #[error(

@@ -40,8 +40,9 @@ pub enum TrainError {
     Config(String),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
-    #[error("{path}: {source}")]
-    Io { path: std::path::PathBuf, source: std::io::Error },
+    /// The OS error is in the message once (not also chained as a `source`).
+    #[error("{}: {error}", path.display())]
+    Io { path: std::path::PathBuf, error: std::io::Error },
     #[error(transparent)]
     Data(#[from] mtrec_data::DataError),
     #[error(transparent)]
@@ -69,6 +70,6 @@ pub use mtrec_dist::EXIT_STALLED;
 
 impl TrainError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        TrainError::Io { path: path.to_path_buf(), source }
+        TrainError::Io { path: path.to_path_buf(), error: source }
     }
 }
