@@ -918,3 +918,98 @@ print(json.dumps({"scalars": scalars, "config": config}))
     let config = read["config"].as_str().unwrap();
     assert!(config.contains("tensorboard = true") && config.contains("max_steps = 10"), "{config}");
 }
+
+/// xMIND: `mtrec-prep mind --titles FILE` replaces each title by its translation (here each
+/// title's words reversed, in xMIND's `news_id<TAB>title<TAB>abstract` lines). Its shards hold
+/// exactly what prep makes of MIND files whose news.tsv carry those titles (read back with
+/// pyarrow), with no NER labels; training the NER task on them is refused by name, training
+/// without it runs; a news item without a translation is an error naming it.
+#[test]
+fn translated_titles_replace_mind_titles_without_ner_labels() {
+    let root = fixture().root.join("xmind");
+    std::fs::create_dir_all(&root).unwrap();
+    let mind = fixture().root.join("mind");
+    const TRANSLATE: &str = r#"
+import os, shutil, sys
+mind, root = sys.argv[1], sys.argv[2]
+seen, lines = set(), []
+for split in ["train", "dev", "test"]:
+    out = os.path.join(root, "mind-translated", split)
+    os.makedirs(out, exist_ok=True)
+    for name in os.listdir(os.path.join(mind, split)):
+        if name != "news.tsv":
+            shutil.copy(os.path.join(mind, split, name), out)
+    with open(os.path.join(mind, split, "news.tsv"), encoding="utf-8") as f, \
+         open(os.path.join(out, "news.tsv"), "w", encoding="utf-8") as g:
+        for line in f:
+            c = line.rstrip("\n").split("\t")
+            c[3] = " ".join(reversed(c[3].split()))
+            g.write("\t".join(c) + "\n")
+            if c[0] not in seen:
+                seen.add(c[0])
+                lines.append(f"{c[0]}\t{c[3]}\t{c[4]}\n")
+with open(os.path.join(root, "xmind-news.tsv"), "w", encoding="utf-8") as f:
+    f.writelines(lines)
+with open(os.path.join(root, "xmind-missing.tsv"), "w", encoding="utf-8") as f:
+    f.writelines(lines[:7] + lines[8:])
+print(lines[7].split("\t")[0])
+"#;
+    let out = run(Command::new(python()).arg("-c").arg(TRANSLATE).arg(&mind).arg(&root), true);
+    let missing_id = stdout(&out).trim().to_string();
+    let prep = |mind: &Path, titles: Option<&Path>, out: &Path| {
+        let mut prep = Command::new(binary("mtrec-prep"));
+        prep.arg("mind");
+        for split in ["train", "dev", "test"] {
+            prep.arg(format!("--{split}")).arg(mind.join(split));
+        }
+        prep.arg("--model").arg(mtrec_e2e::model_dir()).arg("--out").arg(out);
+        if let Some(titles) = titles {
+            prep.arg("--titles").arg(titles);
+        }
+        prep
+    };
+    let translated = root.join("shards-xmind");
+    run(&mut prep(&mind, Some(&root.join("xmind-news.tsv")), &translated), true);
+    let reference = root.join("shards-reference");
+    run(&mut prep(&root.join("mind-translated"), None, &reference), true);
+
+    const COMPARE: &str = r#"
+import json, sys
+import pyarrow.parquet as pq
+x = pq.read_table(sys.argv[1] + "/news.parquet").to_pydict()
+r = pq.read_table(sys.argv[2] + "/news.parquet").to_pydict()
+for key in ["news_id", "title", "input_ids", "category", "entities"]:
+    assert x[key] == r[key], key
+assert all(t == -1 for tags in x["ner_tags"] for t in tags), "a NER label in the translated shards"
+labelled = sum(t > 0 for tags in r["ner_tags"] for t in tags)
+manifest = json.load(open(sys.argv[1] + "/manifest.json"))
+print(json.dumps({"news": len(x["news_id"]), "reference_entity_tokens": labelled,
+    "ner_scheme": manifest["ner_scheme"], "ner_tags": manifest["ner_tags"]}))
+"#;
+    let out = run(Command::new(python()).arg("-c").arg(COMPARE).arg(&translated).arg(&reference), true);
+    let compared: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(compared["ner_scheme"], "none", "{compared}");
+    assert_eq!(compared["ner_tags"], serde_json::json!(["O"]), "{compared}");
+    assert!(compared["news"].as_u64().unwrap() > 1000, "{compared}");
+    println!("xMIND titles: {compared}");
+
+    // Training the NER task on them is refused; without it, training runs.
+    let run_dir = root.join("run");
+    let refused = run(&mut tiny_worker("train", &translated, &run_dir, &["train.max_steps=2"]), false);
+    let said = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(!refused.status.success() && said.contains("has no NER labels"), "{said}");
+    let sets = ["train.max_steps=2", "mtl.ner=false", "eval.max_impressions=20"];
+    run(&mut tiny_worker("train", &translated, &run_dir, &sets), true);
+
+    // A news item without a translation is named, and nothing is written.
+    let out_dir = root.join("shards-missing");
+    let failed = run(&mut prep(&mind, Some(&root.join("xmind-missing.tsv")), &out_dir), false);
+    let said = String::from_utf8_lossy(&failed.stderr).to_string();
+    assert!(!failed.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("no translated title for news {missing_id}"))
+            && said.contains("xmind-missing.tsv"),
+        "{said}"
+    );
+    assert!(!out_dir.exists());
+}

@@ -76,6 +76,11 @@ struct MindArgs {
     /// NER tag scheme.
     #[arg(long, value_enum, default_value_t = SchemeArg::Bio)]
     ner_scheme: SchemeArg,
+    /// Translated titles (xMIND's news.tsv of one language: `news_id<TAB>title<TAB>abstract`)
+    /// that replace every title by news id; a news item without one is an error. The shards
+    /// then have no NER labels (MIND's entity offsets index the English titles).
+    #[arg(long, value_name = "XMIND_NEWS_TSV", conflicts_with = "ner_scheme")]
+    titles: Option<PathBuf>,
     /// Replace a non-empty --out.
     #[arg(long)]
     force: bool,
@@ -177,6 +182,7 @@ fn main() -> ExitCode {
                     SchemeArg::Bio => NerScheme::Bio,
                     SchemeArg::Typed => NerScheme::Typed,
                 },
+                titles: a.titles,
                 force: a.force,
             };
             prep::run(&opts).map(|m| summary(&m, &opts.out))

@@ -53,8 +53,11 @@ pub struct MindOptions {
     pub max_history: usize,
     /// Drop (and count) news ids no news.tsv defines instead of failing.
     pub drop_unknown_news: bool,
-    /// NER tag scheme.
+    /// NER tag scheme (`NerScheme::None` with `titles`).
     pub ner_scheme: NerScheme,
+    /// A news.tsv-like file of translated titles (xMIND: `news_id \t title \t abstract`) that
+    /// replace every news item's title, by news id.
+    pub titles: Option<PathBuf>,
     /// Replace a non-empty `--out`.
     pub force: bool,
 }
@@ -138,6 +141,13 @@ fn prep_into(opts: &MindOptions, dir: &Path) -> Result<Manifest> {
     }
 
     tracing::info!(news = news.len(), elapsed_s = started.elapsed().as_secs_f64(), "news read");
+    let ner_scheme = match &opts.titles {
+        Some(path) => {
+            replace_titles(&mut news, path)?;
+            NerScheme::None
+        }
+        None => opts.ner_scheme,
+    };
 
     // 2. Vocabularies.
     let vocab = |f: fn(&News) -> &str| -> Vec<String> {
@@ -152,7 +162,8 @@ fn prep_into(opts: &MindOptions, dir: &Path) -> Result<Manifest> {
         v.iter().enumerate().map(|(i, s)| (s.clone(), i as i32)).collect()
     };
     let (cat_id, sub_id) = (index(&categories), index(&subcategories));
-    let ner_tag_names: Vec<String> = match opts.ner_scheme {
+    let ner_tag_names: Vec<String> = match ner_scheme {
+        NerScheme::None => vec!["O".into()],
         NerScheme::Bio => vec!["O".into(), "B".into(), "I".into()],
         NerScheme::Typed => {
             let mut kinds: Vec<&str> = news
@@ -173,8 +184,8 @@ fn prep_into(opts: &MindOptions, dir: &Path) -> Result<Manifest> {
             ner_tag_names.len()
         );
     }
-    let tag_index: HashMap<&str, (i8, i8)> = match opts.ner_scheme {
-        NerScheme::Bio => HashMap::new(),
+    let tag_index: HashMap<&str, (i8, i8)> = match ner_scheme {
+        NerScheme::Bio | NerScheme::None => HashMap::new(),
         NerScheme::Typed => ner_tag_names
             .iter()
             .enumerate()
@@ -202,7 +213,10 @@ fn prep_into(opts: &MindOptions, dir: &Path) -> Result<Manifest> {
                 .map(|n| {
                     let tokens = tokenizer.encode(&n.title).with_context(|| format!("news {}", n.news_id))?;
                     let mut stats = NerStats::default();
-                    let tags = ner_tags(&n.title, &tokens, &n.entities, tag_ids, &mut stats);
+                    let tags = match ner_scheme {
+                        NerScheme::None => vec![-1; tokens.ids.len()],
+                        _ => ner_tags(&n.title, &tokens, &n.entities, tag_ids, &mut stats),
+                    };
                     Ok((tokens.ids, tags, stats))
                 })
                 .collect::<Result<Vec<_>>>();
@@ -288,7 +302,7 @@ fn prep_into(opts: &MindOptions, dir: &Path) -> Result<Manifest> {
         max_history: opts.max_history as u32,
         categories,
         subcategories,
-        ner_scheme: opts.ner_scheme,
+        ner_scheme,
         ner_tags: ner_tag_names,
         num_news: news.len() as u64,
         num_users: users.len() as u64,
@@ -307,6 +321,52 @@ fn file_entry(dir: &Path, rel: &str, rows: u64) -> Result<FileEntry> {
 /// Parses every line of a news.tsv on the rayon pool. Like the other parallel parses here, the
 /// results are collected in line order before the first error is taken: rayon's own collect into
 /// a `Result` returns whichever error it meets, not the first bad line's.
+/// Replaces each news item's title by its translation in `path` (lines `news_id \t title`, any
+/// further columns ignored, as xMIND's files have them). A news item without a translation is an
+/// error naming it; translations of ids no news.tsv defines are counted in the log.
+fn replace_titles(news: &mut [News], path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let mut translated: HashMap<&str, &str> = HashMap::new();
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line_no = i as u64 + 1;
+        let line = std::str::from_utf8(raw)
+            .map_err(|e| DataError::parse(path, line_no, "line", format!("not valid UTF-8: {e}")))?;
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        let mut columns = line.split('\t');
+        let id = columns.next().unwrap_or_default();
+        let title = columns.next().ok_or_else(|| {
+            DataError::parse(path, line_no, "title", "missing: expected `news_id<TAB>title`")
+        })?;
+        if id.is_empty() || title.trim().is_empty() {
+            let field = if id.is_empty() { "news_id" } else { "title" };
+            return Err(DataError::parse(path, line_no, field, "empty").into());
+        }
+        if translated.insert(id, title).is_some() {
+            return Err(DataError::parse(path, line_no, "news_id", format!("{id} translated twice")).into());
+        }
+    }
+    for n in news.iter_mut() {
+        let title = translated.remove(n.news_id.as_str()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: no translated title for news {} (of the MIND news.tsv files)",
+                path.display(),
+                n.news_id
+            )
+        })?;
+        n.title = title.to_string();
+    }
+    tracing::info!(
+        replaced = news.len(),
+        unused = translated.len(),
+        "titles replaced by {}; NER labels off (MIND's entity offsets index the English titles)",
+        path.display()
+    );
+    Ok(())
+}
+
 fn read_news_file(path: &Path) -> Result<Vec<News>> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     let lines: Vec<&[u8]> = bytes.split_inclusive(|&b| b == b'\n').collect();

@@ -13,7 +13,7 @@
 //!   or of `vocab.txt` where there is no `tokenizer.json`; see [`tokenizer_identity`]);
 //!   `max_title_len` (word pieces per title, `[CLS]`/`[SEP]` included; default 30);
 //!   `max_history` (default 50); `categories` / `subcategories` (index = id in `news.parquet`);
-//!   `ner_scheme` (`"bio"` or `"typed"`) and `ner_tags` (`["O","B","I"]` for bio; index = tag id);
+//!   `ner_scheme` (`"bio"`, `"typed"`, or `"none"`: no NER labels, titles from `--titles`) and `ner_tags` (`["O","B","I"]` for bio; index = tag id);
 //!   `num_news` (nids `1..=num_news`, 0 is padding); `num_users` (users of train get
 //!   `1..=num_users`, users seen only in dev/test get 0); `entity_dim` (100 for MIND);
 //!   `num_entities`; `files` (every file written: relative `path`, `rows`, `sha256`); `splits`

@@ -45,6 +45,11 @@ pub enum NerScheme {
     Bio,
     /// `O`, then `B-T`, `I-T` for every MIND entity type `T` (sorted).
     Typed,
+    /// No NER labels: every tag is -1 (ignored) and `ner_tags` is `["O"]`. Shards whose titles
+    /// are translations (`mtrec-prep mind --titles`, xMIND): MIND's entity offsets index the
+    /// English titles, so they locate nothing in a translation. Training with `mtl.ner` refuses
+    /// them.
+    None,
 }
 
 /// One file the prep run wrote.

@@ -452,6 +452,7 @@ pub struct MindData {
 impl MindData {
     pub fn load(config: &Config, collective: &dyn Collective) -> Result<MindData, TrainError> {
         let loaded = setup::load(config, collective)?;
+        setup::check_ner_labels(config, &loaded.manifest)?;
         let impressions = mtrec_data::read::read_train(&config.data.shards, &loaded.manifest)?;
         Ok(MindData { loaded, impressions })
     }

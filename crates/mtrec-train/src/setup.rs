@@ -233,6 +233,19 @@ pub fn steps_per_epoch(config: &Config, sampler: &Sampler<'_>) -> Result<u64, Tr
     }
 }
 
+/// Training the NER task needs shards with NER labels: refused on shards prepped without them
+/// (`ner_scheme = "none"`: translated titles, `mtrec-prep mind --titles`).
+pub fn check_ner_labels(config: &Config, manifest: &Manifest) -> Result<(), TrainError> {
+    if config.mtl.ner && manifest.ner_scheme == mtrec_data::NerScheme::None {
+        return Err(TrainError::Config(format!(
+            "mtl.ner = true, but {} has no NER labels (ner_scheme \"none\": its titles are translations, \
+             which MIND's entity offsets do not locate): set mtl.ner = false",
+            config.data.shards.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Everything read from disk for a run.
 #[derive(Debug)]
 pub struct Loaded {

@@ -141,6 +141,7 @@ pub fn train(
     // data
     heartbeat.phase("loading the shards");
     let loaded = setup::load(config, collective)?;
+    setup::check_ner_labels(config, &loaded.manifest)?;
     let impressions = mtrec_data::read::read_train(&config.data.shards, &loaded.manifest)?;
     // Periodic evaluation needs its split; the one at the end is skipped, with a warning, when the
     // shards cannot give it (no dev split prepped, or a test split without labels).
