@@ -2,6 +2,13 @@
 //! (`embeddings.word_embeddings.weight`, `encoder.layer.3.attention.self.query.weight`, ...), so a
 //! `model.safetensors` of `transformers.BertModel` (with or without the `bert.` prefix) loads by name.
 //! Reference: `transformers/models/bert/modeling_bert.py` (Devlin et al. 2019).
+//!
+//! RoBERTa and XLM-RoBERTa (`config.json` `model_type` `roberta`, `xlm-roberta`; Liu et al. 2019,
+//! Conneau et al. 2020) are the same encoder with other weights (`roberta.` prefix) and two
+//! differences the config carries: positions count from `pad_token_id + 1`
+//! (`modeling_roberta.py`'s `create_position_ids_from_input_ids`), and one token type
+//! (`type_vocab_size = 1`: row 0, as BERT's single segment uses); their LayerNorm epsilon (1e-5) is
+//! `layer_norm_eps`. Another `model_type` is refused by name.
 use crate::ModelError;
 use crate::buckets::AttentionLayout;
 use crate::dropout::Dropout;
@@ -31,6 +38,9 @@ pub struct BertConfig {
     pub layer_norm_eps: f64,
     #[serde(default)]
     pub pad_token_id: i64,
+    /// `bert` (when absent), `roberta` or `xlm-roberta` ([`MODEL_TYPES`]).
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
     /// Not in `config.json`: the run's precision policy ([`Precision`]).
     #[serde(skip)]
     pub precision: Precision,
@@ -48,6 +58,12 @@ fn default_type_vocab() -> i64 {
 fn default_eps() -> f64 {
     1e-12
 }
+fn default_model_type() -> String {
+    "bert".into()
+}
+
+/// The `model_type`s of `config.json` this encoder implements.
+pub const MODEL_TYPES: [&str; 3] = ["bert", "roberta", "xlm-roberta"];
 
 impl BertConfig {
     /// Reads `config.json` of a Hugging Face model folder.
@@ -66,6 +82,16 @@ impl BertConfig {
                 ),
             });
         }
+        if !MODEL_TYPES.contains(&config.model_type.as_str()) {
+            return Err(ModelError::Config {
+                path,
+                reason: format!(
+                    "model_type {:?} is not supported (supported: {})",
+                    config.model_type,
+                    MODEL_TYPES.join(", ")
+                ),
+            });
+        }
         if !matches!(config.hidden_act.as_str(), "gelu" | "relu" | "gelu_new") {
             return Err(ModelError::Config {
                 path,
@@ -73,6 +99,12 @@ impl BertConfig {
             });
         }
         Ok(config)
+    }
+
+    /// The position of a title's first token: 0 for BERT; `pad_token_id + 1` for the RoBERTa
+    /// family, whose position ids start after the padding index.
+    pub fn position_offset(&self) -> i64 {
+        if self.model_type == "bert" { 0 } else { self.pad_token_id + 1 }
     }
 }
 
@@ -93,6 +125,7 @@ impl BertConfig {
             type_vocab_size: 2,
             layer_norm_eps: 1e-12,
             pad_token_id: 0,
+            model_type: "bert".into(),
             precision: Precision::F32,
         }
     }
@@ -132,6 +165,8 @@ pub struct BertEmbeddings {
     token_type_embeddings: nn::Embedding,
     layer_norm: nn::LayerNorm,
     dropout: f64,
+    /// Added to each token's position in its title ([`BertConfig::position_offset`]).
+    position_offset: i64,
 }
 
 impl BertEmbeddings {
@@ -150,6 +185,7 @@ impl BertEmbeddings {
             ),
             layer_norm: layer_norm(p / "LayerNorm", cfg),
             dropout: cfg.hidden_dropout_prob,
+            position_offset: cfg.position_offset(),
         }
     }
 
@@ -160,7 +196,11 @@ impl BertEmbeddings {
         let words = self.word_embeddings.forward(input_ids);
         // Token type 0 everywhere: row 0 of the token-type table, broadcast.
         let token_type = self.token_type_embeddings.ws.get(0);
-        let x = words + self.position_embeddings.forward(positions) + token_type;
+        let positions = match self.position_offset {
+            0 => positions.shallow_clone(),
+            offset => positions + offset,
+        };
+        let x = words + self.position_embeddings.forward(&positions) + token_type;
         dropout.apply(&normalise(&self.layer_norm, &x), self.dropout)
     }
 }
@@ -480,14 +520,19 @@ pub fn weights_file(model_dir: &Path) -> Result<std::path::PathBuf, ModelError> 
 }
 
 /// Copies the tensors of a safetensors checkpoint into the variables of `vs` under `prefix`
-/// (e.g. `"bert"`), accepting checkpoint keys with or without a leading `bert.` and ignoring
+/// (e.g. `"bert"`), accepting checkpoint keys with or without a leading `bert.` or `roberta.`, ignoring
 /// keys of modules this model does not have (pooler, pre-training heads). Fails with every
 /// variable that was missing or had the wrong shape.
 pub fn load_bert_weights(vs: &nn::VarStore, prefix: &str, path: &Path) -> Result<usize, ModelError> {
     let tensors = Tensor::read_safetensors(path)
         .map_err(|e| ModelError::Checkpoint { path: path.to_path_buf(), reason: e.to_string() })?;
-    let by_name: std::collections::HashMap<&str, &Tensor> =
-        tensors.iter().map(|(name, t)| (name.strip_prefix("bert.").unwrap_or(name.as_str()), t)).collect();
+    // `bert.` (BertModel inside a task model) or `roberta.` (RoBERTa, XLM-RoBERTa) prefixes.
+    let strip = |name: &str| -> String {
+        let name = name.strip_prefix("bert.").or_else(|| name.strip_prefix("roberta.")).unwrap_or(name);
+        name.to_string()
+    };
+    let by_name: std::collections::HashMap<String, &Tensor> =
+        tensors.iter().map(|(name, t)| (strip(name), t)).collect();
     let mut problems = Vec::new();
     let mut loaded = 0;
     let mut variables = vs.variables();
