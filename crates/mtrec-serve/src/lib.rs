@@ -21,7 +21,6 @@ use catalogue::Catalogue;
 use engine::{BatchPolicy, Engine, Work};
 use mtrec_data::read::NewsTable;
 use mtrec_data::vectors::{read_news_vectors, read_vector_source};
-use mtrec_model::Heads;
 use mtrec_prep::tokenize::TitleTokenizer;
 use mtrec_train::checkpoint::Checkpoint;
 use mtrec_train::config::Config;
@@ -261,17 +260,7 @@ fn build_engine(
     let encode = |news: &NewsTable| -> anyhow::Result<Catalogue> {
         let tick = || Ok(());
         let batch = config.eval.news_batch;
-        let table = mtrec_train::eval::encode_all_news(
-            &model,
-            news,
-            batch,
-            Heads::None,
-            device,
-            &mtrec_dist::Local,
-            &tick,
-            None,
-        )?
-        .vectors;
+        let table = mtrec_train::eval::news_vectors(&model, news, batch, device, &tick)?;
         Ok(Catalogue::new(table, news.news_id[1..].to_vec()))
     };
     let catalogue = match source {

@@ -96,6 +96,19 @@ pub fn encode_all_news(
     Ok(EncodedNews { vectors, categories })
 }
 
+/// [`encode_all_news`]'s vectors in one process (no other ranks, no cache, no heads), for
+/// `predict`, `embed` and `serve`.
+pub fn news_vectors(
+    model: &NewsRecModel,
+    table: &NewsTable,
+    batch: usize,
+    device: Device,
+    tick: Tick,
+) -> Result<Tensor, TrainError> {
+    let local = mtrec_dist::Local;
+    Ok(encode_all_news(model, table, batch, Heads::None, device, &local, tick, None)?.vectors)
+}
+
 /// One round's impressions on the device, from one upload.
 struct ImpressionBatch {
     /// `[B, H]` int64 news rows of the histories (the last `history` clicks, 0 = padding), and

@@ -5,12 +5,11 @@ use mtrec_data::manifest::Split;
 use mtrec_data::vectors::{write_news_vectors, write_user_vectors};
 use mtrec_data::write::write_atomically;
 use mtrec_dist::{Backend, Collective, Job, Local, Watchdog};
-use mtrec_model::Heads;
 use mtrec_train::agree::agree_on_config;
 use mtrec_train::beyond::TrainingClicks;
 use mtrec_train::checkpoint::Checkpoint;
 use mtrec_train::config::{Config, Dedup, DistBackend};
-use mtrec_train::eval::{encode_all_news, eval_impressions, evaluate, score_impressions, user_vectors};
+use mtrec_train::eval::{eval_impressions, evaluate, news_vectors, score_impressions, user_vectors};
 use mtrec_train::metrics::ranks_in_input_order;
 use mtrec_train::resume::open_chosen_checkpoint;
 use mtrec_train::setup;
@@ -236,17 +235,7 @@ pub fn predict(args: &ConfigArgs, checkpoint: &Path, split: Split, out: &Path) -
     let (_vs, model) = setup::trained_model(&config, &loaded, Some(&Checkpoint::open(checkpoint)?), device)?;
     let impressions = mtrec_data::read::read_eval(&config.data.shards, &loaded.manifest, split)?;
     heartbeat.phase("prediction");
-    let news_vectors = encode_all_news(
-        &model,
-        &loaded.news,
-        config.eval.news_batch,
-        Heads::None,
-        device,
-        &Local,
-        &tick,
-        None,
-    )?
-    .vectors;
+    let news_vectors = news_vectors(&model, &loaded.news, config.eval.news_batch, device, &tick)?;
     let (history, batch) = (config.data.history, config.eval.user_batch);
     let rounds = impressions.len().div_ceil(batch.max(1));
     let scores = score_impressions(&model, &news_vectors, &impressions, history, batch, rounds, true, &tick)?;
@@ -308,17 +297,7 @@ pub fn embed(options: EmbedOptions) -> anyhow::Result<()> {
     let checkpoint = options.checkpoint.as_deref().map(Checkpoint::open).transpose()?;
     let (_vs, model) = setup::trained_model(&config, &loaded, checkpoint.as_ref(), device)?;
     let source = checkpoint.as_ref().map(|c| setup::vector_source(&config, c));
-    let news_vectors = encode_all_news(
-        &model,
-        &loaded.news,
-        config.eval.news_batch,
-        Heads::None,
-        device,
-        &Local,
-        &|| Ok(()),
-        None,
-    )?
-    .vectors;
+    let news_vectors = news_vectors(&model, &loaded.news, config.eval.news_batch, device, &|| Ok(()))?;
     let host = |t: &tch::Tensor| -> anyhow::Result<Vec<f32>> {
         Ok(Vec::try_from(t.to_device(Device::Cpu).to_kind(tch::Kind::Float).view([-1]))?)
     };
