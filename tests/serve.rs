@@ -417,6 +417,22 @@ fn bad_requests_get_a_4xx_naming_the_field_and_the_service_goes_on() {
     assert_eq!(items.len(), 10);
     assert!(items.iter().all(|i| !history.contains(&i["id"].as_str().unwrap().to_string())));
     assert!(items.windows(2).all(|w| w[0]["score"].as_f64() >= w[1]["score"].as_f64()));
+    // Every click given is excluded, also one older than the last data.history (20) the user
+    // vector reads: X, the best item for 20 clicks, put before them, is never recommended.
+    let mut clicks: Vec<String> = Vec::new();
+    for id in f.impressions.iter().flat_map(|i| i.candidates.iter()) {
+        if clicks.len() < 20 && !clicks.contains(id) {
+            clicks.push(id.clone());
+        }
+    }
+    let top = |history: &[String], k: usize| -> Vec<String> {
+        let (status, answer) = server.post("/v1/recommend", &json!({"history": history, "k": k}));
+        assert_eq!(status, 200, "{answer}");
+        answer["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_string()).collect()
+    };
+    let best = top(&clicks, 11);
+    let older: Vec<String> = std::iter::once(best[0].clone()).chain(clicks.iter().cloned()).collect();
+    assert_eq!(top(&older, 10), best[1..], "a click older than the last 20 is excluded too");
     let (status, answer) = server.post("/v1/users", &json!({"history": history}));
     assert_eq!((status, answer["vector"].as_array().map(Vec::len)), (200, Some(64)), "{answer}");
 }

@@ -346,8 +346,9 @@ async fn add_news(
         tokenized.push(TokenizedNews { id: item.id, input_ids: tokens.ids, category });
     }
     let added = state.ask(|reply| Work::AddNews { items: tokenized, reply }).await?;
-    state.status.news.store(added.news, Ordering::Release);
-    state.metrics.set_news(added.news);
+    // The catalogue only grows: concurrent additions answered out of order keep the largest count.
+    let news = state.status.news.fetch_max(added.news, Ordering::AcqRel).max(added.news);
+    state.metrics.set_news(news);
     Ok(Json(NewsResponse { added: added.added, replaced: added.replaced, news: added.news }))
 }
 

@@ -138,8 +138,10 @@ pub struct Engine {
 
 /// A query with its news ids resolved to catalogue rows.
 struct Resolved {
+    /// The clicks the user vector reads: the last `data.history`.
     history: Vec<i32>,
-    given: usize,
+    /// Every click the request gave (what `exclude_history` excludes).
+    clicked: Vec<i32>,
 }
 
 impl Engine {
@@ -187,9 +189,9 @@ impl Engine {
     }
 
     fn resolve(&self, history: &[String]) -> Result<Resolved, RequestError> {
-        let rows = self.catalogue.rows_of("history", history)?;
-        let kept = rows[rows.len().saturating_sub(self.history)..].to_vec();
-        Ok(Resolved { history: kept, given: history.len() })
+        let clicked = self.catalogue.rows_of("history", history)?;
+        let kept = clicked[clicked.len().saturating_sub(self.history)..].to_vec();
+        Ok(Resolved { history: kept, clicked })
     }
 
     fn answer_queries(&mut self, queries: Vec<Work>) {
@@ -273,7 +275,7 @@ impl Engine {
             let d = users.size()[1] as usize;
             let (mut rank_offset, mut recommend_index) = (0, 0);
             for (i, (query, resolved, candidates)) in answerable.into_iter().enumerate() {
-                let history = HistoryUse { given: resolved.given, used: resolved.history.len() };
+                let history = HistoryUse { given: resolved.clicked.len(), used: resolved.history.len() };
                 match query {
                     Work::Rank { reply, .. } => {
                         let scores = rank_scores[rank_offset..rank_offset + candidates.len()].to_vec();
@@ -296,8 +298,9 @@ impl Engine {
     }
 
     /// The top `k` news of each recommendation (`positions` into `answerable`): scores against
-    /// every row of the catalogue, the padding row and (with `exclude_history`) the user's
-    /// history set to minus infinity first.
+    /// every row of the catalogue, the padding row and (with `exclude_history`) every click the
+    /// request gave (not only the last `data.history` the user vector reads) set to minus
+    /// infinity first.
     fn top_k(
         &self,
         answerable: &[(Work, Resolved, Vec<i32>)],
@@ -317,8 +320,8 @@ impl Engine {
             rows.push(r as i64);
             cols.push(0);
             if *exclude_history {
-                rows.extend(std::iter::repeat_n(r as i64, resolved.history.len()));
-                cols.extend(resolved.history.iter().map(|&h| h as i64));
+                rows.extend(std::iter::repeat_n(r as i64, resolved.clicked.len()));
+                cols.extend(resolved.clicked.iter().map(|&h| h as i64));
             }
         }
         let masked = [
