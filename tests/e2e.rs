@@ -1013,3 +1013,90 @@ print(json.dumps({"news": len(x["news_id"]), "reference_entity_tokens": labelled
     );
     assert!(!out_dir.exists());
 }
+
+/// `synth --format ebnerd` writes EB-NeRD's files as its data card types them (read back with
+/// pyarrow), with the content of the MIND-format synth of the same seed and a real dump's
+/// quirks: null subtitles and ner_clusters, users without a history row, in-view ids that name no
+/// article; test without clicks and with `is_beyond_accuracy`.
+#[test]
+fn synth_writes_ebnerd_files_with_their_types_and_quirks() {
+    let out = fixture().root.join("ebnerd");
+    let args = [
+        "synth",
+        "--format",
+        "ebnerd",
+        "--seed",
+        "3",
+        "--news",
+        "1500",
+        "--users",
+        "300",
+        "--impressions",
+        "3000",
+        "--out",
+    ];
+    run(Command::new(binary("mtrec-prep")).args(args).arg(&out), true);
+    const CHECK: &str = r#"
+import json, os, sys
+import pyarrow as pa, pyarrow.parquet as pq
+out, mind = sys.argv[1], sys.argv[2]
+types = {
+    "articles": {"article_id": pa.int32(), "title": pa.string(), "subtitle": pa.string(), "category": pa.int16(),
+                 "category_str": pa.string(), "subcategory": pa.list_(pa.int16()), "ner_clusters": pa.list_(pa.string()),
+                 "entity_groups": pa.list_(pa.string()), "published_time": pa.timestamp("us")},
+    "behaviors": {"impression_id": pa.uint32(), "user_id": pa.uint32(), "impression_time": pa.timestamp("us"),
+                  "article_ids_inview": pa.list_(pa.int32()), "article_ids_clicked": pa.list_(pa.int32()),
+                  "article_id": pa.int32(), "scroll_percentage": pa.float32()},
+    "history": {"user_id": pa.uint32(), "article_id_fixed": pa.list_(pa.int32()),
+                "impression_time_fixed": pa.list_(pa.timestamp("us"))},
+}
+def check(table, kind, skip=()):
+    for name, t in types[kind].items():
+        if name not in skip:
+            assert table.schema.field(name).type == t, (kind, name, table.schema.field(name).type)
+articles = pq.read_table(os.path.join(out, "articles.parquet"))
+check(articles, "articles")
+a = articles.to_pydict()
+known = set(a["article_id"])
+mind_news = set()
+for split in ["train", "dev", "test"]:
+    for line in open(os.path.join(mind, split, "news.tsv"), encoding="utf-8"):
+        mind_news.add(int(line.split("\t")[0][1:]))
+assert known == mind_news, "the articles are the MIND synth's news"
+report = {"articles": len(known), "null subtitle": a["subtitle"].count(None),
+          "null ner_clusters": a["ner_clusters"].count(None)}
+for split in ["train", "validation", "test"]:
+    b = pq.read_table(os.path.join(out, split, "behaviors.parquet"))
+    h = pq.read_table(os.path.join(out, split, "history.parquet"))
+    check(b, "behaviors", skip=("article_ids_clicked",) if split == "test" else ())
+    check(h, "history")
+    b = b.to_pydict()
+    if split == "test":
+        assert "article_ids_clicked" not in b and "is_beyond_accuracy" in b
+    else:
+        assert all(set(c) <= set(v) and c for c, v in zip(b["article_ids_clicked"], b["article_ids_inview"]))
+    inview = [x for v in b["article_ids_inview"] for x in v]
+    report[split] = {"impressions": len(b["impression_id"]),
+                     "users without history": len(set(b["user_id"]) - set(h.column("user_id").to_pylist())),
+                     "unknown in-view ids": sum(x not in known for x in inview),
+                     "null article_id": b["article_id"].count(None)}
+print(json.dumps(report))
+"#;
+    // The MIND-format files of the same options, for the content.
+    let mind = fixture().root.join("ebnerd-mind");
+    let args = ["synth", "--seed", "3", "--news", "1500", "--users", "300", "--impressions", "3000", "--out"];
+    run(Command::new(binary("mtrec-prep")).args(args).arg(&mind), true);
+    let checked = run(Command::new(python()).arg("-c").arg(CHECK).arg(&out).arg(&mind), true);
+    let report: serde_json::Value = serde_json::from_str(stdout(&checked).trim()).unwrap();
+    println!("EB-NeRD synth: {report}");
+    assert!(
+        report["null subtitle"].as_u64() > Some(0) && report["null ner_clusters"].as_u64() > Some(0),
+        "{report}"
+    );
+    for split in ["train", "validation", "test"] {
+        let s = &report[split];
+        for quirk in ["users without history", "unknown in-view ids", "null article_id"] {
+            assert!(s[quirk].as_u64() > Some(0), "{split}: no {quirk}: {report}");
+        }
+    }
+}

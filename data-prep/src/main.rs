@@ -8,7 +8,7 @@
 //!     --model MODEL_DIR --out data/shards
 //! ```
 
-use mtrec_prep::{prep, synth};
+use mtrec_prep::{ebnerd, prep, synth};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -86,6 +86,12 @@ struct MindArgs {
     force: bool,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum SynthFormat {
+    Mind,
+    Ebnerd,
+}
+
 #[derive(clap::Args)]
 struct SynthArgs {
     /// Output folder.
@@ -110,6 +116,11 @@ struct SynthArgs {
     /// Write test without labels, as MIND-large test.
     #[arg(long)]
     unlabeled_test: bool,
+    /// The files written: MIND's TSV folders, or EB-NeRD's Parquet (`articles.parquet`,
+    /// `train/`, `validation/`, `test/` with `behaviors.parquet` and `history.parquet`; the same
+    /// content, with a real dump's nulls and gaps).
+    #[arg(long, value_enum, default_value_t = SynthFormat::Mind)]
+    format: SynthFormat,
     /// Replace a non-empty --out.
     #[arg(long)]
     force: bool,
@@ -196,8 +207,13 @@ fn main() -> ExitCode {
                 seed: a.seed,
                 unlabeled_test: a.unlabeled_test,
             };
-            synth::run(&opts, &a.out, a.force)
-                .map(|()| println!("wrote {}/{{train,dev,test}}", a.out.display()))
+            match a.format {
+                SynthFormat::Mind => synth::run(&opts, &a.out, a.force)
+                    .map(|()| println!("wrote {}/{{train,dev,test}}", a.out.display())),
+                SynthFormat::Ebnerd => ebnerd::synth(&opts, &a.out, a.force).map(|()| {
+                    println!("wrote {}/{{articles.parquet,train,validation,test}}", a.out.display())
+                }),
+            }
         }
     };
     match result {
