@@ -5,7 +5,7 @@
 //! of training's), within 1e-4 on every metric, on dev data full of tied scores: impressions with
 //! an empty history (the zero user vector: every candidate scores 0) and impressions that list a
 //! news item twice (the same score twice, once with the other label).
-use mtrec_e2e::{prep_shards, python, run, stdout, synthetic_mind, tiny_worker};
+use mtrec_e2e::{prep_shards, python, repo_root, run, stdout, synthetic_mind, tiny_worker};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -55,21 +55,7 @@ const SCORER: &str = r#"
 import json, sys, zipfile
 import numpy as np
 from sklearn.metrics import roc_auc_score
-
-def dcg_score(y_true, y_score, k=10):
-    order = np.argsort(y_score)[::-1]
-    y_true = np.take(y_true, order[:k])
-    gains = 2 ** y_true - 1
-    discounts = np.log2(np.arange(len(y_true)) + 2)
-    return np.sum(gains / discounts)
-
-def ndcg_score(y_true, y_score, k=10):
-    return dcg_score(y_true, y_score, k) / dcg_score(y_true, y_true, k)
-
-def mrr_score(y_true, y_score):
-    order = np.argsort(y_score)[::-1]
-    y_true = np.take(y_true, order)
-    return np.sum(y_true / (np.arange(len(y_true)) + 1)) / np.sum(y_true)
+from mind_scorer import impression_metrics
 
 z = zipfile.ZipFile(sys.argv[1])
 assert z.namelist() == ["prediction.txt"], z.namelist()
@@ -116,8 +102,7 @@ for lp, lt in zip(sub, truth):
     if y_true.min() == y_true.max():
         one_class += 1
         continue
-    one = [roc_auc_score(y_true, y_score), mrr_score(y_true, y_score), ndcg_score(y_true, y_score, 5),
-        ndcg_score(y_true, y_score, 10)]
+    one = impression_metrics(y_true, y_score)
     aucs.append(one[0])
     mrrs.append(one[1])
     n5s.append(one[2])
@@ -174,7 +159,7 @@ fn eval_equals_the_official_scorer_on_predicts_ranks_with_ties() {
     );
     let train_behaviors = mind.join("train/behaviors.tsv");
     let mut scorer = Command::new(python());
-    scorer.arg("-c").arg(SCORER).arg(&zip).arg(&behaviors).arg(&edits).arg(&train_behaviors);
+    scorer.env("PYTHONPATH", repo_root().join("tests")).arg("-c").arg(SCORER).arg(&zip).arg(&behaviors).arg(&edits).arg(&train_behaviors);
     let out = run(&mut scorer, true);
     let scorer: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     // The evaluation at the end of training (the same model, before it was saved).

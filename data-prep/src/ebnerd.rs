@@ -1,319 +1,693 @@
-//! EB-NeRD's files (Ekstra Bladet's news recommendation data set, the RecSys Challenge 2024), as
-//! its data card documents them, written by `mtrec-prep synth --format ebnerd`:
+//! `mtrec-prep ebnerd`: EB-NeRD (Ekstra Bladet's news recommendation data set, the RecSys
+//! Challenge 2024) to the shards of the data contract, so that training, eval and predict run on
+//! it unchanged. The files are as its data card documents them ([`crate::ebnerd_synth`] lists
+//! every column); only the columns named here are read.
 //!
-//! - `articles.parquet`: `article_id` int32, `title`, `subtitle` (nullable), `body`, `category`
-//!   int16, `category_str`, `subcategory` list<int16>, `ner_clusters` (nullable list<string>),
-//!   `entity_groups` (list<string>, the entity types, aligned with `ner_clusters`), `topics`
-//!   list<string>, `published_time` timestamp[us], `premium` bool, `article_type`,
-//!   `sentiment_score` float32, `sentiment_label`;
-//! - `train/`, `validation/`, `test/`: `behaviors.parquet` (`impression_id` uint32, `user_id`
-//!   uint32, `impression_time` timestamp[us], `article_ids_inview` list<int32>,
-//!   `article_ids_clicked` list<int32> (not in test), `session_id` uint32, `read_time` float32,
-//!   `scroll_percentage` (nullable) float32, `device_type` int8, `is_sso_user` bool, `gender`,
-//!   `postcode`, `age` (nullable int8), `is_subscriber` bool, `article_id` (nullable int32: the
-//!   article the impression was shown on), `next_read_time`, `next_scroll_percentage` (nullable
-//!   float32); test also `is_beyond_accuracy` bool) and `history.parquet` (`user_id` uint32,
-//!   `article_id_fixed` list<int32>, `impression_time_fixed` list<timestamp[us]>,
-//!   `scroll_percentage_fixed`, `read_time_fixed` list<float32>).
+//! What each field becomes:
+//! - `articles.parquet`, read from each split folder's parent (EB-NeRD ships it beside `train/`
+//!   and `validation/`; its test set beside `test/`), the first row of an `article_id` winning:
+//!   news id = `article_id` as text; title = `title` (with `--subtitle`: `title + ". " +
+//!   subtitle`, the title alone where the subtitle is null); category = `category_str` (the name
+//!   of `category`); subcategory = the first of `subcategory` as text, `-` when there is none;
+//!   NER tags = every `ner_clusters` string found in the title text at word boundaries, each
+//!   occurrence tagged (BIO, or with `--ner-scheme typed` its type from `entity_groups`), the
+//!   match rate reported; null `ner_clusters`: every tag -1 (ignored). EB-NeRD has no entity
+//!   vectors: no news item has an entity field.
+//! - `behaviors.parquet`, streamed in batches: impression = `impression_id`, user = `user_id`,
+//!   time = `impression_time` in seconds, candidates = `article_ids_inview`, label 1 where the
+//!   candidate is in `article_ids_clicked` (test has no such column: unlabeled). An impression
+//!   whose in-view or clicked list is null is dropped and counted.
+//! - `history.parquet`: a user's history is their `article_id_fixed` (the most recent
+//!   `--max-history`); a user without a row gets an empty history, counted.
 //!
-//! The content is `synth`'s MIND-format data (its profile's statistics, its planted signal)
-//! carried over: article `N123` is id 123, user `U7` is 7, a title's entities become its
-//! `ner_clusters` (their surface forms, types `PER`/`LOC`/`ORG`/`MISC`) beside clusters that are
-//! not in the title (as EB-NeRD's come from the body), a user's history is the one of their first
-//! impression of the split. With the quirks a real dump has, each at a fixed rate (`QUIRKS`):
-//! null subtitles and `ner_clusters`, users without a `history.parquet` row, in-view article ids
-//! that name no article, nulls in the nullable behaviour columns.
-use std::collections::HashMap;
+//! An article id that no `articles.parquet` defines is an error naming the file, row,
+//! impression (or user) and id, unless `--drop-unknown-news` drops and counts it, as for MIND.
+
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::path::Path;
-use std::sync::Arc;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
 
 use anyhow::{Context, Result};
-use arrow::array::{
-    ArrayRef, BooleanArray, Float32Array, Float32Builder, Int8Array, Int16Array, Int16Builder, Int32Array,
-    Int32Builder, ListBuilder, StringArray, StringBuilder, TimestampMicrosecondArray,
-    TimestampMicrosecondBuilder, UInt32Array,
-};
-use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, ListArray, StringArray};
+use arrow::datatypes::{DataType, Field, Int64Type, TimeUnit};
 use arrow::record_batch::RecordBatch;
-use mtrec_data::mind::{parse_behavior_line, parse_news_line};
-use parquet::arrow::ArrowWriter;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use mtrec_data::mind::MindEntity;
+use mtrec_data::{
+    DataError, FORMAT_VERSION, Manifest, NerScheme, PrepReport, Split, SplitReport, Splits, tokenizer_identity,
+};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use rayon::prelude::*;
 
-use crate::staged::Staged;
-use crate::synth::{self, SynthOptions};
+use crate::news::{Article, NewsTable, write_news};
+use crate::shards::{
+    Origin, Row, SplitOutput, SplitTarget, progress, publish_shards, shard_count, write_split,
+};
+use crate::tokenize::TitleTokenizer;
 
-/// The share of articles with a null subtitle, of articles with null `ner_clusters`, of users
-/// without a history row, of in-view ids that name no article.
-pub const QUIRKS: [(&str, f64); 4] = [
-    ("null subtitle", 0.03),
-    ("null ner_clusters", 0.03),
-    ("user without history", 0.02),
-    ("unknown in-view article", 0.005),
-];
+/// Rows per batch read from a Parquet file.
+const BATCH_ROWS: usize = 8192;
 
-/// An in-view id that names no article: past every synthetic article id.
-const UNKNOWN_ARTICLE_BASE: i32 = 900_000_000;
+/// Options of `mtrec-prep ebnerd`.
+#[derive(Debug, Clone)]
+pub struct EbnerdOptions {
+    /// EB-NeRD train folder (`behaviors.parquet`, `history.parquet`; `articles.parquet` beside it).
+    pub train: PathBuf,
+    /// EB-NeRD validation folder.
+    pub dev: PathBuf,
+    /// EB-NeRD test folder, if any.
+    pub test: Option<PathBuf>,
+    /// Model folder with `tokenizer.json` or `vocab.txt`.
+    pub model: PathBuf,
+    /// Output shards folder.
+    pub out: PathBuf,
+    /// Shards per split (`None`: one per 250,000 impressions).
+    pub shards: Option<usize>,
+    /// Tokens per title including the special tokens.
+    pub max_title_len: usize,
+    /// History entries kept (the most recent).
+    pub max_history: usize,
+    /// Drop (and count) article ids no `articles.parquet` defines instead of failing.
+    pub drop_unknown_news: bool,
+    /// NER tag scheme.
+    pub ner_scheme: NerScheme,
+    /// Title text = `title + ". " + subtitle`.
+    pub subtitle: bool,
+    /// Replace a non-empty `--out`.
+    pub force: bool,
+}
 
-/// `synth --format ebnerd`: the MIND-format data of `opts` converted to EB-NeRD's files in `out`
-/// (staged: complete or absent).
-pub fn synth(opts: &SynthOptions, out: &Path, force: bool) -> Result<()> {
-    let mind = tempfile::tempdir().context("a temporary folder for the MIND-format data")?;
-    let mind_dir = mind.path().join("mind");
-    synth::run(opts, &mind_dir, false)?;
-    let staged = Staged::new(out, force)?;
-    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0xEB);
-    write_articles(&mind_dir, &staged.path().join("articles.parquet"), &mut rng)?;
-    for (mind_split, split) in [("train", "train"), ("dev", "validation"), ("test", "test")] {
-        let dir = staged.path().join(split);
-        std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
-        write_split(&mind_dir.join(mind_split), &dir, split == "test", &mut rng)?;
+impl EbnerdOptions {
+    fn folders(&self) -> impl Iterator<Item = (Split, &Path)> {
+        [(Split::Train, Some(self.train.as_path())), (Split::Dev, Some(&self.dev)), (Split::Test, self.test.as_deref())]
+            .into_iter()
+            .filter_map(|(s, f)| Some((s, f?)))
     }
-    staged.publish()
 }
 
-fn number(id: &str) -> Result<i32> {
-    id[1..].parse().with_context(|| format!("synthetic id {id}"))
+/// Runs the whole prep into a staged folder: on error nothing is left at `--out`.
+pub fn run(opts: &EbnerdOptions) -> Result<Manifest> {
+    publish_shards(&opts.out, opts.force, |dir| prep_into(opts, dir))
 }
 
-fn list_field(name: &str, item: DataType, nullable: bool) -> Field {
-    Field::new(name, DataType::List(Arc::new(Field::new("item", item, true))), nullable)
+fn prep_into(opts: &EbnerdOptions, dir: &Path) -> Result<Manifest> {
+    let started = Instant::now();
+    let tokenizer_sha256 = tokenizer_identity(&opts.model)?;
+    let tokenizer = TitleTokenizer::load(&opts.model, opts.max_title_len)?;
+    let mut report = PrepReport::default();
+
+    // 1. Articles of every split's parent folder, each file once; the first row of an id wins.
+    let mut table = NewsTable::default();
+    let mut read: Vec<PathBuf> = Vec::new();
+    for (_, folder) in opts.folders() {
+        let path = folder.parent().unwrap_or(Path::new(".")).join("articles.parquet");
+        let canonical = path.canonicalize().map_err(|e| DataError::io(&path, e))?;
+        if !read.contains(&canonical) {
+            read_articles(&path, opts.subtitle, &mut table, &mut report)?;
+            read.push(canonical);
+        }
+    }
+    NewsTable::warn_duplicates(&report);
+    tracing::info!(
+        news = table.news.len(),
+        ner_clusters = report.ner_clusters,
+        in_title = report.ner_clusters_in_title,
+        match_rate = report.ner_clusters_in_title as f64 / report.ner_clusters.max(1) as f64,
+        elapsed_s = started.elapsed().as_secs_f64(),
+        "articles read"
+    );
+
+    // 2. news.parquet and an empty entity_embedding.parquet.
+    let written = write_news(dir, &table.news, &tokenizer, opts.ner_scheme, &None, &mut report)?;
+    let mut files = written.files;
+    let nid_of: HashMap<i64, i32> =
+        table.news.iter().enumerate().map(|(i, n)| (n.news_id.parse().unwrap_or(-1), i as i32 + 1)).collect();
+
+    // 3. Behaviours, streamed.
+    let resolver = Resolver { nid_of: &nid_of, drop_unknown: opts.drop_unknown_news };
+    let mut users: HashMap<String, i32> = HashMap::new();
+    let mut splits = Splits::default();
+    for (split, folder) in opts.folders() {
+        let mut split_report = SplitReport::default();
+        let histories = read_histories(&folder.join("history.parquet"), &resolver, opts, &mut split_report)?;
+        let (info, split_report, split_files) = write_behaviours(
+            dir,
+            split,
+            &folder.join("behaviors.parquet"),
+            &resolver,
+            &histories,
+            opts.shards,
+            split_report,
+            &mut users,
+        )?;
+        files.extend(split_files);
+        tracing::info!(
+            split = split.name(),
+            impressions = info.impressions,
+            elapsed_s = started.elapsed().as_secs_f64(),
+            "behaviors written"
+        );
+        match split {
+            Split::Train => (splits.train, report.train) = (Some(info), Some(split_report)),
+            Split::Dev => (splits.dev, report.dev) = (Some(info), Some(split_report)),
+            Split::Test => (splits.test, report.test) = (Some(info), Some(split_report)),
+        }
+    }
+
+    Ok(Manifest {
+        format_version: FORMAT_VERSION,
+        tokenizer_sha256,
+        max_title_len: opts.max_title_len as u32,
+        max_history: opts.max_history as u32,
+        categories: written.categories,
+        subcategories: written.subcategories,
+        ner_scheme: opts.ner_scheme,
+        ner_tags: written.ner_tags,
+        num_news: table.news.len() as u64,
+        num_users: users.len() as u64,
+        // No entity vectors; the width only sizes the (unused) entity projection.
+        entity_dim: 100,
+        num_entities: written.num_entities,
+        files,
+        splits,
+        prep_report: report,
+    })
 }
 
-fn timestamp() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, None)
+// ---- Parquet input -------------------------------------------------------------------------
+
+/// The kinds of column this reader works with. Each accepts the types a writer may have used
+/// (polars writes large strings and large lists; the data card's integers are 8 to 32 bits) and
+/// is cast to one of them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Int,
+    Text,
+    IntList,
+    TextList,
+    /// A timestamp of any unit, read as whole seconds.
+    Time,
 }
 
-fn write_parquet(path: &Path, schema: Schema, columns: Vec<ArrayRef>) -> Result<()> {
-    let schema = Arc::new(schema);
-    let batch = RecordBatch::try_new(schema.clone(), columns).with_context(|| path.display().to_string())?;
-    let file = File::create(path).with_context(|| path.display().to_string())?;
-    let mut writer = ArrowWriter::try_new(file, schema, None).with_context(|| path.display().to_string())?;
-    writer.write(&batch).with_context(|| path.display().to_string())?;
-    writer.close().with_context(|| path.display().to_string())?;
+impl Kind {
+    fn accepts(self, found: &DataType) -> bool {
+        let text = |t: &DataType| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
+        let item = |t: &DataType| match t {
+            DataType::List(f) | DataType::LargeList(f) => Some(f.data_type().clone()),
+            _ => None,
+        };
+        match self {
+            Kind::Int => found.is_integer(),
+            Kind::Text => text(found),
+            Kind::IntList => item(found).is_some_and(|t| t.is_integer()),
+            Kind::TextList => item(found).is_some_and(|t| text(&t)),
+            Kind::Time => matches!(found, DataType::Timestamp(..)),
+        }
+    }
+
+    fn target(self) -> DataType {
+        match self {
+            Kind::Int | Kind::Time => DataType::Int64,
+            Kind::Text => DataType::Utf8,
+            Kind::IntList => DataType::List(Field::new("item", DataType::Int64, true).into()),
+            Kind::TextList => DataType::List(Field::new("item", DataType::Utf8, true).into()),
+        }
+    }
+
+    fn expected(self) -> &'static str {
+        match self {
+            Kind::Int => "an integer",
+            Kind::Text => "a string",
+            Kind::IntList => "a list of integers",
+            Kind::TextList => "a list of strings",
+            Kind::Time => "a timestamp",
+        }
+    }
+}
+
+/// A column to read: its name, kind, and whether the file must have it.
+struct Column {
+    name: &'static str,
+    kind: Kind,
+    required: bool,
+}
+
+const fn column(name: &'static str, kind: Kind) -> Column {
+    Column { name, kind, required: true }
+}
+
+/// One input Parquet file opened for the columns asked for.
+struct Input {
+    path: PathBuf,
+    rows: u64,
+    reader: ParquetRecordBatchReader,
+    /// The columns found: name, kind, and for a timestamp the divisor to seconds.
+    columns: Vec<(&'static str, Kind, i64)>,
+}
+
+/// One batch, its columns cast to their kind's type.
+struct Batch {
+    /// 1-based number of the batch's first row in the file.
+    first_row: u64,
+    len: usize,
+    columns: HashMap<&'static str, ArrayRef>,
+}
+
+impl Batch {
+    fn ints(&self, name: &str) -> &Int64Array {
+        self.columns[name].as_primitive::<Int64Type>()
+    }
+    fn texts(&self, name: &str) -> &StringArray {
+        self.columns[name].as_string::<i32>()
+    }
+    fn list(&self, name: &str) -> Option<&ListArray> {
+        self.columns.get(name).map(|c| c.as_list::<i32>())
+    }
+}
+
+fn open_input(path: &Path, wanted: &[Column]) -> Result<Input, DataError> {
+    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+    let parquet_error = |error| DataError::Parquet { path: path.to_path_buf(), error };
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_error)?;
+    let schema = builder.schema().clone();
+    let rows = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
+    let (mut roots, mut columns) = (Vec::new(), Vec::new());
+    for c in wanted {
+        let Ok(index) = schema.index_of(c.name) else {
+            if c.required {
+                let reason = "missing".to_string();
+                return Err(DataError::Schema { path: path.to_path_buf(), field: c.name.into(), reason });
+            }
+            continue;
+        };
+        let found = schema.field(index).data_type();
+        if !c.kind.accepts(found) {
+            let reason = format!("expected {}, found {found}", c.kind.expected());
+            return Err(DataError::Schema { path: path.to_path_buf(), field: c.name.into(), reason });
+        }
+        let divisor = match found {
+            DataType::Timestamp(TimeUnit::Second, _) => 1,
+            DataType::Timestamp(TimeUnit::Millisecond, _) => 1_000,
+            DataType::Timestamp(TimeUnit::Microsecond, _) => 1_000_000,
+            DataType::Timestamp(TimeUnit::Nanosecond, _) => 1_000_000_000,
+            _ => 1,
+        };
+        roots.push(index);
+        columns.push((c.name, c.kind, divisor));
+    }
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let reader = builder.with_projection(mask).with_batch_size(BATCH_ROWS).build().map_err(parquet_error)?;
+    Ok(Input { path: path.to_path_buf(), rows, reader, columns })
+}
+
+impl Input {
+    fn has(&self, name: &str) -> bool {
+        self.columns.iter().any(|c| c.0 == name)
+    }
+
+    /// The batches, each column cast to its kind's type (timestamps to seconds).
+    fn batches(self) -> impl Iterator<Item = Result<Batch, DataError>> {
+        let Input { path, reader, columns, .. } = self;
+        let mut next_row = 1u64;
+        reader.map(move |batch| {
+            let batch: RecordBatch = batch.map_err(|error| DataError::Arrow { path: path.clone(), error })?;
+            let mut cast = HashMap::new();
+            for &(name, kind, divisor) in &columns {
+                let raw = batch.column_by_name(name).ok_or_else(|| DataError::Schema {
+                    path: path.clone(),
+                    field: name.into(),
+                    reason: "missing".into(),
+                })?;
+                let arrow_error = |error| DataError::Arrow { path: path.clone(), error };
+                let mut array = arrow::compute::cast(raw, &kind.target()).map_err(arrow_error)?;
+                if kind == Kind::Time && divisor != 1 {
+                    let seconds: Int64Array =
+                        array.as_primitive::<Int64Type>().unary(|t: i64| t.div_euclid(divisor));
+                    array = std::sync::Arc::new(seconds);
+                }
+                cast.insert(name, array);
+            }
+            let first_row = next_row;
+            next_row += batch.num_rows() as u64;
+            Ok(Batch { first_row, len: batch.num_rows(), columns: cast })
+        })
+    }
+}
+
+/// The items of list row `i` (`None`: the list is null).
+fn ints_of(list: &ListArray, i: usize) -> Option<impl Iterator<Item = Option<i64>> + '_> {
+    if list.is_null(i) {
+        return None;
+    }
+    let values = list.values().as_primitive::<Int64Type>();
+    let offsets = list.value_offsets();
+    Some((offsets[i] as usize..offsets[i + 1] as usize).map(move |k| values.is_valid(k).then(|| values.value(k))))
+}
+
+fn texts_of(list: &ListArray, i: usize) -> Option<Vec<Option<&str>>> {
+    if list.is_null(i) {
+        return None;
+    }
+    let values = list.values().as_string::<i32>();
+    let offsets = list.value_offsets();
+    Some((offsets[i] as usize..offsets[i + 1] as usize).map(|k| values.is_valid(k).then(|| values.value(k))).collect())
+}
+
+// ---- articles ------------------------------------------------------------------------------
+
+/// Reads `articles.parquet` into `table`, counting the NER clusters found in titles.
+fn read_articles(path: &Path, subtitle: bool, table: &mut NewsTable, report: &mut PrepReport) -> Result<()> {
+    let wanted = [
+        column("article_id", Kind::Int),
+        column("title", Kind::Text),
+        Column { name: "subtitle", kind: Kind::Text, required: subtitle },
+        column("category_str", Kind::Text),
+        column("subcategory", Kind::IntList),
+        column("ner_clusters", Kind::TextList),
+        column("entity_groups", Kind::TextList),
+    ];
+    let input = open_input(path, &wanted)?;
+    let mut null_subtitles = 0u64;
+    for batch in input.batches() {
+        let batch = batch?;
+        let (ids, titles, categories) = (batch.ints("article_id"), batch.texts("title"), batch.texts("category_str"));
+        let subtitles = subtitle.then(|| batch.texts("subtitle"));
+        let subcategories = batch.list("subcategory").context("subcategory")?;
+        let (clusters, groups) = (batch.list("ner_clusters").context("ner_clusters")?, batch.list("entity_groups").context("entity_groups")?);
+        for i in 0..batch.len {
+            let row = batch.first_row + i as u64;
+            let invalid = |field: &str, reason: String| Origin::Rows.error(path, row, field, reason);
+            if ids.is_null(i) {
+                return Err(invalid("article_id", "null".into()).into());
+            }
+            let id = ids.value(i);
+            if titles.is_null(i) {
+                return Err(invalid("title", format!("null (article {id})")).into());
+            }
+            if categories.is_null(i) {
+                return Err(invalid("category_str", format!("null (article {id})")).into());
+            }
+            let mut title = titles.value(i).to_string();
+            let sub = subtitles.and_then(|s| s.is_valid(i).then(|| s.value(i)));
+            match sub {
+                Some(s) if !s.is_empty() => title = format!("{title}. {s}"),
+                Some(_) => {}
+                None => null_subtitles += u64::from(subtitle),
+            }
+            let subcategory = ints_of(subcategories, i)
+                .and_then(|mut items| items.next().flatten())
+                .map_or_else(|| "-".to_string(), |s| s.to_string());
+            let entity_clusters = texts_of(clusters, i);
+            let entity_types = texts_of(groups, i);
+            let entities = match &entity_clusters {
+                None => {
+                    report.articles_without_ner_clusters += 1;
+                    None
+                }
+                Some(names) => {
+                    let types = entity_types.as_deref().unwrap_or_default();
+                    if types.len() != names.len() {
+                        let reason = format!(
+                            "{} types for {} ner_clusters (article {id}); they are aligned",
+                            types.len(),
+                            names.len()
+                        );
+                        return Err(invalid("entity_groups", reason).into());
+                    }
+                    let mut entities = Vec::new();
+                    for (name, kind) in names.iter().zip(types) {
+                        let Some(name) = name.filter(|n| !n.trim().is_empty()) else { continue };
+                        report.ner_clusters += 1;
+                        let offsets = occurrences(&title, name);
+                        if offsets.is_empty() {
+                            continue;
+                        }
+                        report.ner_clusters_in_title += 1;
+                        entities.push(MindEntity {
+                            label: name.to_string(),
+                            kind: kind.unwrap_or("MISC").to_string(),
+                            wikidata_id: String::new(),
+                            confidence: 1.0,
+                            surface_forms: vec![name.to_string(); offsets.len()],
+                            occurrence_offsets: offsets,
+                        });
+                    }
+                    Some(entities)
+                }
+            };
+            let mut h = DefaultHasher::new();
+            (&title, categories.value(i), &subcategory, &entity_clusters, &entity_types).hash(&mut h);
+            let item = Article {
+                news_id: id.to_string(),
+                category: categories.value(i).to_string(),
+                subcategory,
+                title,
+                entities,
+                content_hash: h.finish(),
+            };
+            table.add(item, report)?;
+        }
+    }
+    if null_subtitles > 0 {
+        tracing::info!(articles = null_subtitles, "{}: null subtitles; those titles stand alone", path.display());
+    }
     Ok(())
 }
 
-/// Every news item of the three MIND splits (first definition wins) as one article row.
-fn write_articles(mind: &Path, path: &Path, rng: &mut ChaCha8Rng) -> Result<()> {
-    let mut seen = std::collections::HashSet::new();
-    let (mut ids, mut titles, mut subtitles, mut bodies, mut category_strs) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut categories: Vec<i16> = Vec::new();
-    let mut category_of: HashMap<String, i16> = HashMap::new();
-    let mut subcategory_of: HashMap<String, i16> = HashMap::new();
-    let mut subcategories = ListBuilder::new(Int16Builder::new());
-    let mut clusters = ListBuilder::new(StringBuilder::new());
-    let mut groups = ListBuilder::new(StringBuilder::new());
-    let mut topics = ListBuilder::new(StringBuilder::new());
-    for split in ["train", "dev", "test"] {
-        let file = mind.join(split).join("news.tsv");
-        let text = std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
-        for (i, line) in text.lines().enumerate() {
-            let n = parse_news_line(&file, i as u64 + 1, line)?;
-            if !seen.insert(n.news_id.to_string()) {
-                continue;
-            }
-            ids.push(number(n.news_id)?);
-            titles.push(n.title.to_string());
-            let abstract_text = n.content.split('\t').nth(3).unwrap_or_default().to_string();
-            subtitles.push((!rng.random_bool(QUIRKS[0].1)).then(|| abstract_text.clone()));
-            bodies.push(format!("{} {abstract_text}", n.title));
-            let next = category_of.len() as i16;
-            categories.push(*category_of.entry(n.category.to_string()).or_insert(next));
-            category_strs.push(n.category.to_string());
-            let next = subcategory_of.len() as i16;
-            subcategories
-                .values()
-                .append_value(*subcategory_of.entry(n.subcategory.to_string()).or_insert(next));
-            subcategories.append(true);
-            if rng.random_bool(QUIRKS[1].1) {
-                clusters.append(false);
-                groups.append(false);
-            } else {
-                for e in &n.title_entities {
-                    let group = match e.kind.as_str() {
-                        "P" => "PER",
-                        "G" => "LOC",
-                        "O" => "ORG",
-                        _ => "MISC",
-                    };
-                    clusters.values().append_value(e.surface_forms.first().unwrap_or(&e.label));
-                    groups.values().append_value(group);
-                }
-                // A cluster of the body, not in the title.
-                clusters.values().append_value("Ekstra Bladet");
-                groups.values().append_value("ORG");
-                clusters.append(true);
-                groups.append(true);
-            }
-            topics.values().append_value(n.category);
-            topics.append(true);
-        }
-    }
-    let rows = ids.len();
-    let published: Vec<i64> = (0..rows).map(|i| 1_683_000_000_000_000 + i as i64 * 60_000_000).collect();
-    let schema = Schema::new(vec![
-        Field::new("article_id", DataType::Int32, false),
-        Field::new("title", DataType::Utf8, false),
-        Field::new("subtitle", DataType::Utf8, true),
-        Field::new("body", DataType::Utf8, false),
-        Field::new("category", DataType::Int16, false),
-        Field::new("category_str", DataType::Utf8, false),
-        list_field("subcategory", DataType::Int16, false),
-        list_field("ner_clusters", DataType::Utf8, true),
-        list_field("entity_groups", DataType::Utf8, true),
-        list_field("topics", DataType::Utf8, false),
-        Field::new("published_time", timestamp(), false),
-        Field::new("premium", DataType::Boolean, false),
-        Field::new("article_type", DataType::Utf8, false),
-        Field::new("sentiment_score", DataType::Float32, false),
-        Field::new("sentiment_label", DataType::Utf8, false),
-    ]);
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(Int32Array::from(ids)),
-        Arc::new(StringArray::from(titles)),
-        Arc::new(StringArray::from(subtitles)),
-        Arc::new(StringArray::from(bodies)),
-        Arc::new(Int16Array::from(categories)),
-        Arc::new(StringArray::from(category_strs)),
-        Arc::new(subcategories.finish()),
-        Arc::new(clusters.finish()),
-        Arc::new(groups.finish()),
-        Arc::new(topics.finish()),
-        Arc::new(TimestampMicrosecondArray::from(published)),
-        Arc::new(BooleanArray::from((0..rows).map(|_| rng.random_bool(0.2)).collect::<Vec<_>>())),
-        Arc::new(StringArray::from(vec!["article_default"; rows])),
-        Arc::new(Float32Array::from((0..rows).map(|_| rng.random_range(0.5..1.0f32)).collect::<Vec<_>>())),
-        Arc::new(StringArray::from(
-            (0..rows).map(|i| ["Negative", "Neutral", "Positive"][i % 3]).collect::<Vec<_>>(),
-        )),
-    ];
-    write_parquet(path, schema, columns)
+/// Code-point offsets of every occurrence of `needle` in `text` that starts and ends at a word
+/// boundary (no letter or digit either side), so that `Bladet` is not found in `Ekstrabladet`.
+fn occurrences(text: &str, needle: &str) -> Vec<u64> {
+    text.match_indices(needle)
+        .filter(|&(b, m)| {
+            let before = text[..b].chars().next_back();
+            let after = text[b + m.len()..].chars().next();
+            !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+        })
+        .map(|(b, _)| text[..b].chars().count() as u64)
+        .collect()
 }
 
-/// One MIND split folder as EB-NeRD's `behaviors.parquet` and `history.parquet` in `out`.
-fn write_split(mind: &Path, out: &Path, test: bool, rng: &mut ChaCha8Rng) -> Result<()> {
-    let file = mind.join("behaviors.tsv");
-    let text = std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
-    let (mut impression_ids, mut users, mut times) = (Vec::new(), Vec::new(), Vec::new());
-    let mut inview = ListBuilder::new(Int32Builder::new());
-    let mut clicked = ListBuilder::new(Int32Builder::new());
-    // user -> (history ids, the impression's time)
-    let mut histories: Vec<(u32, Vec<i32>, i64)> = Vec::new();
-    let mut has_history = std::collections::HashSet::new();
-    for (i, line) in text.lines().enumerate() {
-        let b = parse_behavior_line(&file, i as u64 + 1, line)?;
-        let user = number(b.user)? as u32;
-        impression_ids.push(b.impression_id as u32);
-        users.push(user);
-        times.push(b.time * 1_000_000);
-        for (id, label) in &b.impressions {
-            let article =
-                if rng.random_bool(QUIRKS[3].1) { UNKNOWN_ARTICLE_BASE + number(id)? } else { number(id)? };
-            inview.values().append_value(article);
-            if *label == Some(1) {
-                clicked.values().append_value(article);
+// ---- histories and behaviours ---------------------------------------------------------------
+
+/// Article ids to nids, or the error (or count) for one that no article has.
+struct Resolver<'a> {
+    nid_of: &'a HashMap<i64, i32>,
+    drop_unknown: bool,
+}
+
+impl Resolver<'_> {
+    /// `what` names the row's owner (`impression 12`, `user 7`) in the error.
+    fn resolve(
+        &self,
+        id: Option<i64>,
+        at: (&Path, u64, &str),
+        what: &dyn Fn() -> String,
+        dropped: &mut u64,
+    ) -> Result<Option<i32>, DataError> {
+        if let Some(&nid) = id.and_then(|id| self.nid_of.get(&id)) {
+            return Ok(Some(nid));
+        }
+        if self.drop_unknown {
+            *dropped += 1;
+            return Ok(None);
+        }
+        let (path, row, field) = at;
+        let reason = match id {
+            Some(id) => format!(
+                "article {id} of {} is in no articles.parquet (pass --drop-unknown-news to drop such ids)",
+                what()
+            ),
+            None => format!("a null article id in {} (pass --drop-unknown-news to drop such ids)", what()),
+        };
+        Err(Origin::Rows.error(path, row, field, reason))
+    }
+}
+
+/// Each user's history from `history.parquet`: the most recent `max_history` known articles.
+fn read_histories(
+    path: &Path,
+    resolver: &Resolver,
+    opts: &EbnerdOptions,
+    report: &mut SplitReport,
+) -> Result<HashMap<i64, Vec<i32>>> {
+    let input = open_input(path, &[column("user_id", Kind::Int), column("article_id_fixed", Kind::IntList)])?;
+    let mut histories: HashMap<i64, (u64, Vec<i32>)> = HashMap::new();
+    for batch in input.batches() {
+        let batch = batch?;
+        let (user_ids, lists) = (batch.ints("user_id"), batch.list("article_id_fixed").context("article_id_fixed")?);
+        for i in 0..batch.len {
+            let row = batch.first_row + i as u64;
+            if user_ids.is_null(i) {
+                return Err(Origin::Rows.error(path, row, "user_id", "null").into());
+            }
+            let user = user_ids.value(i);
+            let mut history = Vec::new();
+            for id in ints_of(lists, i).into_iter().flatten() {
+                let at = (path, row, "article_id_fixed");
+                if let Some(nid) = resolver.resolve(id, at, &|| format!("user {user}"), &mut report.dropped_unknown_news)? {
+                    history.push(nid);
+                }
+            }
+            history.drain(..history.len().saturating_sub(opts.max_history));
+            if let Some((first, _)) = histories.insert(user, (row, history)) {
+                let reason = format!("user {user} has a second row (the first is row {})", first - 1);
+                return Err(Origin::Rows.error(path, row, "user_id", reason).into());
             }
         }
-        inview.append(true);
-        clicked.append(true);
-        if has_history.insert(user) {
-            let history = b.history.iter().map(|id| number(id)).collect::<Result<Vec<i32>>>()?;
-            histories.push((user, history, b.time * 1_000_000));
-        }
     }
-    let rows = impression_ids.len();
-    let nullable_f32 = |rng: &mut ChaCha8Rng, null: f64| -> Float32Array {
-        (0..rows).map(|_| (!rng.random_bool(null)).then(|| rng.random_range(0.0..100.0f32))).collect()
-    };
-    let nullable_i8 = |rng: &mut ChaCha8Rng, null: f64, max: i8| -> Int8Array {
-        (0..rows).map(|_| (!rng.random_bool(null)).then(|| rng.random_range(0..max))).collect()
-    };
-    let mut fields = vec![
-        Field::new("impression_id", DataType::UInt32, false),
-        Field::new("user_id", DataType::UInt32, false),
-        Field::new("impression_time", timestamp(), false),
-        list_field("article_ids_inview", DataType::Int32, false),
-    ];
-    let mut columns: Vec<ArrayRef> = vec![
-        Arc::new(UInt32Array::from(impression_ids)),
-        Arc::new(UInt32Array::from(users)),
-        Arc::new(TimestampMicrosecondArray::from(times)),
-        Arc::new(inview.finish()),
-    ];
-    if !test {
-        fields.push(list_field("article_ids_clicked", DataType::Int32, false));
-        columns.push(Arc::new(clicked.finish()));
-    }
-    let shown_on: Int32Array =
-        (0..rows).map(|_| rng.random_bool(0.3).then(|| rng.random_range(1..1000))).collect();
-    fields.extend([
-        Field::new("session_id", DataType::UInt32, false),
-        Field::new("read_time", DataType::Float32, false),
-        Field::new("scroll_percentage", DataType::Float32, true),
-        Field::new("device_type", DataType::Int8, false),
-        Field::new("is_sso_user", DataType::Boolean, false),
-        Field::new("gender", DataType::Int8, true),
-        Field::new("postcode", DataType::Int8, true),
-        Field::new("age", DataType::Int8, true),
-        Field::new("is_subscriber", DataType::Boolean, false),
-        Field::new("article_id", DataType::Int32, true),
-        Field::new("next_read_time", DataType::Float32, true),
-        Field::new("next_scroll_percentage", DataType::Float32, true),
-    ]);
-    columns.extend([
-        Arc::new(UInt32Array::from((0..rows as u32).collect::<Vec<_>>())) as ArrayRef,
-        Arc::new(Float32Array::from((0..rows).map(|_| rng.random_range(0.0..300.0f32)).collect::<Vec<_>>())),
-        Arc::new(nullable_f32(rng, 0.4)),
-        Arc::new(Int8Array::from((0..rows).map(|_| rng.random_range(1..4i8)).collect::<Vec<_>>())),
-        Arc::new(BooleanArray::from((0..rows).map(|_| rng.random_bool(0.6)).collect::<Vec<_>>())),
-        Arc::new(nullable_i8(rng, 0.9, 3)),
-        Arc::new(nullable_i8(rng, 0.9, 5)),
-        Arc::new(nullable_i8(rng, 0.9, 100)),
-        Arc::new(BooleanArray::from((0..rows).map(|_| rng.random_bool(0.1)).collect::<Vec<_>>())),
-        Arc::new(shown_on),
-        Arc::new(nullable_f32(rng, 0.1)),
-        Arc::new(nullable_f32(rng, 0.2)),
-    ]);
-    if test {
-        fields.push(Field::new("is_beyond_accuracy", DataType::Boolean, false));
-        columns.push(Arc::new(BooleanArray::from(vec![false; rows])));
-    }
-    write_parquet(&out.join("behaviors.parquet"), Schema::new(fields), columns)?;
+    Ok(histories.into_iter().map(|(user, (_, history))| (user, history)).collect())
+}
 
-    // history.parquet: one row per user, but for the users left without one.
-    histories.retain(|_| !rng.random_bool(QUIRKS[2].1));
-    let mut ids = ListBuilder::new(Int32Builder::new());
-    let mut when = ListBuilder::new(TimestampMicrosecondBuilder::new());
-    let mut scroll = ListBuilder::new(Float32Builder::new());
-    let mut read = ListBuilder::new(Float32Builder::new());
-    for (_, history, time) in &histories {
-        for (k, &id) in history.iter().enumerate() {
-            ids.values().append_value(id);
-            when.values().append_value(time - (history.len() - k) as i64 * 3_600_000_000);
-            scroll.values().append_option(rng.random_bool(0.8).then(|| rng.random_range(0.0..100.0f32)));
-            read.values().append_value(rng.random_range(0.0..300.0f32));
+/// One batch of `behaviors.parquet` as rows; the second value says the user has no history row.
+fn behaviour_rows(
+    path: &Path,
+    batch: &Batch,
+    resolver: &Resolver,
+    histories: &HashMap<i64, Vec<i32>>,
+) -> Result<Vec<(Row, Option<i64>)>, DataError> {
+    let (impressions, users, times) = (batch.ints("impression_id"), batch.ints("user_id"), batch.ints("impression_time"));
+    let inview = batch.list("article_ids_inview").expect("a required column");
+    let clicked = batch.list("article_ids_clicked");
+    let rows: Vec<Result<Option<(Row, Option<i64>)>, DataError>> = (0..batch.len)
+        .into_par_iter()
+        .map(|i| {
+            let number = batch.first_row + i as u64;
+            for (name, column) in [("impression_id", impressions), ("user_id", users), ("impression_time", times)] {
+                if column.is_null(i) {
+                    return Err(Origin::Rows.error(path, number, name, "null"));
+                }
+            }
+            let (impression_id, user) = (impressions.value(i), users.value(i));
+            let Some(shown) = ints_of(inview, i) else { return Ok(None) };
+            let clicks: Option<Vec<Option<i64>>> = match clicked {
+                Some(c) => match ints_of(c, i) {
+                    Some(items) => Some(items.collect()),
+                    None => return Ok(None),
+                },
+                None => None,
+            };
+            let mut dropped = 0;
+            let (mut candidates, mut labels) = (Vec::new(), Vec::new());
+            for id in shown {
+                let at = (path, number, "article_ids_inview");
+                if let Some(nid) = resolver.resolve(id, at, &|| format!("impression {impression_id}"), &mut dropped)? {
+                    candidates.push(nid);
+                    labels.push(clicks.as_ref().is_some_and(|c| c.contains(&id)) as i8);
+                }
+            }
+            let history = histories.get(&user);
+            let row = Row {
+                number,
+                impression_id,
+                user: user.to_string(),
+                time: times.value(i),
+                history: history.cloned().unwrap_or_default(),
+                candidates,
+                labels: clicks.is_some().then_some(labels),
+                dropped_unknown: dropped,
+            };
+            Ok(Some((row, history.is_none().then_some(user))))
+        })
+        .collect();
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        if let Some(row) = row? {
+            out.push(row);
         }
-        ids.append(true);
-        when.append(true);
-        scroll.append(true);
-        read.append(true);
     }
-    let schema = Schema::new(vec![
-        Field::new("user_id", DataType::UInt32, false),
-        list_field("article_id_fixed", DataType::Int32, false),
-        list_field("impression_time_fixed", timestamp(), false),
-        list_field("scroll_percentage_fixed", DataType::Float32, false),
-        list_field("read_time_fixed", DataType::Float32, false),
-    ]);
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(UInt32Array::from(histories.iter().map(|h| h.0).collect::<Vec<_>>())),
-        Arc::new(ids.finish()),
-        Arc::new(when.finish()),
-        Arc::new(scroll.finish()),
-        Arc::new(read.finish()),
+    Ok(out)
+}
+
+/// Streams one split's `behaviors.parquet` into its shards: a reader thread decodes batches, the
+/// rayon pool resolves their rows, the shard writer of [`crate::shards`] writes them.
+#[allow(clippy::too_many_arguments)]
+fn write_behaviours(
+    dir: &Path,
+    split: Split,
+    path: &Path,
+    resolver: &Resolver,
+    histories: &HashMap<i64, Vec<i32>>,
+    shards: Option<usize>,
+    mut report: SplitReport,
+    users: &mut HashMap<String, i32>,
+) -> Result<SplitOutput> {
+    let wanted = [
+        column("impression_id", Kind::Int),
+        column("user_id", Kind::Int),
+        column("impression_time", Kind::Time),
+        column("article_ids_inview", Kind::IntList),
+        Column { name: "article_ids_clicked", kind: Kind::IntList, required: split == Split::Train },
     ];
-    write_parquet(&out.join("history.parquet"), schema, columns)
+    let input = open_input(path, &wanted)?;
+    let rows = input.rows;
+    if rows == 0 {
+        return Err(Origin::Rows.error(path, 1, "impressions", "the file has no rows").into());
+    }
+    if split != Split::Train && !input.has("article_ids_clicked") {
+        tracing::info!("{}: no article_ids_clicked column: the split is unlabeled", path.display());
+    }
+    report.lines = rows;
+    let target =
+        SplitTarget { dir, split, source: path, origin: Origin::Rows, rows, shards: shard_count(shards, rows) };
+    let bar = progress(rows, &format!("{} behaviors", split.name()), "{pos}/{len} rows");
+    let mut without_history: HashSet<i64> = HashSet::new();
+    let mut null_lists = 0u64;
+    let output = std::thread::scope(|scope| -> Result<SplitOutput> {
+        let (tx, rx) = mpsc::sync_channel::<Result<Batch, DataError>>(4);
+        scope.spawn(move || {
+            for batch in input.batches() {
+                // A failed send means the consumer already stopped with its own error.
+                if tx.send(batch).is_err() {
+                    return;
+                }
+            }
+        });
+        let (rtx, rrx) = mpsc::sync_channel::<Vec<Row>>(2);
+        let target = &target;
+        let writer_report = report.clone();
+        let writer = scope.spawn(move || write_split(target, writer_report, rrx, users));
+        let parsed = (|| -> Result<(), DataError> {
+            for batch in rx {
+                let batch = batch?;
+                bar.inc(batch.len as u64);
+                let rows = behaviour_rows(path, &batch, resolver, histories)?;
+                null_lists += (batch.len - rows.len()) as u64;
+                let mut out = Vec::with_capacity(rows.len());
+                for (row, missing) in rows {
+                    without_history.extend(missing);
+                    out.push(row);
+                }
+                if rtx.send(out).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        drop(rtx);
+        let written = writer.join().map_err(|_| anyhow::anyhow!("{}: writer thread panicked", path.display()))?;
+        parsed?;
+        written
+    })?;
+    bar.finish_and_clear();
+    let (info, mut report, files) = output;
+    report.null_lists = null_lists;
+    report.users_without_history = without_history.len() as u64;
+    Ok((info, report, files))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn occurrences_are_whole_words_in_code_points() {
+        assert_eq!(occurrences("Ekstra Bladet: Bladet og Ekstrabladet", "Bladet"), vec![7, 15]);
+        // "ø" and "å" are letters: no match inside "Århusbladets" or "Bladets".
+        assert_eq!(occurrences("Søren i Århus, Århusbladets Århus", "Århus"), vec![8, 28]);
+        assert_eq!(occurrences("FCK-spiller", "FCK"), vec![0]);
+        assert!(occurrences("nothing here", "Bladet").is_empty());
+    }
 }

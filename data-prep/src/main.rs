@@ -1,14 +1,17 @@
-//! `mtrec-prep`: MIND to the sharded Parquet of the mtrec data contract (`mind`), and a
-//! MIND-format synthetic data generator (`synth`).
+//! `mtrec-prep`: MIND and xMIND (`mind`) and EB-NeRD (`ebnerd`) to the sharded Parquet of the
+//! mtrec data contract, and a synthetic data generator in either format (`synth`).
 //!
 //! ```text
 //! mtrec-prep synth --out data/synth
 //! mtrec-prep synth --profile mind --news 65238 --users 94057 --impressions 230117 --out data/mind-small-synth
 //! mtrec-prep mind --train data/synth/train --dev data/synth/dev --test data/synth/test \
 //!     --model MODEL_DIR --out data/shards
+//! mtrec-prep synth --format ebnerd --out data/ebnerd
+//! mtrec-prep ebnerd --train data/ebnerd/train --dev data/ebnerd/validation --test data/ebnerd/test \
+//!     --model MODEL_DIR --out data/ebnerd-shards
 //! ```
 
-use mtrec_prep::{ebnerd, prep, synth};
+use mtrec_prep::{ebnerd, ebnerd_synth, mind, synth};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,7 +23,7 @@ use mtrec_data::{Manifest, NerScheme};
 #[command(
     name = "mtrec-prep",
     version,
-    about = "MIND to sharded Parquet, and a MIND-format synthetic data generator"
+    about = "MIND, xMIND and EB-NeRD to sharded Parquet, and a synthetic data generator"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -32,6 +35,9 @@ enum Command {
     /// Prepare MIND split folders into shards (news.parquet, entity_embedding.parquet,
     /// train/dev/test parts, manifest.json).
     Mind(MindArgs),
+    /// Prepare EB-NeRD split folders (behaviors.parquet, history.parquet; articles.parquet in
+    /// the parent folder) into the same shards.
+    Ebnerd(EbnerdArgs),
     /// Write a synthetic data set in the MIND format (DIR/train, DIR/dev, DIR/test).
     Synth(SynthArgs),
 }
@@ -84,6 +90,56 @@ struct MindArgs {
     /// Replace a non-empty --out.
     #[arg(long)]
     force: bool,
+}
+
+#[derive(clap::Args)]
+struct EbnerdArgs {
+    /// EB-NeRD train folder (behaviors.parquet, history.parquet; articles.parquet beside it).
+    #[arg(long)]
+    train: PathBuf,
+    /// EB-NeRD validation folder.
+    #[arg(long)]
+    dev: PathBuf,
+    /// EB-NeRD test folder (no article_ids_clicked: unlabeled; articles.parquet beside it).
+    #[arg(long)]
+    test: Option<PathBuf>,
+    /// Model folder with tokenizer.json, or vocab.txt (+ tokenizer_config.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Output shards folder (must not exist, or be empty, unless --force).
+    #[arg(long)]
+    out: PathBuf,
+    /// Shards per split (default: one per 250,000 impressions; at most one per impression).
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    shards: Option<usize>,
+    /// Tokens per title, special tokens included.
+    #[arg(long, default_value_t = 30)]
+    max_title_len: usize,
+    /// Most recent history entries kept per user.
+    #[arg(long, default_value_t = 50)]
+    max_history: usize,
+    /// Drop article ids that no articles.parquet defines (counted in the manifest) instead of
+    /// failing.
+    #[arg(long)]
+    drop_unknown_news: bool,
+    /// NER tag scheme (typed: the types of entity_groups).
+    #[arg(long, value_enum, default_value_t = SchemeArg::Bio)]
+    ner_scheme: SchemeArg,
+    /// Title text = title + ". " + subtitle (the title alone where the subtitle is null).
+    #[arg(long)]
+    subtitle: bool,
+    /// Replace a non-empty --out.
+    #[arg(long)]
+    force: bool,
+}
+
+impl From<SchemeArg> for NerScheme {
+    fn from(s: SchemeArg) -> Self {
+        match s {
+            SchemeArg::Bio => NerScheme::Bio,
+            SchemeArg::Typed => NerScheme::Typed,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -151,7 +207,22 @@ fn summary(m: &Manifest, out: &std::path::Path) {
                 s.dropped_impressions,
                 s.dropped_unknown_news
             );
+            if s.null_lists > 0 || s.users_without_history > 0 {
+                println!(
+                    "        impressions with a null in-view or clicked list dropped {}, users without a history row {}",
+                    s.null_lists, s.users_without_history
+                );
+            }
         }
+    }
+    if r.ner_clusters > 0 || r.articles_without_ner_clusters > 0 {
+        println!(
+            "  ner_clusters {}: in the title {} ({:.1}%); articles with null ner_clusters {}",
+            r.ner_clusters,
+            r.ner_clusters_in_title,
+            100.0 * r.ner_clusters_in_title as f64 / r.ner_clusters.max(1) as f64,
+            r.articles_without_ner_clusters
+        );
     }
     println!(
         "  NER occurrences {}: located by search {}, dropped {}, truncated {}; entities without a vector {}",
@@ -189,14 +260,28 @@ fn main() -> ExitCode {
                 max_title_len: a.max_title_len,
                 max_history: a.max_history,
                 drop_unknown_news: a.drop_unknown_news,
-                ner_scheme: match a.ner_scheme {
-                    SchemeArg::Bio => NerScheme::Bio,
-                    SchemeArg::Typed => NerScheme::Typed,
-                },
+                ner_scheme: a.ner_scheme.into(),
                 titles: a.titles,
                 force: a.force,
             };
-            prep::run(&opts).map(|m| summary(&m, &opts.out))
+            mind::run(&opts).map(|m| summary(&m, &opts.out))
+        }
+        Command::Ebnerd(a) => {
+            let opts = ebnerd::EbnerdOptions {
+                train: a.train,
+                dev: a.dev,
+                test: a.test,
+                model: a.model,
+                out: a.out,
+                shards: a.shards,
+                max_title_len: a.max_title_len,
+                max_history: a.max_history,
+                drop_unknown_news: a.drop_unknown_news,
+                ner_scheme: a.ner_scheme.into(),
+                subtitle: a.subtitle,
+                force: a.force,
+            };
+            ebnerd::run(&opts).map(|m| summary(&m, &opts.out))
         }
         Command::Synth(a) => {
             let opts = synth::SynthOptions {
@@ -210,7 +295,7 @@ fn main() -> ExitCode {
             match a.format {
                 SynthFormat::Mind => synth::run(&opts, &a.out, a.force)
                     .map(|()| println!("wrote {}/{{train,dev,test}}", a.out.display())),
-                SynthFormat::Ebnerd => ebnerd::synth(&opts, &a.out, a.force).map(|()| {
+                SynthFormat::Ebnerd => ebnerd_synth::synth(&opts, &a.out, a.force).map(|()| {
                     println!("wrote {}/{{articles.parquet,train,validation,test}}", a.out.display())
                 }),
             }

@@ -103,7 +103,7 @@ impl Splits {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SplitReport {
-    /// Lines read from `behaviors.tsv`.
+    /// Input rows read: `behaviors.tsv` lines (MIND), `behaviors.parquet` rows (EB-NeRD).
     pub lines: u64,
     /// News-id occurrences (history or candidates) dropped because no `news.tsv` defines them
     /// (only with `--drop-unknown-news`; otherwise such an id is an error).
@@ -111,6 +111,13 @@ pub struct SplitReport {
     /// Impressions dropped because nothing usable was left (train: no click or no non-click;
     /// dev/test: no candidate).
     pub dropped_impressions: u64,
+    /// EB-NeRD: impressions dropped because their in-view or clicked list is null.
+    #[serde(default)]
+    pub null_lists: u64,
+    /// EB-NeRD: users of the split's impressions without a `history.parquet` row (their
+    /// impressions get an empty history).
+    #[serde(default)]
+    pub users_without_history: u64,
 }
 
 /// What prep dropped or repaired, and why.
@@ -131,6 +138,17 @@ pub struct PrepReport {
     pub ner_dropped: u64,
     /// Occurrences that lie wholly past the `max_title_len` truncation.
     pub ner_truncated: u64,
+    /// EB-NeRD: the articles' `ner_clusters` (entity strings, found in the article's body or
+    /// title) over all articles.
+    #[serde(default)]
+    pub ner_clusters: u64,
+    /// EB-NeRD: those found in the title text at word boundaries (each occurrence tagged): the
+    /// match rate is `ner_clusters_in_title / ner_clusters`.
+    #[serde(default)]
+    pub ner_clusters_in_title: u64,
+    /// EB-NeRD: articles whose `ner_clusters` is null (their tags are all -1, ignored).
+    #[serde(default)]
+    pub articles_without_ner_clusters: u64,
     /// Title entities whose WikidataId has no vector in any `entity_embedding.vec`: left out of
     /// the news item's entity list (AMF), still tagged for NER.
     #[serde(default)]

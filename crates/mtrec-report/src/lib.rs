@@ -82,15 +82,24 @@ impl ReportError {
     }
 }
 
-/// `run_dir/best.json`: the checkpoint with the best evaluation AUC, as the trainer recorded it.
+/// `run_dir/best.json`: the checkpoint with the best evaluation by the run's `eval.metric`, as the
+/// trainer recorded it.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub struct BestCheckpoint {
     /// The step of the checkpoint.
     pub step: u64,
-    /// Its evaluation AUC (fraction).
-    pub auc: f64,
+    /// The metric it is best by (`auc`, `mrr`, `ndcg5`, `ndcg10`; older files: AUC).
+    #[serde(default = "auc_name")]
+    pub metric: String,
+    /// Its value (fraction; `auc` in older files).
+    #[serde(alias = "auc")]
+    pub value: f64,
     /// The checkpoint folder, relative to the run directory (older files: an absolute path).
     pub checkpoint: String,
+}
+
+fn auc_name() -> String {
+    "auc".into()
 }
 
 /// What [`write_report`] wrote, and the metrics to print.
@@ -367,7 +376,7 @@ fn report_markdown(
     let _ = writeln!(out, "| throughput | {throughput} |");
     let best_line = match (best, best_metrics) {
         (Some(b), Some(r)) => format!("`{}` (step {}): {}", b.checkpoint, b.step, metrics_line(r)),
-        (Some(b), None) => format!("`{}` (step {}): AUC {:.4}", b.checkpoint, b.step, b.auc),
+        (Some(b), None) => format!("`{}` (step {}): {} {:.4}", b.checkpoint, b.step, b.metric, b.value),
         (None, _) => "- (no `best.json`)".into(),
     };
     let _ = writeln!(out, "| best checkpoint | {best_line} |");

@@ -55,13 +55,24 @@ pub struct TrainerState {
     pub early_stopping: Option<crate::early_stop::EarlyStopping>,
 }
 
-/// `run_dir/best.json`: the checkpoint with the best evaluation AUC so far; `checkpoint` is
-/// relative to the run directory (`step-00001000`), so the run directory can move.
+/// `run_dir/best.json`: the checkpoint with the best evaluation so far by `eval.metric` (the
+/// metric early stopping watches, AUC by default); `checkpoint` is relative to the run directory
+/// (`step-00001000`), so the run directory can move.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Best {
     pub step: u64,
-    pub auc: f64,
+    /// The metric it is best by (`auc`, `mrr`, `ndcg5`, `ndcg10`); files written before it was
+    /// recorded chose by AUC.
+    #[serde(default = "auc_name")]
+    pub metric: String,
+    /// The metric's value at `step` (`auc` in those older files).
+    #[serde(alias = "auc")]
+    pub value: f64,
     pub checkpoint: PathBuf,
+}
+
+fn auc_name() -> String {
+    "auc".into()
 }
 
 impl Best {
@@ -69,8 +80,8 @@ impl Best {
         run_dir.join("best.json")
     }
 
-    pub fn at(step: u64, auc: f64) -> Best {
-        Best { step, auc, checkpoint: step_dir(Path::new(""), step) }
+    pub fn at(step: u64, metric: &str, value: f64) -> Best {
+        Best { step, metric: metric.into(), value, checkpoint: step_dir(Path::new(""), step) }
     }
 
     /// The run's best checkpoint so far, if `best.json` names one that still exists (a resumed
@@ -556,9 +567,14 @@ mod tests {
         assert_eq!(Best::read(run.path()), None, "no best.json yet");
         let model = vec![("w".to_string(), Tensor::from_slice(&[1.0f32]))];
         let dir = save(run.path(), &model, &model, state(5)).unwrap();
-        let best = Best::at(5, 0.61);
+        let best = Best::at(5, "mrr", 0.61);
         best.write(run.path()).unwrap();
         assert_eq!(Best::read(run.path()), Some(best.clone()));
+        // A file from before `metric` was recorded: chosen by AUC.
+        std::fs::write(run.path().join("best.json"), r#"{"step":5,"auc":0.6,"checkpoint":"step-00000005"}"#)
+            .unwrap();
+        assert_eq!(Best::read(run.path()), Some(Best::at(5, "auc", 0.6)));
+        best.write(run.path()).unwrap();
         // Relative to the run directory: it survives a move.
         let text = std::fs::read_to_string(run.path().join("best.json")).unwrap();
         assert!(text.contains(r#""checkpoint":"step-00000005""#), "{text}");

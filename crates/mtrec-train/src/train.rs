@@ -11,10 +11,10 @@ use crate::TrainError;
 use crate::agree::{agree_on_config, same_on_every_rank};
 use crate::beyond::TrainingClicks;
 use crate::checkpoint::{self, Best, Checkpoint, CheckpointWriter, TrainerState};
-use crate::config::Config;
+use crate::config::{Config, EvalMetric};
 use crate::device_batch::{Batches, DeviceBatch};
 use crate::early_stop::EarlyStopping;
-use crate::eval::{eval_impressions, evaluate};
+use crate::eval::{Evaluation, eval_impressions, evaluate};
 use crate::flat::FlatParams;
 use crate::layer_cache::LayerCache;
 use crate::logger::{MetricsLogger, eval_record};
@@ -69,8 +69,10 @@ pub struct TrainSummary {
     pub steps: u64,
     pub seconds: f64,
     pub samples_per_second: f64,
-    pub final_eval: Option<RankingMetrics>,
-    pub best: Option<(u64, f64)>,
+    /// The last evaluation: the metrics, by user group, beyond accuracy, the category head.
+    pub final_eval: Option<Evaluation>,
+    /// The best checkpoint by `eval.metric` (`best.json`).
+    pub best: Option<Best>,
     pub last_checkpoint: Option<PathBuf>,
     /// Set when a signal stopped the run before `train.max_steps`.
     pub stopped: Option<Stopped>,
@@ -127,7 +129,7 @@ pub fn train(
                 seconds: 0.0,
                 samples_per_second: 0.0,
                 final_eval: None,
-                best: Best::read(&config.train.run_dir).map(|b| (b.step, b.auc)),
+                best: Best::read(&config.train.run_dir),
                 last_checkpoint: Some(ckpt.dir.clone()),
                 stopped: None,
                 early_stop: Some((ckpt.state.step, done.clone())),
@@ -355,7 +357,13 @@ impl<'a> Trainer<'a> {
             writer: CheckpointWriter::new(&run_dir, config.checkpoint.keep)?,
             // A resumed run competes with the best checkpoint the run has so far.
             // (one written after the resumed step belongs to steps this run replays: not kept)
-            best: resume_from.as_ref().and_then(|_| Best::read(&run_dir)).filter(|b| b.step <= start_step),
+            // (one written after the resumed step belongs to steps this run replays: not kept; one
+            // chosen by another eval.metric does not compete)
+            best: resume_from
+                .as_ref()
+                .and_then(|_| Best::read(&run_dir))
+                .filter(|b| b.step <= start_step && b.metric == config.eval.metric.name()),
+            metric: config.eval.metric,
             last: None,
             main_rank,
             run_dir,
@@ -467,12 +475,12 @@ impl<'a> Trainer<'a> {
                     ) {
                         Ok(measured) => {
                             self.metrics.write_eval(step_number, &measured, eval_started.elapsed())?;
-                            let metrics = measured.metrics;
-                            let value = config.eval.metric.of(&metrics);
+                            let value = config.eval.metric.of(&measured.metrics);
                             if EarlyStopping::observe(&mut self.early, &config.eval, step_number, value) {
                                 early_stop = self.early.clone().map(|count| (step_number, count));
                             }
-                            evaluation = Some(metrics);
+                            evaluation = Some(measured.metrics);
+                            final_eval = Some(measured);
                         }
                         Err(TrainError::Stopped(s)) => signal = Some(s),
                         Err(e) => return Err(e),
@@ -506,9 +514,6 @@ impl<'a> Trainer<'a> {
                         &cache_rows,
                         evaluation.as_ref(),
                     )?;
-                }
-                if evaluation.is_some() {
-                    final_eval = evaluation;
                 }
                 self.metrics.window_starts(); // after evaluation and checkpoint
                 if let Some(signal) = signal {
@@ -549,7 +554,7 @@ impl<'a> Trainer<'a> {
             seconds,
             samples_per_second: (steps * config.train.batch_size as u64) as f64 / seconds.max(1e-9),
             final_eval,
-            best: self.checkpoints.best.map(|b| (b.step, b.auc)),
+            best: self.checkpoints.best,
             last_checkpoint: self.checkpoints.last,
             stopped,
             early_stop,
@@ -613,11 +618,12 @@ fn trainer_state(
     }
 }
 
-/// Rank 0's checkpoints: written in the background, the best by evaluation AUC kept.
+/// Rank 0's checkpoints: written in the background, the best by `eval.metric` kept.
 struct Checkpointer {
     writer: CheckpointWriter,
     run_dir: PathBuf,
     best: Option<Best>,
+    metric: EvalMetric,
     last: Option<PathBuf>,
     main_rank: bool,
 }
@@ -632,9 +638,10 @@ impl Checkpointer {
         evaluation: Option<&RankingMetrics>,
     ) -> Result<(), TrainError> {
         let step = state.step;
-        let improved = evaluation.filter(|m| self.best.as_ref().is_none_or(|b| m.auc > b.auc));
-        if let Some(m) = improved {
-            self.best = Some(Best::at(step, m.auc));
+        let value = evaluation.map(|m| self.metric.of(m));
+        let improved = value.filter(|&v| self.best.as_ref().is_none_or(|b| v > b.value));
+        if let Some(v) = improved {
+            self.best = Some(Best::at(step, self.metric.name(), v));
         }
         let protect = self.best.as_ref().map(|b| self.run_dir.join(&b.checkpoint));
         let mut training_state = optimizer_tensors(optimizer);

@@ -55,6 +55,7 @@ fn configs_inherit_the_paper_config_and_differ_only_where_they_say() {
         ("mtrec-no-gs.toml", &["mtl.surgery", "train.run_dir"]),
         ("mtrec-pcgrad.toml", &["mtl.surgery", "train.run_dir"]),
         ("xmind-mbert.toml", &["data.shards", "model.path", "mtl.ner", "train.run_dir"]),
+        ("ebnerd-xlmr.toml", &["data.shards", "model.path", "train.run_dir"]),
     ] {
         let diff = mtrec_train::agree::config_differences(&paper, &load(name).to_toml());
         let fields: Vec<&str> = diff.split("; ").map(|d| d.split(" = ").next().unwrap()).collect();

@@ -141,11 +141,14 @@ pub fn train(job: &Job, args: &ConfigArgs, resume: Option<&str>, reschedule: boo
             config.train.run_dir.display()
         );
         if let Some(m) = summary.final_eval {
-            println!("{}: {m}", config.eval.split);
+            print!("{}: {m}", config.eval.split);
         }
-        if let Some((step, auc)) = summary.best {
+        if let Some(best) = summary.best {
             println!(
-                "best checkpoint: step {step} (AUC {auc:.4}), see {}",
+                "best checkpoint: step {} ({} {:.4}), see {}",
+                best.step,
+                best.metric,
+                best.value,
                 config.train.run_dir.join("best.json").display()
             );
         }

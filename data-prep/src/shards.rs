@@ -1,0 +1,244 @@
+//! The behaviours stage every data set shares: impressions, already resolved to nids by a data
+//! set's reader, arrive in batches over a bounded channel and are written into a split's shards
+//! (`train/part-NNNNN.parquet`: clicked and non-clicked; `dev/`, `test/`: candidates and labels).
+//! Shard k holds the input rows `[k*rows/shards, (k+1)*rows/shards)`, so the shards of a split are
+//! balanced and in input order whatever was dropped.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mtrec_data::write::{EvalWriter, TrainWriter, part_name};
+use mtrec_data::{
+    DataError, EvalImpression, FileEntry, MANIFEST_FILE, Manifest, Split, SplitInfo, SplitReport,
+    TrainImpression, sha256_file,
+};
+
+use crate::staged::Staged;
+
+/// Runs `prep` on a staged folder ([`Staged`]) and publishes it at `out` with its
+/// `manifest.json` (the run's wall time in its report): `out` is complete or absent.
+pub fn publish_shards(out: &Path, force: bool, prep: impl FnOnce(&Path) -> Result<Manifest>) -> Result<Manifest> {
+    let started = std::time::Instant::now();
+    let staged = Staged::new(out, force)?;
+    let mut manifest = prep(staged.path())?;
+    manifest.prep_report.elapsed_seconds = started.elapsed().as_secs_f64();
+    let text = serde_json::to_string_pretty(&manifest).context("serializing manifest.json")?;
+    std::fs::write(staged.path().join(MANIFEST_FILE), text).context("writing manifest.json")?;
+    staged.publish()?;
+    Ok(manifest)
+}
+
+/// Impressions per shard when `--shards` is not given.
+const AUTO_SHARD_ROWS: u64 = 250_000;
+
+/// One impression after its reader resolved its news ids.
+pub struct Row {
+    /// 1-based number of the input row (a `behaviors.tsv` line, a `behaviors.parquet` row).
+    pub number: u64,
+    pub impression_id: i64,
+    /// The data set's user id; train's users get the ids `1..`, others 0.
+    pub user: String,
+    /// Unix seconds.
+    pub time: i64,
+    pub history: Vec<i32>,
+    pub candidates: Vec<i32>,
+    /// 1 = clicked, 0 = not, aligned with `candidates`; `None` for an unlabeled split.
+    pub labels: Option<Vec<i8>>,
+    /// News-id occurrences dropped because no news item has the id (`--drop-unknown-news`).
+    pub dropped_unknown: u64,
+}
+
+/// How a reader's input numbers its rows, for errors that point at one.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin {
+    /// A text file: `file:line: field: reason`.
+    Lines,
+    /// A Parquet file: `file: row R: field: reason`, R 0-based as pyarrow and polars index.
+    Rows,
+}
+
+impl Origin {
+    /// The error about input row `number` (1-based) of `path`.
+    pub fn error(self, path: &Path, number: u64, field: &str, reason: impl Into<String>) -> DataError {
+        match self {
+            Origin::Lines => DataError::parse(path, number, field, reason),
+            Origin::Rows => DataError::Invalid {
+                path: path.to_path_buf(),
+                row: number.saturating_sub(1) as usize,
+                field: field.to_string(),
+                reason: reason.into(),
+            },
+        }
+    }
+}
+
+/// A progress bar on stderr; indicatif draws nothing when stderr is not a terminal.
+pub fn progress(len: u64, what: &str, units: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    let template = format!("{{msg:>20}} [{{bar:40}}] {units} {{eta}}");
+    if let Ok(style) = ProgressStyle::with_template(&template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// The manifest entry of `dir/rel`.
+pub fn file_entry(dir: &Path, rel: &str, rows: u64) -> Result<FileEntry> {
+    Ok(FileEntry { path: rel.to_string(), rows, sha256: sha256_file(&dir.join(rel))? })
+}
+
+/// Shards of a split of `rows` input rows: `--shards`, or one per 250,000 rows; at most one per row.
+pub fn shard_count(requested: Option<usize>, rows: u64) -> usize {
+    requested.unwrap_or_else(|| rows.div_ceil(AUTO_SHARD_ROWS) as usize).min(rows as usize)
+}
+
+/// Output of one split: its manifest entry, its report, its files.
+pub type SplitOutput = (SplitInfo, SplitReport, Vec<FileEntry>);
+
+/// Where one split goes and what its input is.
+pub struct SplitTarget<'a> {
+    /// The shards folder.
+    pub dir: &'a Path,
+    pub split: Split,
+    /// The input file the rows come from, for errors.
+    pub source: &'a Path,
+    pub origin: Origin,
+    /// Input rows (the last `Row::number`).
+    pub rows: u64,
+    pub shards: usize,
+}
+
+/// The open shard of a split.
+enum Shard {
+    Train(TrainWriter),
+    Eval(EvalWriter),
+}
+
+impl Shard {
+    fn finish(self) -> Result<u64, DataError> {
+        match self {
+            Shard::Train(w) => w.finish(),
+            Shard::Eval(w) => w.finish(),
+        }
+    }
+}
+
+/// Writes the row batches of `rx` into the shards of `target`. `report` comes with the reader's
+/// own counts and gets the writer's. Train's users are numbered in `users` as they first occur;
+/// dev and test users not in it get 0.
+pub fn write_split(
+    target: &SplitTarget,
+    mut report: SplitReport,
+    rx: mpsc::Receiver<Vec<Row>>,
+    users: &mut HashMap<String, i32>,
+) -> Result<SplitOutput> {
+    let SplitTarget { dir, split, source, origin, rows, shards } = *target;
+    let split_dir = dir.join(split.name());
+    std::fs::create_dir_all(&split_dir).map_err(|e| DataError::io(&split_dir, e))?;
+    let boundary = |k: usize| (k as u64 * rows).div_ceil(shards as u64);
+    let open = |k: usize| -> Result<Shard, DataError> {
+        let p = split_dir.join(part_name(k));
+        Ok(match split {
+            Split::Train => Shard::Train(TrainWriter::create(&p)?),
+            _ => Shard::Eval(EvalWriter::create(&p)?),
+        })
+    };
+    let shard_path = |k: usize| format!("{}/{}", split.name(), part_name(k));
+    let mut files = Vec::new();
+    let mut shard_rows = 0u64;
+    let mut current = (0usize, open(0)?);
+    let mut written = 0u64;
+    let mut labeled: Option<(bool, u64)> = None;
+
+    for batch in rx {
+        for row in batch {
+            // The 0-based row index (number - 1) decides the shard.
+            while row.number > boundary(current.0 + 1) {
+                let next = current.0 + 1;
+                let done = std::mem::replace(&mut current, (next, open(next)?));
+                let rows = done.1.finish()?;
+                files.push(file_entry(dir, &shard_path(done.0), rows)?);
+                shard_rows += rows;
+            }
+            report.dropped_unknown_news += row.dropped_unknown;
+            let is_labeled = row.labels.is_some();
+            match labeled {
+                None => labeled = Some((is_labeled, row.number)),
+                Some((l, first)) if l != is_labeled => {
+                    let reason = format!(
+                        "{} but row {first} {}; a split is labeled throughout or not at all",
+                        if is_labeled { "labeled" } else { "unlabeled" },
+                        if l { "is labeled" } else { "is not" }
+                    );
+                    return Err(origin.error(source, row.number, "impressions", reason).into());
+                }
+                Some(_) => {}
+            }
+            match &mut current.1 {
+                Shard::Train(w) => {
+                    let Some(labels) = row.labels else {
+                        let reason = "train impressions need labels (clicked or not)";
+                        return Err(origin.error(source, row.number, "impressions", reason).into());
+                    };
+                    let next = users.len() as i32 + 1;
+                    let user = *users.entry(row.user).or_insert(next);
+                    let mut clicked = Vec::new();
+                    let mut non_clicked = Vec::new();
+                    for (&c, &l) in row.candidates.iter().zip(&labels) {
+                        if l == 1 { clicked.push(c) } else { non_clicked.push(c) }
+                    }
+                    if clicked.is_empty() || non_clicked.is_empty() {
+                        report.dropped_impressions += 1;
+                        continue;
+                    }
+                    w.push(&TrainImpression {
+                        impression_id: row.impression_id,
+                        user,
+                        time: row.time,
+                        history: row.history,
+                        clicked,
+                        non_clicked,
+                    })?;
+                }
+                Shard::Eval(w) => {
+                    if row.candidates.is_empty() {
+                        report.dropped_impressions += 1;
+                        continue;
+                    }
+                    let user = users.get(&row.user).copied().unwrap_or(0);
+                    w.push(&EvalImpression {
+                        impression_id: row.impression_id,
+                        user,
+                        time: row.time,
+                        history: row.history,
+                        candidates: row.candidates,
+                        labels: row.labels,
+                    })?;
+                }
+            }
+            written += 1;
+        }
+    }
+    let last = current.1.finish()?;
+    files.push(file_entry(dir, &shard_path(current.0), last)?);
+    shard_rows += last;
+    // Shards after the last impression (the input ends in blank lines) are still created, empty.
+    for k in current.0 + 1..shards {
+        files.push(file_entry(dir, &shard_path(k), open(k)?.finish()?)?);
+    }
+    debug_assert_eq!(shard_rows, written);
+    if written == 0 {
+        let reason = format!("no impression kept ({} dropped)", report.dropped_impressions);
+        return Err(origin.error(source, rows, "impressions", reason).into());
+    }
+    let info = SplitInfo {
+        impressions: written,
+        labeled: labeled.is_none_or(|(l, _)| l),
+        shards: files.iter().map(|f| f.path.clone()).collect(),
+    };
+    Ok((info, report, files))
+}

