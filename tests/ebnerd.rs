@@ -50,7 +50,17 @@ print(json.dumps(out))
 fn ebnerd_shards(root: &Path) -> (PathBuf, PathBuf) {
     let data = root.join("ebnerd");
     let synth = [
-        "synth", "--format", "ebnerd", "--seed", "3", "--news", "1500", "--users", "300", "--impressions", "3000",
+        "synth",
+        "--format",
+        "ebnerd",
+        "--seed",
+        "3",
+        "--news",
+        "1500",
+        "--users",
+        "300",
+        "--impressions",
+        "3000",
         "--out",
     ];
     run(Command::new(binary("mtrec-prep")).args(synth).arg(&data), true);
@@ -89,13 +99,14 @@ fn ebnerd_trains_evaluates_as_the_scorer_and_resumes() {
 
     // Training with the category and NER tasks, then its checkpoint's evaluation.
     let run_dir = root.join("run");
-    let sets = ["train.max_steps=60", "checkpoint.every=20", "checkpoint.keep=5", "model.dropout=0.1"];
+    let sets = ["train.max_steps=80", "checkpoint.every=20", "checkpoint.keep=5"];
     let trained = stdout(&run(&mut tiny_worker("train", &shards, &run_dir, &sets), true));
     println!("{trained}");
-    let checkpoint = run_dir.join("step-00000060");
+    let checkpoint = run_dir.join("step-00000080");
     run(tiny_worker("eval", &shards, &run_dir, &[]).arg("--checkpoint").arg(&checkpoint), true);
     let metrics = json(&checkpoint.join("metrics.json"));
-    assert!(metrics["auc"].as_f64() > Some(0.55), "the tiny model learns the planted signal: {metrics}");
+    // The planted signal (as tests/e2e.rs's MIND run: about 0.6 after 80 steps; chance 0.5).
+    assert!(metrics["auc"].as_f64() > Some(0.57), "the tiny model learns the planted signal: {metrics}");
 
     // predict's submissions, scored from EB-NeRD's own files.
     let score = |split: &str, folder: &str| -> serde_json::Value {
@@ -110,21 +121,27 @@ fn ebnerd_trains_evaluates_as_the_scorer_and_resumes() {
     };
     let scorer = score("dev", "validation");
     println!("scorer {scorer}\neval   {metrics}");
-    assert_eq!(scorer["impressions"], metrics["impressions"], "scorer {scorer}, eval {metrics}");
+    assert_eq!(
+        scorer["impressions"].as_f64(),
+        metrics["impressions"].as_f64(),
+        "scorer {scorer}, eval {metrics}"
+    );
     for key in ["auc", "mrr", "ndcg5", "ndcg10"] {
         let (ours, official) = (metrics[key].as_f64().unwrap(), scorer[key].as_f64().unwrap());
         println!("{key}: eval {ours:.6}, scorer {official:.6}, difference {:.1e}", (ours - official).abs());
         assert!((ours - official).abs() < 1e-4, "{key}: eval {ours}, scorer {official}");
     }
     let test = score("test", "test");
-    assert_eq!(test["lines"], manifest["splits"]["test"]["impressions"], "{test}");
+    assert_eq!(test["lines"].as_u64(), manifest["splits"]["test"]["impressions"].as_u64(), "{test}");
 
-    // Resumed from the step-20 checkpoint into another run directory: the same weights at 60.
+    // Resumed from the step-40 checkpoint into another run directory: the same weights at 80.
     let resumed = root.join("resumed");
     let mut resume = tiny_worker("train", &shards, &resumed, &sets);
-    run(resume.arg("--resume").arg(run_dir.join("step-00000020")), true);
-    let diff =
-        max_param_diff(&checkpoint.join("model.safetensors"), &resumed.join("step-00000060/model.safetensors"));
-    println!("resumed from step 20: max parameter difference {diff:.3e}");
+    run(resume.arg("--resume").arg(run_dir.join("step-00000040")), true);
+    let diff = max_param_diff(
+        &checkpoint.join("model.safetensors"),
+        &resumed.join("step-00000080/model.safetensors"),
+    );
+    println!("resumed from step 40: max parameter difference {diff:.3e}");
     assert!(diff <= 1e-6, "the resumed run differs by {diff:.3e}");
 }

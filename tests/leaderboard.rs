@@ -159,7 +159,14 @@ fn eval_equals_the_official_scorer_on_predicts_ranks_with_ties() {
     );
     let train_behaviors = mind.join("train/behaviors.tsv");
     let mut scorer = Command::new(python());
-    scorer.env("PYTHONPATH", repo_root().join("tests")).arg("-c").arg(SCORER).arg(&zip).arg(&behaviors).arg(&edits).arg(&train_behaviors);
+    scorer
+        .env("PYTHONPATH", repo_root().join("tests"))
+        .arg("-c")
+        .arg(SCORER)
+        .arg(&zip)
+        .arg(&behaviors)
+        .arg(&edits)
+        .arg(&train_behaviors);
     let out = run(&mut scorer, true);
     let scorer: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     // The evaluation at the end of training (the same model, before it was saved).

@@ -36,7 +36,8 @@ use arrow::datatypes::{DataType, Field, Int64Type, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use mtrec_data::mind::MindEntity;
 use mtrec_data::{
-    DataError, FORMAT_VERSION, Manifest, NerScheme, PrepReport, Split, SplitReport, Splits, tokenizer_identity,
+    DataError, FORMAT_VERSION, Manifest, NerScheme, PrepReport, Split, SplitReport, Splits,
+    tokenizer_identity,
 };
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
@@ -82,9 +83,13 @@ pub struct EbnerdOptions {
 
 impl EbnerdOptions {
     fn folders(&self) -> impl Iterator<Item = (Split, &Path)> {
-        [(Split::Train, Some(self.train.as_path())), (Split::Dev, Some(&self.dev)), (Split::Test, self.test.as_deref())]
-            .into_iter()
-            .filter_map(|(s, f)| Some((s, f?)))
+        [
+            (Split::Train, Some(self.train.as_path())),
+            (Split::Dev, Some(&self.dev)),
+            (Split::Test, self.test.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(s, f)| Some((s, f?)))
     }
 }
 
@@ -344,7 +349,10 @@ fn ints_of(list: &ListArray, i: usize) -> Option<impl Iterator<Item = Option<i64
     }
     let values = list.values().as_primitive::<Int64Type>();
     let offsets = list.value_offsets();
-    Some((offsets[i] as usize..offsets[i + 1] as usize).map(move |k| values.is_valid(k).then(|| values.value(k))))
+    Some(
+        (offsets[i] as usize..offsets[i + 1] as usize)
+            .map(move |k| values.is_valid(k).then(|| values.value(k))),
+    )
 }
 
 fn texts_of(list: &ListArray, i: usize) -> Option<Vec<Option<&str>>> {
@@ -353,7 +361,11 @@ fn texts_of(list: &ListArray, i: usize) -> Option<Vec<Option<&str>>> {
     }
     let values = list.values().as_string::<i32>();
     let offsets = list.value_offsets();
-    Some((offsets[i] as usize..offsets[i + 1] as usize).map(|k| values.is_valid(k).then(|| values.value(k))).collect())
+    Some(
+        (offsets[i] as usize..offsets[i + 1] as usize)
+            .map(|k| values.is_valid(k).then(|| values.value(k)))
+            .collect(),
+    )
 }
 
 // ---- articles ------------------------------------------------------------------------------
@@ -373,10 +385,14 @@ fn read_articles(path: &Path, subtitle: bool, table: &mut NewsTable, report: &mu
     let mut null_subtitles = 0u64;
     for batch in input.batches() {
         let batch = batch?;
-        let (ids, titles, categories) = (batch.ints("article_id"), batch.texts("title"), batch.texts("category_str"));
+        let (ids, titles, categories) =
+            (batch.ints("article_id"), batch.texts("title"), batch.texts("category_str"));
         let subtitles = subtitle.then(|| batch.texts("subtitle"));
         let subcategories = batch.list("subcategory").context("subcategory")?;
-        let (clusters, groups) = (batch.list("ner_clusters").context("ner_clusters")?, batch.list("entity_groups").context("entity_groups")?);
+        let (clusters, groups) = (
+            batch.list("ner_clusters").context("ner_clusters")?,
+            batch.list("entity_groups").context("entity_groups")?,
+        );
         for i in 0..batch.len {
             let row = batch.first_row + i as u64;
             let invalid = |field: &str, reason: String| Origin::Rows.error(path, row, field, reason);
@@ -452,7 +468,11 @@ fn read_articles(path: &Path, subtitle: bool, table: &mut NewsTable, report: &mu
         }
     }
     if null_subtitles > 0 {
-        tracing::info!(articles = null_subtitles, "{}: null subtitles; those titles stand alone", path.display());
+        tracing::info!(
+            articles = null_subtitles,
+            "{}: null subtitles; those titles stand alone",
+            path.display()
+        );
     }
     Ok(())
 }
@@ -517,7 +537,8 @@ fn read_histories(
     let mut histories: HashMap<i64, (u64, Vec<i32>)> = HashMap::new();
     for batch in input.batches() {
         let batch = batch?;
-        let (user_ids, lists) = (batch.ints("user_id"), batch.list("article_id_fixed").context("article_id_fixed")?);
+        let (user_ids, lists) =
+            (batch.ints("user_id"), batch.list("article_id_fixed").context("article_id_fixed")?);
         for i in 0..batch.len {
             let row = batch.first_row + i as u64;
             if user_ids.is_null(i) {
@@ -527,13 +548,16 @@ fn read_histories(
             let mut history = Vec::new();
             for id in ints_of(lists, i).into_iter().flatten() {
                 let at = (path, row, "article_id_fixed");
-                if let Some(nid) = resolver.resolve(id, at, &|| format!("user {user}"), &mut report.dropped_unknown_news)? {
+                if let Some(nid) =
+                    resolver.resolve(id, at, &|| format!("user {user}"), &mut report.dropped_unknown_news)?
+                {
                     history.push(nid);
                 }
             }
             history.drain(..history.len().saturating_sub(opts.max_history));
             if let Some((first, _)) = histories.insert(user, (row, history)) {
-                let reason = format!("user {user} has a second row (the first is row {})", first - 1);
+                let reason =
+                    format!("user {user} has a second row (the first is {})", Origin::Rows.name(first));
                 return Err(Origin::Rows.error(path, row, "user_id", reason).into());
             }
         }
@@ -548,14 +572,17 @@ fn behaviour_rows(
     resolver: &Resolver,
     histories: &HashMap<i64, Vec<i32>>,
 ) -> Result<Vec<(Row, Option<i64>)>, DataError> {
-    let (impressions, users, times) = (batch.ints("impression_id"), batch.ints("user_id"), batch.ints("impression_time"));
+    let (impressions, users, times) =
+        (batch.ints("impression_id"), batch.ints("user_id"), batch.ints("impression_time"));
     let inview = batch.list("article_ids_inview").expect("a required column");
     let clicked = batch.list("article_ids_clicked");
     let rows: Vec<Result<Option<(Row, Option<i64>)>, DataError>> = (0..batch.len)
         .into_par_iter()
         .map(|i| {
             let number = batch.first_row + i as u64;
-            for (name, column) in [("impression_id", impressions), ("user_id", users), ("impression_time", times)] {
+            for (name, column) in
+                [("impression_id", impressions), ("user_id", users), ("impression_time", times)]
+            {
                 if column.is_null(i) {
                     return Err(Origin::Rows.error(path, number, name, "null"));
                 }
@@ -573,7 +600,9 @@ fn behaviour_rows(
             let (mut candidates, mut labels) = (Vec::new(), Vec::new());
             for id in shown {
                 let at = (path, number, "article_ids_inview");
-                if let Some(nid) = resolver.resolve(id, at, &|| format!("impression {impression_id}"), &mut dropped)? {
+                if let Some(nid) =
+                    resolver.resolve(id, at, &|| format!("impression {impression_id}"), &mut dropped)?
+                {
                     candidates.push(nid);
                     labels.push(clicks.as_ref().is_some_and(|c| c.contains(&id)) as i8);
                 }
@@ -630,8 +659,14 @@ fn write_behaviours(
         tracing::info!("{}: no article_ids_clicked column: the split is unlabeled", path.display());
     }
     report.lines = rows;
-    let target =
-        SplitTarget { dir, split, source: path, origin: Origin::Rows, rows, shards: shard_count(shards, rows) };
+    let target = SplitTarget {
+        dir,
+        split,
+        source: path,
+        origin: Origin::Rows,
+        rows,
+        shards: shard_count(shards, rows),
+    };
     let bar = progress(rows, &format!("{} behaviors", split.name()), "{pos}/{len} rows");
     let mut without_history: HashSet<i64> = HashSet::new();
     let mut null_lists = 0u64;
@@ -667,7 +702,8 @@ fn write_behaviours(
             Ok(())
         })();
         drop(rtx);
-        let written = writer.join().map_err(|_| anyhow::anyhow!("{}: writer thread panicked", path.display()))?;
+        let written =
+            writer.join().map_err(|_| anyhow::anyhow!("{}: writer thread panicked", path.display()))?;
         parsed?;
         written
     })?;

@@ -255,7 +255,13 @@ impl BehaviorsBatch {
     /// The gathered impressions as a record batch of `schema`, with the behaviour columns mtrec
     /// does not read drawn from `rng` (`session_id` counts on from `first_session`); empties the
     /// batch.
-    fn take(&mut self, schema: &Arc<Schema>, test: bool, first_session: u32, rng: &mut ChaCha8Rng) -> Result<RecordBatch> {
+    fn take(
+        &mut self,
+        schema: &Arc<Schema>,
+        test: bool,
+        first_session: u32,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<RecordBatch> {
         let rows = self.len();
         let nullable_f32 = |rng: &mut ChaCha8Rng, null: f64| -> Float32Array {
             (0..rows).map(|_| (!rng.random_bool(null)).then(|| rng.random_range(0.0..100.0f32))).collect()
@@ -276,8 +282,11 @@ impl BehaviorsBatch {
         let shown_on: Int32Array =
             (0..rows).map(|_| rng.random_bool(0.3).then(|| rng.random_range(1..1000))).collect();
         columns.extend([
-            Arc::new(UInt32Array::from((first_session..first_session + rows as u32).collect::<Vec<_>>())) as ArrayRef,
-            Arc::new(Float32Array::from((0..rows).map(|_| rng.random_range(0.0..300.0f32)).collect::<Vec<_>>())),
+            Arc::new(UInt32Array::from((first_session..first_session + rows as u32).collect::<Vec<_>>()))
+                as ArrayRef,
+            Arc::new(Float32Array::from(
+                (0..rows).map(|_| rng.random_range(0.0..300.0f32)).collect::<Vec<_>>(),
+            )),
             Arc::new(nullable_f32(rng, 0.4)),
             Arc::new(Int8Array::from((0..rows).map(|_| rng.random_range(1..4i8)).collect::<Vec<_>>())),
             Arc::new(BooleanArray::from((0..rows).map(|_| rng.random_bool(0.6)).collect::<Vec<_>>())),
@@ -304,7 +313,8 @@ fn write_split(mind: &Path, out: &Path, test: bool, rng: &mut ChaCha8Rng) -> Res
     let path = out.join("behaviors.parquet");
     let schema = behaviors_schema(test);
     let sink = File::create(&path).with_context(|| path.display().to_string())?;
-    let mut writer = ArrowWriter::try_new(sink, schema.clone(), None).with_context(|| path.display().to_string())?;
+    let mut writer =
+        ArrowWriter::try_new(sink, schema.clone(), None).with_context(|| path.display().to_string())?;
     let mut batch = BehaviorsBatch::new();
     let mut written = 0u32;
     // user -> (history ids, the impression's time)
@@ -333,12 +343,16 @@ fn write_split(mind: &Path, out: &Path, test: bool, rng: &mut ChaCha8Rng) -> Res
         }
         if batch.len() == BEHAVIOR_BATCH_ROWS {
             let rows = batch.len() as u32;
-            writer.write(&batch.take(&schema, test, written, rng)?).with_context(|| path.display().to_string())?;
+            writer
+                .write(&batch.take(&schema, test, written, rng)?)
+                .with_context(|| path.display().to_string())?;
             written += rows;
         }
     }
     if batch.len() > 0 {
-        writer.write(&batch.take(&schema, test, written, rng)?).with_context(|| path.display().to_string())?;
+        writer
+            .write(&batch.take(&schema, test, written, rng)?)
+            .with_context(|| path.display().to_string())?;
     }
     writer.close().with_context(|| path.display().to_string())?;
 

@@ -250,7 +250,7 @@ fn main() -> ExitCode {
         .init();
     let result = match Cli::parse().command {
         Command::Mind(a) => {
-            let opts = prep::MindOptions {
+            let opts = mind::MindOptions {
                 train: a.train,
                 dev: a.dev,
                 test: a.test,

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use mtrec_data::mind::{parse_behavior_line, parse_news_line, parse_vec_line};
 use mtrec_data::{
     DataError, FORMAT_VERSION, Manifest, NerScheme, PrepReport, Split, SplitReport, Splits,

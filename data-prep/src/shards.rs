@@ -20,7 +20,11 @@ use crate::staged::Staged;
 
 /// Runs `prep` on a staged folder ([`Staged`]) and publishes it at `out` with its
 /// `manifest.json` (the run's wall time in its report): `out` is complete or absent.
-pub fn publish_shards(out: &Path, force: bool, prep: impl FnOnce(&Path) -> Result<Manifest>) -> Result<Manifest> {
+pub fn publish_shards(
+    out: &Path,
+    force: bool,
+    prep: impl FnOnce(&Path) -> Result<Manifest>,
+) -> Result<Manifest> {
     let started = std::time::Instant::now();
     let staged = Staged::new(out, force)?;
     let mut manifest = prep(staged.path())?;
@@ -61,6 +65,14 @@ pub enum Origin {
 }
 
 impl Origin {
+    /// Input row `number` (1-based) as its errors name it: `line 7`, `row 6`.
+    pub fn name(self, number: u64) -> String {
+        match self {
+            Origin::Lines => format!("line {number}"),
+            Origin::Rows => format!("row {}", number.saturating_sub(1)),
+        }
+    }
+
     /// The error about input row `number` (1-based) of `path`.
     pub fn error(self, path: &Path, number: u64, field: &str, reason: impl Into<String>) -> DataError {
         match self {
@@ -170,8 +182,9 @@ pub fn write_split(
                 None => labeled = Some((is_labeled, row.number)),
                 Some((l, first)) if l != is_labeled => {
                     let reason = format!(
-                        "{} but row {first} {}; a split is labeled throughout or not at all",
+                        "{} but {} {}; a split is labeled throughout or not at all",
                         if is_labeled { "labeled" } else { "unlabeled" },
+                        origin.name(first),
                         if l { "is labeled" } else { "is not" }
                     );
                     return Err(origin.error(source, row.number, "impressions", reason).into());

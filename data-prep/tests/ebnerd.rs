@@ -129,10 +129,16 @@ fn ebnerd_prep_tags_ner_clusters_and_counts_each_quirk() {
     let shards = dir.path().join("shards");
     let summary = text(&prep(&data, &shards, &["--drop-unknown-news"]));
     println!("{summary}");
-    assert!(summary.contains("ner_clusters 8: in the title 6 (75.0%); articles with null ner_clusters 1"), "{summary}");
+    assert!(
+        summary.contains("ner_clusters 8: in the title 6 (75.0%); articles with null ner_clusters 1"),
+        "{summary}"
+    );
     let manifest = Manifest::load(&shards).unwrap();
     let report = &manifest.prep_report;
-    assert_eq!((report.ner_clusters, report.ner_clusters_in_title, report.articles_without_ner_clusters), (8, 6, 1));
+    assert_eq!(
+        (report.ner_clusters, report.ner_clusters_in_title, report.articles_without_ner_clusters),
+        (8, 6, 1)
+    );
     let train = report.train.as_ref().unwrap();
     assert_eq!(
         (train.lines, train.null_lists, train.users_without_history, train.dropped_unknown_news),
@@ -140,7 +146,10 @@ fn ebnerd_prep_tags_ner_clusters_and_counts_each_quirk() {
         "{train:?}"
     );
     let dev = report.dev.as_ref().unwrap();
-    assert_eq!((dev.lines, dev.null_lists, dev.users_without_history, dev.dropped_unknown_news), (2, 0, 0, 0));
+    assert_eq!(
+        (dev.lines, dev.null_lists, dev.users_without_history, dev.dropped_unknown_news),
+        (2, 0, 0, 0)
+    );
     assert_eq!(manifest.ner_scheme, NerScheme::Bio);
     assert_eq!(manifest.categories, ["nyheder", "sport", "underholdning"]);
     assert_eq!(manifest.subcategories, ["-", "7", "9"]);
@@ -234,7 +243,9 @@ fn ebnerd_prep_names_a_missing_or_mistyped_column() {
     );
     assert!(!out.status.success() && text(&out).contains(&expected), "{}", text(&out));
 
-    rewrite("p = root + '/articles.parquet'\npq.write_table(pq.read_table(p).drop_columns(['category_str']), p)");
+    rewrite(
+        "p = root + '/articles.parquet'\npq.write_table(pq.read_table(p).drop_columns(['category_str']), p)",
+    );
     let out = prep(&data, &dir.path().join("b"), &["--drop-unknown-news"]);
     let expected = format!("{}: column `category_str`: missing", data.join("articles.parquet").display());
     assert!(!out.status.success() && text(&out).contains(&expected), "{}", text(&out));
