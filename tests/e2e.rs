@@ -702,6 +702,64 @@ fn early_stopping_stops_keeps_the_best_and_a_resume_knows_it() {
     assert!(run_dir.join("step-00000005").is_dir(), "the best checkpoint is still kept");
 }
 
+/// Early stopping on a run whose dev metric stops improving (the tiny config at a learning rate
+/// 3x its own, watching MRR: it peaks at step 90, then 100 and 110 fall short of it by 0.008 and
+/// 0.01, far more than 1 rank and 2 ranks differ), on 1 rank and on 2: the metrics are
+/// all-reduced, so every rank stops at the step 1 rank stops at, and the job ends (a rank that
+/// went on would wait in its next collective; bounded here). The best checkpoint by MRR is kept
+/// and named by best.json, though the AUC peaks elsewhere.
+#[test]
+fn early_stopping_stops_every_rank_where_one_rank_stops_and_keeps_the_best_by_its_metric() {
+    let sets = [
+        "train.max_steps=200",
+        "optim.lr_bert=3e-3",
+        "eval.every=10",
+        "eval.patience=2",
+        "eval.metric=mrr",
+        "checkpoint.keep=2",
+    ];
+    let stop_of = |run_dir: &Path| -> (u64, u64) {
+        let records = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+        let stop: serde_json::Value = serde_json::from_str(
+            records.lines().find(|l| l.contains("early_stop")).expect("an early-stop record"),
+        )
+        .unwrap();
+        (stop["step"].as_u64().unwrap(), stop["early_stop"]["best_step"].as_u64().unwrap())
+    };
+    let one = fixture().root.join("early-stop-one-rank");
+    run(&mut worker("train", &one, &sets), true);
+    let (step, best_step) = stop_of(&one);
+    println!("1 rank: stopped at step {step}, best MRR at step {best_step}");
+    assert!(step < 200 && best_step < step, "no early stop: ({step}, {best_step})");
+
+    let two = fixture().root.join("early-stop-two-ranks");
+    let mut job = mpirun(2, worker("train", &two, &sets)).spawn().unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = job.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed().as_secs() > 300 {
+            job.kill().unwrap();
+            panic!("the 2-rank job still runs after 300 s: a rank did not stop");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(status.success(), "the 2-rank job failed: {status}");
+    assert_eq!(stop_of(&two), (step, best_step), "2 ranks stop where 1 rank stops");
+
+    for run_dir in [&one, &two] {
+        let best: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run_dir.join("best.json")).unwrap()).unwrap();
+        assert_eq!(
+            (best["step"].as_u64(), best["metric"].as_str()),
+            (Some(best_step), Some("mrr")),
+            "{best}"
+        );
+        assert!(run_dir.join(format!("step-{best_step:08}")).is_dir(), "the best checkpoint by MRR is kept");
+    }
+}
+
 /// A rank killed with SIGKILL ends the whole 2-rank job with a non-zero status within 60 s.
 #[test]
 fn a_killed_rank_ends_the_job() {
