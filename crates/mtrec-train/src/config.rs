@@ -267,7 +267,8 @@ pub struct EvalConfig {
     /// `metric` by more than `min_delta` (0 = off; needs `every`). [`crate::early_stop`].
     pub patience: u64,
     pub min_delta: f64,
-    /// The metric early stopping watches.
+    /// The metric early stopping watches, and the best checkpoint (`best.json`, never pruned) is
+    /// chosen by.
     pub metric: EvalMetric,
 }
 
