@@ -136,18 +136,8 @@ fn prep_into(opts: &EbnerdOptions, dir: &Path) -> Result<Manifest> {
     let mut users: HashMap<String, i32> = HashMap::new();
     let mut splits = Splits::default();
     for (split, folder) in opts.folders() {
-        let mut split_report = SplitReport::default();
-        let histories = read_histories(&folder.join("history.parquet"), &resolver, opts, &mut split_report)?;
-        let (info, split_report, split_files) = write_behaviours(
-            dir,
-            split,
-            &folder.join("behaviors.parquet"),
-            &resolver,
-            &histories,
-            opts.shards,
-            split_report,
-            &mut users,
-        )?;
+        let (info, split_report, split_files) =
+            write_split_folder(dir, split, folder, &resolver, opts, &mut users)?;
         files.extend(split_files);
         tracing::info!(
             split = split.name(),
@@ -565,18 +555,25 @@ fn read_histories(
     Ok(histories.into_iter().map(|(user, (_, history))| (user, history)).collect())
 }
 
-/// One batch of `behaviors.parquet` as rows; the second value says the user has no history row.
+/// A `behaviors.parquet` row resolved: its shard row, and its user when they have no
+/// `history.parquet` row (counted).
+struct Resolved {
+    row: Row,
+    user_without_history: Option<i64>,
+}
+
+/// One batch of `behaviors.parquet` resolved, without the impressions whose lists are null.
 fn behaviour_rows(
     path: &Path,
     batch: &Batch,
     resolver: &Resolver,
     histories: &HashMap<i64, Vec<i32>>,
-) -> Result<Vec<(Row, Option<i64>)>, DataError> {
+) -> Result<Vec<Resolved>, DataError> {
     let (impressions, users, times) =
         (batch.ints("impression_id"), batch.ints("user_id"), batch.ints("impression_time"));
     let inview = batch.list("article_ids_inview").expect("a required column");
     let clicked = batch.list("article_ids_clicked");
-    let rows: Vec<Result<Option<(Row, Option<i64>)>, DataError>> = (0..batch.len)
+    let rows: Vec<Result<Option<Resolved>, DataError>> = (0..batch.len)
         .into_par_iter()
         .map(|i| {
             let number = batch.first_row + i as u64;
@@ -618,7 +615,7 @@ fn behaviour_rows(
                 labels: clicks.is_some().then_some(labels),
                 dropped_unknown: dropped,
             };
-            Ok(Some((row, history.is_none().then_some(user))))
+            Ok(Some(Resolved { row, user_without_history: history.is_none().then_some(user) }))
         })
         .collect();
     let mut out = Vec::with_capacity(rows.len());
@@ -630,19 +627,20 @@ fn behaviour_rows(
     Ok(out)
 }
 
-/// Streams one split's `behaviors.parquet` into its shards: a reader thread decodes batches, the
-/// rayon pool resolves their rows, the shard writer of [`crate::shards`] writes them.
-#[allow(clippy::too_many_arguments)]
-fn write_behaviours(
+/// One split folder into its shards: the users' histories from `history.parquet`, then
+/// `behaviors.parquet` streamed: a reader thread decodes batches, the rayon pool resolves their
+/// rows and joins the histories, the shard writer of [`crate::shards`] writes them.
+fn write_split_folder(
     dir: &Path,
     split: Split,
-    path: &Path,
+    folder: &Path,
     resolver: &Resolver,
-    histories: &HashMap<i64, Vec<i32>>,
-    shards: Option<usize>,
-    mut report: SplitReport,
+    opts: &EbnerdOptions,
     users: &mut HashMap<String, i32>,
 ) -> Result<SplitOutput> {
+    let mut report = SplitReport::default();
+    let histories = &read_histories(&folder.join("history.parquet"), resolver, opts, &mut report)?;
+    let path = &folder.join("behaviors.parquet");
     let wanted = [
         column("impression_id", Kind::Int),
         column("user_id", Kind::Int),
@@ -665,7 +663,7 @@ fn write_behaviours(
         source: path,
         origin: Origin::Rows,
         rows,
-        shards: shard_count(shards, rows),
+        shards: shard_count(opts.shards, rows),
     };
     let bar = progress(rows, &format!("{} behaviors", split.name()), "{pos}/{len} rows");
     let mut without_history: HashSet<i64> = HashSet::new();
@@ -691,9 +689,9 @@ fn write_behaviours(
                 let rows = behaviour_rows(path, &batch, resolver, histories)?;
                 null_lists += (batch.len - rows.len()) as u64;
                 let mut out = Vec::with_capacity(rows.len());
-                for (row, missing) in rows {
-                    without_history.extend(missing);
-                    out.push(row);
+                for resolved in rows {
+                    without_history.extend(resolved.user_without_history);
+                    out.push(resolved.row);
                 }
                 if rtx.send(out).is_err() {
                     break;
