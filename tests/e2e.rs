@@ -1,7 +1,7 @@
 //! prep -> train -> eval -> predict -> embed with the real binaries on synthetic MIND data.
 use mtrec_e2e::{
-    binary, max_param_diff, mpirun, python, repo_root, run, signal_a_rank, stdout, synthetic_shards,
-    tiny_worker,
+    binary, max_param_diff, mpirun, python, repo_root, run, signal_a_rank, stdout, synthetic_ebnerd,
+    synthetic_shards, tiny_worker,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -1078,22 +1078,7 @@ print(json.dumps({"news": len(x["news_id"]), "reference_entity_tokens": labelled
 /// article; test without clicks and with `is_beyond_accuracy`.
 #[test]
 fn synth_writes_ebnerd_files_with_their_types_and_quirks() {
-    let out = fixture().root.join("ebnerd");
-    let args = [
-        "synth",
-        "--format",
-        "ebnerd",
-        "--seed",
-        "3",
-        "--news",
-        "1500",
-        "--users",
-        "300",
-        "--impressions",
-        "3000",
-        "--out",
-    ];
-    run(Command::new(binary("mtrec-prep")).args(args).arg(&out), true);
+    let out = synthetic_ebnerd(&fixture().root);
     const CHECK: &str = r#"
 import json, os, sys
 import pyarrow as pa, pyarrow.parquet as pq

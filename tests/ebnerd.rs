@@ -3,7 +3,7 @@
 //! (tests/mind_scorer.py) applied to `predict --split dev`'s file and labels read from EB-NeRD's
 //! own `behaviors.parquet` by pyarrow; the test split's submission has a line per test
 //! impression; a run resumed from its checkpoint equals the uninterrupted one.
-use mtrec_e2e::{binary, max_param_diff, python, repo_root, run, stdout, tiny_worker};
+use mtrec_e2e::{binary, max_param_diff, python, repo_root, run, stdout, synthetic_ebnerd, tiny_worker};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -48,22 +48,7 @@ print(json.dumps(out))
 "#;
 
 fn ebnerd_shards(root: &Path) -> (PathBuf, PathBuf) {
-    let data = root.join("ebnerd");
-    let synth = [
-        "synth",
-        "--format",
-        "ebnerd",
-        "--seed",
-        "3",
-        "--news",
-        "1500",
-        "--users",
-        "300",
-        "--impressions",
-        "3000",
-        "--out",
-    ];
-    run(Command::new(binary("mtrec-prep")).args(synth).arg(&data), true);
+    let data = synthetic_ebnerd(root);
     let shards = root.join("shards");
     let mut prep = Command::new(binary("mtrec-prep"));
     prep.arg("ebnerd");

@@ -77,6 +77,28 @@ pub fn synthetic_mind(root: &Path) -> PathBuf {
     mind
 }
 
+/// The same synthetic data (1,500 news, 300 users, 3,000 impressions) in EB-NeRD's files
+/// (`synth --format ebnerd`) in `root/ebnerd`, which it returns.
+pub fn synthetic_ebnerd(root: &Path) -> PathBuf {
+    let data = root.join("ebnerd");
+    let synth = [
+        "synth",
+        "--format",
+        "ebnerd",
+        "--seed",
+        "3",
+        "--news",
+        "1500",
+        "--users",
+        "300",
+        "--impressions",
+        "3000",
+        "--out",
+    ];
+    run(Command::new(binary("mtrec-prep")).args(synth).arg(&data), true);
+    data
+}
+
 /// `mtrec-prep mind` of the train, dev and test folders of `mind` into `shards` (returned).
 pub fn prep_shards(mind: &Path, shards: &Path) -> PathBuf {
     let mut prep = Command::new(binary("mtrec-prep"));

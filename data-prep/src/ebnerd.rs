@@ -36,8 +36,7 @@ use arrow::datatypes::{DataType, Field, Int64Type, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use mtrec_data::mind::MindEntity;
 use mtrec_data::{
-    DataError, FORMAT_VERSION, Manifest, NerScheme, PrepReport, Split, SplitReport, Splits,
-    tokenizer_identity,
+    DataError, FORMAT_VERSION, Manifest, PrepReport, Split, SplitReport, Splits, tokenizer_identity,
 };
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
@@ -45,7 +44,8 @@ use rayon::prelude::*;
 
 use crate::news::{Article, NewsTable, write_news};
 use crate::shards::{
-    Origin, Row, SplitOutput, SplitTarget, progress, publish_shards, shard_count, write_split,
+    Origin, PrepOptions, Row, SplitOutput, SplitTarget, progress, publish_shards, record_split, shard_count,
+    write_split,
 };
 use crate::tokenize::TitleTokenizer;
 
@@ -55,50 +55,20 @@ const BATCH_ROWS: usize = 8192;
 /// Options of `mtrec-prep ebnerd`.
 #[derive(Debug, Clone)]
 pub struct EbnerdOptions {
-    /// EB-NeRD train folder (`behaviors.parquet`, `history.parquet`; `articles.parquet` beside it).
-    pub train: PathBuf,
-    /// EB-NeRD validation folder.
-    pub dev: PathBuf,
-    /// EB-NeRD test folder, if any.
-    pub test: Option<PathBuf>,
-    /// Model folder with `tokenizer.json` or `vocab.txt`.
-    pub model: PathBuf,
-    /// Output shards folder.
-    pub out: PathBuf,
-    /// Shards per split (`None`: one per 250,000 impressions).
-    pub shards: Option<usize>,
-    /// Tokens per title including the special tokens.
-    pub max_title_len: usize,
-    /// History entries kept (the most recent).
-    pub max_history: usize,
-    /// Drop (and count) article ids no `articles.parquet` defines instead of failing.
-    pub drop_unknown_news: bool,
-    /// NER tag scheme.
-    pub ner_scheme: NerScheme,
+    /// The split folders (`behaviors.parquet`, `history.parquet`; `articles.parquet` in their
+    /// parent) and the rest.
+    pub prep: PrepOptions,
     /// Title text = `title + ". " + subtitle`.
     pub subtitle: bool,
-    /// Replace a non-empty `--out`.
-    pub force: bool,
-}
-
-impl EbnerdOptions {
-    fn folders(&self) -> impl Iterator<Item = (Split, &Path)> {
-        [
-            (Split::Train, Some(self.train.as_path())),
-            (Split::Dev, Some(&self.dev)),
-            (Split::Test, self.test.as_deref()),
-        ]
-        .into_iter()
-        .filter_map(|(s, f)| Some((s, f?)))
-    }
 }
 
 /// Runs the whole prep into a staged folder: on error nothing is left at `--out`.
 pub fn run(opts: &EbnerdOptions) -> Result<Manifest> {
-    publish_shards(&opts.out, opts.force, |dir| prep_into(opts, dir))
+    publish_shards(&opts.prep.out, opts.prep.force, |dir| prep_into(opts, dir))
 }
 
-fn prep_into(opts: &EbnerdOptions, dir: &Path) -> Result<Manifest> {
+fn prep_into(ebnerd: &EbnerdOptions, dir: &Path) -> Result<Manifest> {
+    let opts = &ebnerd.prep;
     let started = Instant::now();
     let tokenizer_sha256 = tokenizer_identity(&opts.model)?;
     let tokenizer = TitleTokenizer::load(&opts.model, opts.max_title_len)?;
@@ -111,7 +81,7 @@ fn prep_into(opts: &EbnerdOptions, dir: &Path) -> Result<Manifest> {
         let path = folder.parent().unwrap_or(Path::new(".")).join("articles.parquet");
         let canonical = path.canonicalize().map_err(|e| DataError::io(&path, e))?;
         if !read.contains(&canonical) {
-            read_articles(&path, opts.subtitle, &mut table, &mut report)?;
+            read_articles(&path, ebnerd.subtitle, &mut table, &mut report)?;
             read.push(canonical);
         }
     }
@@ -136,20 +106,8 @@ fn prep_into(opts: &EbnerdOptions, dir: &Path) -> Result<Manifest> {
     let mut users: HashMap<String, i32> = HashMap::new();
     let mut splits = Splits::default();
     for (split, folder) in opts.folders() {
-        let (info, split_report, split_files) =
-            write_split_folder(dir, split, folder, &resolver, opts, &mut users)?;
-        files.extend(split_files);
-        tracing::info!(
-            split = split.name(),
-            impressions = info.impressions,
-            elapsed_s = started.elapsed().as_secs_f64(),
-            "behaviors written"
-        );
-        match split {
-            Split::Train => (splits.train, report.train) = (Some(info), Some(split_report)),
-            Split::Dev => (splits.dev, report.dev) = (Some(info), Some(split_report)),
-            Split::Test => (splits.test, report.test) = (Some(info), Some(split_report)),
-        }
+        let output = write_split_folder(dir, split, folder, &resolver, opts, &mut users)?;
+        record_split(&mut splits, &mut report, &mut files, split, output, started);
     }
 
     Ok(Manifest {
@@ -520,7 +478,7 @@ impl Resolver<'_> {
 fn read_histories(
     path: &Path,
     resolver: &Resolver,
-    opts: &EbnerdOptions,
+    opts: &PrepOptions,
     report: &mut SplitReport,
 ) -> Result<HashMap<i64, Vec<i32>>> {
     let input = open_input(path, &[column("user_id", Kind::Int), column("article_id_fixed", Kind::IntList)])?;
@@ -635,7 +593,7 @@ fn write_split_folder(
     split: Split,
     folder: &Path,
     resolver: &Resolver,
-    opts: &EbnerdOptions,
+    opts: &PrepOptions,
     users: &mut HashMap<String, i32>,
 ) -> Result<SplitOutput> {
     let mut report = SplitReport::default();

@@ -11,6 +11,7 @@
 //!     --model MODEL_DIR --out data/ebnerd-shards
 //! ```
 
+use mtrec_prep::shards::PrepOptions;
 use mtrec_prep::{ebnerd, ebnerd_synth, mind, synth};
 
 use std::path::PathBuf;
@@ -38,7 +39,8 @@ enum Command {
     /// Prepare EB-NeRD split folders (behaviors.parquet, history.parquet; articles.parquet in
     /// the parent folder) into the same shards.
     Ebnerd(EbnerdArgs),
-    /// Write a synthetic data set in the MIND format (DIR/train, DIR/dev, DIR/test).
+    /// Write a synthetic data set in the MIND format (DIR/train, DIR/dev, DIR/test), or in
+    /// EB-NeRD's (--format ebnerd).
     Synth(SynthArgs),
 }
 
@@ -50,15 +52,17 @@ enum SchemeArg {
     Typed,
 }
 
+/// What `mind` and `ebnerd` both take.
 #[derive(clap::Args)]
-struct MindArgs {
-    /// MIND train folder (news.tsv, behaviors.tsv, entity_embedding.vec).
+struct PrepArgs {
+    /// Train folder (MIND: news.tsv, behaviors.tsv, entity_embedding.vec; EB-NeRD:
+    /// behaviors.parquet, history.parquet, and articles.parquet in its parent folder).
     #[arg(long)]
     train: PathBuf,
-    /// MIND dev folder.
+    /// Dev folder (EB-NeRD: validation).
     #[arg(long)]
     dev: PathBuf,
-    /// MIND test folder (labels optional).
+    /// Test folder (labels optional; EB-NeRD's has none).
     #[arg(long)]
     test: Option<PathBuf>,
     /// Model folder with tokenizer.json, or vocab.txt (+ tokenizer_config.json).
@@ -70,67 +74,60 @@ struct MindArgs {
     /// Shards per split (default: one per 250,000 impressions; at most one per impression).
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     shards: Option<usize>,
-    /// Word pieces per title, [CLS] and [SEP] included.
+    /// Tokens per title, the special tokens ([CLS] and [SEP], or <s> and </s>) included.
     #[arg(long, default_value_t = 30)]
     max_title_len: usize,
     /// Most recent history entries kept per impression.
     #[arg(long, default_value_t = 50)]
     max_history: usize,
-    /// Drop news ids that no news.tsv defines (counted in the manifest) instead of failing.
+    /// Drop news ids that no news item has (MIND: in no news.tsv; EB-NeRD: in no
+    /// articles.parquet), counted in the manifest, instead of failing.
     #[arg(long)]
     drop_unknown_news: bool,
-    /// NER tag scheme.
+    /// NER tag scheme (typed: MIND's entity types, EB-NeRD's entity_groups).
     #[arg(long, value_enum, default_value_t = SchemeArg::Bio)]
     ner_scheme: SchemeArg,
-    /// Translated titles (xMIND's news.tsv of one language: `news_id<TAB>title<TAB>abstract`)
-    /// that replace every title by news id; a news item without one is an error. The shards
-    /// then have no NER labels (MIND's entity offsets index the English titles).
-    #[arg(long, value_name = "XMIND_NEWS_TSV", conflicts_with = "ner_scheme")]
-    titles: Option<PathBuf>,
     /// Replace a non-empty --out.
     #[arg(long)]
     force: bool,
 }
 
+impl From<PrepArgs> for PrepOptions {
+    fn from(a: PrepArgs) -> Self {
+        PrepOptions {
+            train: a.train,
+            dev: a.dev,
+            test: a.test,
+            model: a.model,
+            out: a.out,
+            shards: a.shards,
+            max_title_len: a.max_title_len,
+            max_history: a.max_history,
+            drop_unknown_news: a.drop_unknown_news,
+            ner_scheme: a.ner_scheme.into(),
+            force: a.force,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct MindArgs {
+    #[command(flatten)]
+    prep: PrepArgs,
+    /// Translated titles (xMIND's news.tsv of one language: `news_id<TAB>title<TAB>abstract`)
+    /// that replace every title by news id; a news item without one is an error. The shards
+    /// then have no NER labels (MIND's entity offsets index the English titles).
+    #[arg(long, value_name = "XMIND_NEWS_TSV", conflicts_with = "ner_scheme")]
+    titles: Option<PathBuf>,
+}
+
 #[derive(clap::Args)]
 struct EbnerdArgs {
-    /// EB-NeRD train folder (behaviors.parquet, history.parquet; articles.parquet beside it).
-    #[arg(long)]
-    train: PathBuf,
-    /// EB-NeRD validation folder.
-    #[arg(long)]
-    dev: PathBuf,
-    /// EB-NeRD test folder (no article_ids_clicked: unlabeled; articles.parquet beside it).
-    #[arg(long)]
-    test: Option<PathBuf>,
-    /// Model folder with tokenizer.json, or vocab.txt (+ tokenizer_config.json).
-    #[arg(long)]
-    model: PathBuf,
-    /// Output shards folder (must not exist, or be empty, unless --force).
-    #[arg(long)]
-    out: PathBuf,
-    /// Shards per split (default: one per 250,000 impressions; at most one per impression).
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    shards: Option<usize>,
-    /// Tokens per title, special tokens included.
-    #[arg(long, default_value_t = 30)]
-    max_title_len: usize,
-    /// Most recent history entries kept per user.
-    #[arg(long, default_value_t = 50)]
-    max_history: usize,
-    /// Drop article ids that no articles.parquet defines (counted in the manifest) instead of
-    /// failing.
-    #[arg(long)]
-    drop_unknown_news: bool,
-    /// NER tag scheme (typed: the types of entity_groups).
-    #[arg(long, value_enum, default_value_t = SchemeArg::Bio)]
-    ner_scheme: SchemeArg,
+    #[command(flatten)]
+    prep: PrepArgs,
     /// Title text = title + ". " + subtitle (the title alone where the subtitle is null).
     #[arg(long)]
     subtitle: bool,
-    /// Replace a non-empty --out.
-    #[arg(long)]
-    force: bool,
 }
 
 impl From<SchemeArg> for NerScheme {
@@ -250,38 +247,12 @@ fn main() -> ExitCode {
         .init();
     let result = match Cli::parse().command {
         Command::Mind(a) => {
-            let opts = mind::MindOptions {
-                train: a.train,
-                dev: a.dev,
-                test: a.test,
-                model: a.model,
-                out: a.out,
-                shards: a.shards,
-                max_title_len: a.max_title_len,
-                max_history: a.max_history,
-                drop_unknown_news: a.drop_unknown_news,
-                ner_scheme: a.ner_scheme.into(),
-                titles: a.titles,
-                force: a.force,
-            };
-            mind::run(&opts).map(|m| summary(&m, &opts.out))
+            let opts = mind::MindOptions { prep: a.prep.into(), titles: a.titles };
+            mind::run(&opts).map(|m| summary(&m, &opts.prep.out))
         }
         Command::Ebnerd(a) => {
-            let opts = ebnerd::EbnerdOptions {
-                train: a.train,
-                dev: a.dev,
-                test: a.test,
-                model: a.model,
-                out: a.out,
-                shards: a.shards,
-                max_title_len: a.max_title_len,
-                max_history: a.max_history,
-                drop_unknown_news: a.drop_unknown_news,
-                ner_scheme: a.ner_scheme.into(),
-                subtitle: a.subtitle,
-                force: a.force,
-            };
-            ebnerd::run(&opts).map(|m| summary(&m, &opts.out))
+            let opts = ebnerd::EbnerdOptions { prep: a.prep.into(), subtitle: a.subtitle };
+            ebnerd::run(&opts).map(|m| summary(&m, &opts.prep.out))
         }
         Command::Synth(a) => {
             let opts = synth::SynthOptions {

@@ -24,7 +24,8 @@ use rayon::prelude::*;
 
 use crate::news::{Article, NewsTable, write_news};
 use crate::shards::{
-    Origin, Row, SplitOutput, SplitTarget, progress, publish_shards, shard_count, write_split,
+    Origin, PrepOptions, Row, SplitOutput, SplitTarget, progress, publish_shards, record_split, shard_count,
+    write_split,
 };
 use crate::tokenize::TitleTokenizer;
 
@@ -34,47 +35,20 @@ const CHUNK_LINES: usize = 8192;
 /// Options of `mtrec-prep mind`.
 #[derive(Debug, Clone)]
 pub struct MindOptions {
-    /// MIND train folder.
-    pub train: PathBuf,
-    /// MIND dev folder.
-    pub dev: PathBuf,
-    /// MIND test folder, if any.
-    pub test: Option<PathBuf>,
-    /// Model folder with `tokenizer.json` or `vocab.txt`.
-    pub model: PathBuf,
-    /// Output shards folder.
-    pub out: PathBuf,
-    /// Shards per split (`None`: one per 250,000 impressions).
-    pub shards: Option<usize>,
-    /// Word pieces per title including `[CLS]` and `[SEP]`.
-    pub max_title_len: usize,
-    /// History entries kept (the most recent).
-    pub max_history: usize,
-    /// Drop (and count) news ids no news.tsv defines instead of failing.
-    pub drop_unknown_news: bool,
-    /// NER tag scheme (`NerScheme::None` with `titles`).
-    pub ner_scheme: NerScheme,
+    /// The split folders (`news.tsv`, `behaviors.tsv`, `entity_embedding.vec`) and the rest.
+    pub prep: PrepOptions,
     /// A news.tsv-like file of translated titles (xMIND: `news_id \t title \t abstract`) that
-    /// replace every news item's title, by news id.
+    /// replace every news item's title, by news id (the shards then have no NER labels).
     pub titles: Option<PathBuf>,
-    /// Replace a non-empty `--out`.
-    pub force: bool,
-}
-
-fn split_dir(opts: &MindOptions, split: Split) -> Option<&Path> {
-    match split {
-        Split::Train => Some(&opts.train),
-        Split::Dev => Some(&opts.dev),
-        Split::Test => opts.test.as_deref(),
-    }
 }
 
 /// Runs the whole prep into a staged folder: on error nothing is left at `--out`.
 pub fn run(opts: &MindOptions) -> Result<Manifest> {
-    publish_shards(&opts.out, opts.force, |dir| prep_into(opts, dir))
+    publish_shards(&opts.prep.out, opts.prep.force, |dir| prep_into(opts, dir))
 }
 
-fn prep_into(opts: &MindOptions, dir: &Path) -> Result<Manifest> {
+fn prep_into(mind: &MindOptions, dir: &Path) -> Result<Manifest> {
+    let opts = &mind.prep;
     let started = Instant::now();
     let tokenizer_sha256 = tokenizer_identity(&opts.model)?;
     let tokenizer = TitleTokenizer::load(&opts.model, opts.max_title_len)?;
@@ -82,15 +56,14 @@ fn prep_into(opts: &MindOptions, dir: &Path) -> Result<Manifest> {
 
     // 1. News of every split; the first definition of an id wins.
     let mut table = NewsTable::default();
-    for split in [Split::Train, Split::Dev, Split::Test] {
-        let Some(folder) = split_dir(opts, split) else { continue };
+    for (_, folder) in opts.folders() {
         for item in read_news_file(&folder.join("news.tsv"))? {
             table.add(item, &mut report)?;
         }
     }
     NewsTable::warn_duplicates(&report);
     tracing::info!(news = table.news.len(), elapsed_s = started.elapsed().as_secs_f64(), "news read");
-    let ner_scheme = match &opts.titles {
+    let ner_scheme = match &mind.titles {
         Some(path) => {
             replace_titles(&mut table.news, path)?;
             NerScheme::None
@@ -101,8 +74,7 @@ fn prep_into(opts: &MindOptions, dir: &Path) -> Result<Manifest> {
     // 2. Entity vectors of every split (the first vector of an id wins).
     let mut vectors: HashMap<String, Vec<f32>> = HashMap::new();
     let mut entity_dim: Option<(usize, PathBuf)> = None;
-    for split in [Split::Train, Split::Dev, Split::Test] {
-        let Some(folder) = split_dir(opts, split) else { continue };
+    for (_, folder) in opts.folders() {
         read_vec_file(&folder.join("entity_embedding.vec"), &mut vectors, &mut entity_dim)?;
     }
     let entity_dim = entity_dim.map_or(100, |(d, _)| d);
@@ -114,22 +86,10 @@ fn prep_into(opts: &MindOptions, dir: &Path) -> Result<Manifest> {
     // 4. Behaviors, streamed.
     let mut users: HashMap<String, i32> = HashMap::new();
     let mut splits = Splits::default();
-    for split in [Split::Train, Split::Dev, Split::Test] {
-        let Some(folder) = split_dir(opts, split) else { continue };
+    for (split, folder) in opts.folders() {
         let ctx = BehaviorsCtx { opts, nid_of: &table.nid_of, dir };
-        let (info, split_report, split_files) = ctx.run(split, &folder.join("behaviors.tsv"), &mut users)?;
-        files.extend(split_files);
-        tracing::info!(
-            split = split.name(),
-            impressions = info.impressions,
-            elapsed_s = started.elapsed().as_secs_f64(),
-            "behaviors written"
-        );
-        match split {
-            Split::Train => (splits.train, report.train) = (Some(info), Some(split_report)),
-            Split::Dev => (splits.dev, report.dev) = (Some(info), Some(split_report)),
-            Split::Test => (splits.test, report.test) = (Some(info), Some(split_report)),
-        }
+        let output = ctx.run(split, &folder.join("behaviors.tsv"), &mut users)?;
+        record_split(&mut splits, &mut report, &mut files, split, output, started);
     }
 
     Ok(Manifest {
@@ -273,7 +233,7 @@ struct Chunk {
 }
 
 struct BehaviorsCtx<'a> {
-    opts: &'a MindOptions,
+    opts: &'a PrepOptions,
     nid_of: &'a HashMap<String, i32>,
     dir: &'a Path,
 }

@@ -5,18 +5,83 @@
 //! balanced and in input order whatever was dropped.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mtrec_data::write::{EvalWriter, TrainWriter, part_name};
 use mtrec_data::{
-    DataError, EvalImpression, FileEntry, MANIFEST_FILE, Manifest, Split, SplitInfo, SplitReport,
-    TrainImpression, sha256_file,
+    DataError, EvalImpression, FileEntry, MANIFEST_FILE, Manifest, NerScheme, PrepReport, Split, SplitInfo,
+    SplitReport, Splits, TrainImpression, sha256_file,
 };
 
 use crate::staged::Staged;
+
+/// What every data set's prep is given (`mtrec-prep mind` and `ebnerd` alike).
+#[derive(Debug, Clone)]
+pub struct PrepOptions {
+    /// Train split folder.
+    pub train: PathBuf,
+    /// Dev (EB-NeRD: validation) split folder.
+    pub dev: PathBuf,
+    /// Test split folder, if any.
+    pub test: Option<PathBuf>,
+    /// Model folder with `tokenizer.json` or `vocab.txt`.
+    pub model: PathBuf,
+    /// Output shards folder.
+    pub out: PathBuf,
+    /// Shards per split (`None`: one per 250,000 impressions).
+    pub shards: Option<usize>,
+    /// Tokens per title, the special tokens included.
+    pub max_title_len: usize,
+    /// History entries kept (the most recent).
+    pub max_history: usize,
+    /// Drop (and count) news ids that no news item has instead of failing.
+    pub drop_unknown_news: bool,
+    /// NER tag scheme.
+    pub ner_scheme: NerScheme,
+    /// Replace a non-empty `--out`.
+    pub force: bool,
+}
+
+impl PrepOptions {
+    /// The split folders given, train first.
+    pub fn folders(&self) -> impl Iterator<Item = (Split, &Path)> {
+        [
+            (Split::Train, Some(self.train.as_path())),
+            (Split::Dev, Some(&self.dev)),
+            (Split::Test, self.test.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(s, f)| Some((s, f?)))
+    }
+}
+
+/// Records what one split wrote: its manifest entry in `splits`, its report in `report`, its
+/// files in `files`; logs it with the time since `started`.
+pub fn record_split(
+    splits: &mut Splits,
+    report: &mut PrepReport,
+    files: &mut Vec<FileEntry>,
+    split: Split,
+    (info, split_report, split_files): SplitOutput,
+    started: Instant,
+) {
+    files.extend(split_files);
+    tracing::info!(
+        split = split.name(),
+        impressions = info.impressions,
+        elapsed_s = started.elapsed().as_secs_f64(),
+        "behaviors written"
+    );
+    match split {
+        Split::Train => (splits.train, report.train) = (Some(info), Some(split_report)),
+        Split::Dev => (splits.dev, report.dev) = (Some(info), Some(split_report)),
+        Split::Test => (splits.test, report.test) = (Some(info), Some(split_report)),
+    }
+}
 
 /// Runs `prep` on a staged folder ([`Staged`]) and publishes it at `out` with its
 /// `manifest.json` (the run's wall time in its report): `out` is complete or absent.
