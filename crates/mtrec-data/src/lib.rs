@@ -15,12 +15,14 @@
 //!   `max_history` (default 50); `categories` / `subcategories` (index = id in `news.parquet`);
 //!   `ner_scheme` (`"bio"`, `"typed"`, or `"none"`: no NER labels, titles from `--titles`) and `ner_tags` (`["O","B","I"]` for bio; index = tag id);
 //!   `num_news` (nids `1..=num_news`, 0 is padding); `num_users` (users of train get
-//!   `1..=num_users`, users seen only in dev/test get 0); `entity_dim` (100 for MIND);
+//!   `1..=num_users`, users seen only in dev/test get 0); `entity_dim` (100 for MIND; EB-NeRD has no entity vectors: 100, unused);
 //!   `num_entities`; `files` (every file written: relative `path`, `rows`, `sha256`); `splits`
 //!   (`train`/`dev`/`test`, each absent or `{impressions, labeled, shards}`, shards in input
-//!   order); `prep_report` (per split: lines, unknown news dropped, impressions dropped; NER
-//!   occurrences, located by search, dropped, truncated; news ids defined differently by two
-//!   splits; elapsed seconds).
+//!   order); `prep_report` (per split: input lines or rows, unknown news dropped, impressions
+//!   dropped, and for EB-NeRD impressions with null lists and users without a history row; NER
+//!   occurrences, located by search, dropped, truncated; EB-NeRD's `ner_clusters` and those found
+//!   in titles; news ids defined differently by two splits; elapsed seconds). The shards are the
+//!   same whatever the data set (MIND, xMIND or EB-NeRD; see `data-prep/README.md`).
 //! - `news.parquet`, one row per news, sorted by nid: `nid` int32 (1..=N, dense), `news_id` utf8,
 //!   `category` int32, `subcategory` int32, `title` utf8, `input_ids` list<int32>
 //!   (`[CLS] ... [SEP]`, at most `max_title_len` pieces), `ner_tags` list<int8> aligned to
@@ -37,7 +39,7 @@
 //!   (nullable: null where the split has no labels, like MIND-large test).
 //!
 //! Shards of a split concatenated in manifest order give the impressions in the order of the
-//! input `behaviors.tsv`.
+//! input `behaviors.tsv` (or `behaviors.parquet`).
 //!
 //! Outside the shards folder, `mtrec-worker embed` writes vector files ([`vectors`]): news
 //! vectors (`news_id`, `vector`) or user vectors (`impression_id`, `vector`), stamped with the
