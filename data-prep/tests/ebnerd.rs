@@ -2,7 +2,8 @@
 //! `ner_clusters` give, checked token by token against tags worked out by hand from the
 //! MiniLM tokenizer's pieces; each quirk of a real dump (null lists, a user without a history
 //! row, article ids no article has, null `ner_clusters`, polars' large lists and nanosecond
-//! timestamps) counted or refused with the file, row and id named; every shard row as expected.
+//! timestamps) counted or refused with the file, row and id named; every shard row as expected;
+//! and the tags under byte-level BPE and Unigram tokenizers against transformers' offsets.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -249,4 +250,84 @@ fn ebnerd_prep_names_a_missing_or_mistyped_column() {
     let out = prep(&data, &dir.path().join("b"), &["--drop-unknown-news"]);
     let expected = format!("{}: column `category_str`: missing", data.join("articles.parquet").display());
     assert!(!out.status.success() && text(&out).contains(&expected), "{}", text(&out));
+}
+
+/// The NER tags transformers' fast tokenizer implies for each article of `articles.parquet`
+/// (argv[2]) under the model folder argv[1], from its character offsets: each whole-word
+/// occurrence of a `ner_clusters` string in the title (neither side a letter or digit) tags the
+/// pieces it overlaps, B on the first and I on the rest, unless one is tagged already; O
+/// elsewhere, -1 on the special tokens; every tag -1 where `ner_clusters` is null.
+const TAGS_FROM_CHARACTER_OFFSETS: &str = r#"
+import json, re, sys
+import pyarrow.parquet as pq
+from transformers import AutoTokenizer
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+articles = pq.read_table(sys.argv[2]).to_pydict()
+out = []
+for title, clusters in zip(articles["title"], articles["ner_clusters"]):
+    enc = tok(title, max_length=30, truncation=True, return_offsets_mapping=True, return_special_tokens_mask=True)
+    special, offsets = enc["special_tokens_mask"], enc["offset_mapping"]
+    if clusters is None:
+        out.append([-1] * len(special))
+        continue
+    tags = [-1 if s else 0 for s in special]
+    for name in clusters:
+        for m in re.finditer(r"(?<![^\W_])" + re.escape(name) + r"(?![^\W_])", title):
+            pieces = [i for i, (a, b) in enumerate(offsets) if not special[i] and a < m.end() and b > m.start()]
+            if pieces and all(tags[i] == 0 for i in pieces):
+                tags[pieces[0]] = 1
+                for i in pieces[1:]:
+                    tags[i] = 2
+    out.append(tags)
+print(json.dumps({"tags": out, "pieces": [tok.convert_ids_to_tokens(tok(t)["input_ids"]) for t in articles["title"]]}))
+"#;
+
+/// NER tags under RoBERTa's byte-level BPE and XLM-RoBERTa's Unigram tokenizers (the tiny
+/// folders `crates/mtrec-model/tests/roberta_reference.py` makes offline with the `tokenizers`
+/// package): on the hand-made Danish titles, whose ø and å take two bytes in UTF-8 and may be split
+/// between byte-level pieces, prep's tags equal those worked out from transformers' character
+/// offsets ([`TAGS_FROM_CHARACTER_OFFSETS`]).
+#[test]
+fn ebnerd_ner_tags_under_bpe_and_unigram_equal_those_from_character_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = hand_made(dir.path());
+    let models = dir.path().join("models");
+    let python = |args: &[&std::ffi::OsStr]| -> String {
+        let out = Command::new(root().join(".venv/bin/python")).args(args).output().expect("running python");
+        assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let script = root().join("crates/mtrec-model/tests/roberta_reference.py");
+    python(&[script.as_os_str(), models.as_os_str()]);
+    for kind in ["roberta", "xlm-roberta"] {
+        let model = models.join(kind);
+        let shards = dir.path().join(format!("shards-{kind}"));
+        let out = Command::new(env!("CARGO_BIN_EXE_mtrec-prep"))
+            .arg("ebnerd")
+            .args(["--train".as_ref(), data.join("train").as_os_str()])
+            .args(["--dev".as_ref(), data.join("validation").as_os_str()])
+            .args(["--model".as_ref(), model.as_os_str()])
+            .args(["--out".as_ref(), shards.as_os_str()])
+            .arg("--drop-unknown-news")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{kind}: {}", text(&out));
+        let reference = python(&[
+            "-c".as_ref(),
+            TAGS_FROM_CHARACTER_OFFSETS.as_ref(),
+            model.as_os_str(),
+            data.join("articles.parquet").as_os_str(),
+        ]);
+        let reference: serde_json::Value = serde_json::from_str(reference.trim()).unwrap();
+        let news = read_news(&shards).unwrap();
+        let mut tagged = 0;
+        for (i, expected) in reference["tags"].as_array().unwrap().iter().enumerate() {
+            let expected: Vec<i8> = serde_json::from_value(expected.clone()).unwrap();
+            let pieces = &reference["pieces"][i];
+            println!("{kind} {}: {pieces}\n  tags {:?}", news.news_id[i + 1], news.ner_tags[i + 1]);
+            assert_eq!(news.ner_tags[i + 1], expected, "{kind}, article {}: {pieces}", news.news_id[i + 1]);
+            tagged += expected.iter().filter(|&&t| t == 1).count();
+        }
+        assert_eq!(tagged, 6, "{kind}: every cluster in a title tagged once");
+    }
 }
