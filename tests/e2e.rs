@@ -729,8 +729,17 @@ fn early_stopping_stops_every_rank_where_one_rank_stops_and_keeps_the_best_by_it
     let one = fixture().root.join("early-stop-one-rank");
     run(&mut worker("train", &one, &sets), true);
     let (step, best_step) = stop_of(&one);
-    println!("1 rank: stopped at step {step}, best MRR at step {best_step}");
+    let records = std::fs::read_to_string(one.join("metrics.jsonl")).unwrap();
+    let auc_peak = records
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|r| Some((r["step"].as_u64()?, r["auc"].as_f64()?)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .expect("evaluation records")
+        .0;
+    println!("1 rank: stopped at step {step}, best MRR at step {best_step}, best AUC at step {auc_peak}");
     assert!(step < 200 && best_step < step, "no early stop: ({step}, {best_step})");
+    assert_ne!(auc_peak, best_step, "AUC peaks where MRR does: choosing by AUC would pass too");
 
     let two = fixture().root.join("early-stop-two-ranks");
     let mut job = mpirun(2, worker("train", &two, &sets)).spawn().unwrap();

@@ -32,6 +32,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, ListArray, StringArray};
+use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, Field, Int64Type, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use mtrec_data::mind::MindEntity;
@@ -78,11 +79,12 @@ fn prep_into(ebnerd: &EbnerdOptions, dir: &Path) -> Result<Manifest> {
     let mut table = NewsTable::default();
     let mut read: Vec<PathBuf> = Vec::new();
     for (_, folder) in opts.folders() {
-        let path = folder.parent().unwrap_or(Path::new(".")).join("articles.parquet");
-        let canonical = path.canonicalize().map_err(|e| DataError::io(&path, e))?;
-        if !read.contains(&canonical) {
+        // Canonical first: the parent of `.` or `train/.` is the folder above.
+        let folder = folder.canonicalize().map_err(|e| DataError::io(folder, e))?;
+        let path = folder.parent().unwrap_or(&folder).join("articles.parquet");
+        if !read.contains(&path) {
             read_articles(&path, ebnerd.subtitle, &mut table, &mut report)?;
-            read.push(canonical);
+            read.push(path);
         }
     }
     NewsTable::warn_duplicates(&report);
@@ -98,8 +100,12 @@ fn prep_into(ebnerd: &EbnerdOptions, dir: &Path) -> Result<Manifest> {
     // 2. news.parquet and an empty entity_embedding.parquet.
     let written = write_news(dir, &table.news, &tokenizer, opts.ner_scheme, &None, &mut report)?;
     let mut files = written.files;
-    let nid_of: HashMap<i64, i32> =
-        table.news.iter().enumerate().map(|(i, n)| (n.news_id.parse().unwrap_or(-1), i as i32 + 1)).collect();
+    let nid_of: HashMap<i64, i32> = table
+        .news
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.news_id.parse().expect("an article_id"), i as i32 + 1))
+        .collect();
 
     // 3. Behaviours, streamed.
     let resolver = Resolver { nid_of: &nid_of, drop_unknown: opts.drop_unknown_news };
@@ -275,7 +281,10 @@ impl Input {
                     reason: "missing".into(),
                 })?;
                 let arrow_error = |error| DataError::Arrow { path: path.clone(), error };
-                let mut array = arrow::compute::cast(raw, &kind.target()).map_err(arrow_error)?;
+                // Not `safe`: a value the target cannot hold (an unsigned id past i64) is an
+                // error, not a null.
+                let options = CastOptions { safe: false, ..Default::default() };
+                let mut array = cast_with_options(raw, &kind.target(), &options).map_err(arrow_error)?;
                 if kind == Kind::Time && divisor != 1 {
                     let seconds: Int64Array =
                         array.as_primitive::<Int64Type>().unary(|t: i64| t.div_euclid(divisor));
@@ -318,17 +327,21 @@ fn texts_of(list: &ListArray, i: usize) -> Option<Vec<Option<&str>>> {
 
 // ---- articles ------------------------------------------------------------------------------
 
-/// Reads `articles.parquet` into `table`, counting the NER clusters found in titles.
+/// Reads `articles.parquet` into `table`, counting the NER clusters found in the titles of the
+/// articles it adds (a repeated article, as the test set's own `articles.parquet` repeats them,
+/// counts once).
 fn read_articles(path: &Path, subtitle: bool, table: &mut NewsTable, report: &mut PrepReport) -> Result<()> {
-    let wanted = [
+    let mut wanted = vec![
         column("article_id", Kind::Int),
         column("title", Kind::Text),
-        Column { name: "subtitle", kind: Kind::Text, required: subtitle },
         column("category_str", Kind::Text),
         column("subcategory", Kind::IntList),
         column("ner_clusters", Kind::TextList),
         column("entity_groups", Kind::TextList),
     ];
+    if subtitle {
+        wanted.push(column("subtitle", Kind::Text));
+    }
     let input = open_input(path, &wanted)?;
     let mut null_subtitles = 0u64;
     for batch in input.batches() {
@@ -355,11 +368,13 @@ fn read_articles(path: &Path, subtitle: bool, table: &mut NewsTable, report: &mu
                 return Err(invalid("category_str", format!("null (article {id})")).into());
             }
             let mut title = titles.value(i).to_string();
+            // This row's counts, added to the report if the article is new.
+            let (mut null_subtitle, mut without_clusters, mut clusters_seen, mut in_title) = (0, 0, 0, 0);
             let sub = subtitles.and_then(|s| s.is_valid(i).then(|| s.value(i)));
             match sub {
                 Some(s) if !s.is_empty() => title = format!("{title}. {s}"),
                 Some(_) => {}
-                None => null_subtitles += u64::from(subtitle),
+                None => null_subtitle = u64::from(subtitle),
             }
             let subcategory = ints_of(subcategories, i)
                 .and_then(|mut items| items.next().flatten())
@@ -368,7 +383,7 @@ fn read_articles(path: &Path, subtitle: bool, table: &mut NewsTable, report: &mu
             let entity_types = texts_of(groups, i);
             let entities = match &entity_clusters {
                 None => {
-                    report.articles_without_ner_clusters += 1;
+                    without_clusters = 1;
                     None
                 }
                 Some(names) => {
@@ -384,12 +399,12 @@ fn read_articles(path: &Path, subtitle: bool, table: &mut NewsTable, report: &mu
                     let mut entities = Vec::new();
                     for (name, kind) in names.iter().zip(types) {
                         let Some(name) = name.filter(|n| !n.trim().is_empty()) else { continue };
-                        report.ner_clusters += 1;
+                        clusters_seen += 1;
                         let offsets = occurrences(&title, name);
                         if offsets.is_empty() {
                             continue;
                         }
-                        report.ner_clusters_in_title += 1;
+                        in_title += 1;
                         entities.push(MindEntity {
                             label: name.to_string(),
                             kind: kind.unwrap_or("MISC").to_string(),
@@ -412,7 +427,12 @@ fn read_articles(path: &Path, subtitle: bool, table: &mut NewsTable, report: &mu
                 entities,
                 content_hash: h.finish(),
             };
-            table.add(item, report)?;
+            if table.add(item, report)? {
+                null_subtitles += null_subtitle;
+                report.articles_without_ner_clusters += without_clusters;
+                report.ner_clusters += clusters_seen;
+                report.ner_clusters_in_title += in_title;
+            }
         }
     }
     if null_subtitles > 0 {
@@ -609,7 +629,7 @@ fn write_split_folder(
     let input = open_input(path, &wanted)?;
     let rows = input.rows;
     if rows == 0 {
-        return Err(Origin::Rows.error(path, 1, "impressions", "the file has no rows").into());
+        anyhow::bail!("{}: the file has no rows", path.display());
     }
     if split != Split::Train && !input.has("article_ids_clicked") {
         tracing::info!("{}: no article_ids_clicked column: the split is unlabeled", path.display());
@@ -676,7 +696,8 @@ mod tests {
 
     #[test]
     fn occurrences_are_whole_words_in_code_points() {
-        assert_eq!(occurrences("Ekstra Bladet: Bladet og Ekstrabladet", "Bladet"), vec![7, 15]);
+        // Not inside a word: a letter before ("EkstraBladet") or after ("Bladets").
+        assert_eq!(occurrences("Ekstra Bladet: Bladet og EkstraBladet, Bladets", "Bladet"), vec![7, 15]);
         // "ø" and "å" are letters: no match inside "Århusbladets" or "Bladets".
         assert_eq!(occurrences("Søren i Århus, Århusbladets Århus", "Århus"), vec![8, 28]);
         assert_eq!(occurrences("FCK-spiller", "FCK"), vec![0]);

@@ -346,6 +346,8 @@ fn write_split(mind: &Path, out: &Path, test: bool, rng: &mut ChaCha8Rng) -> Res
             writer
                 .write(&batch.take(&schema, test, written, rng)?)
                 .with_context(|| path.display().to_string())?;
+            // One row group per batch: the writer holds no more than one batch.
+            writer.flush().with_context(|| path.display().to_string())?;
             written += rows;
         }
     }

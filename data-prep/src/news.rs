@@ -37,9 +37,9 @@ pub struct NewsTable {
 }
 
 impl NewsTable {
-    /// Adds `item` unless its id is known; the first definition wins, and a later one with other
-    /// content is counted (with up to 20 examples) in `report`.
-    pub fn add(&mut self, item: Article, report: &mut PrepReport) -> Result<()> {
+    /// Adds `item` unless its id is known (returns whether it was new); the first definition
+    /// wins, and a later one with other content is counted (with up to 20 examples) in `report`.
+    pub fn add(&mut self, item: Article, report: &mut PrepReport) -> Result<bool> {
         match self.nid_of.get(&item.news_id) {
             Some(&nid) => {
                 if self.news[nid as usize - 1].content_hash != item.content_hash {
@@ -48,14 +48,15 @@ impl NewsTable {
                         report.duplicate_news_examples.push(item.news_id.clone());
                     }
                 }
+                Ok(false)
             }
             None => {
                 let nid = i32::try_from(self.news.len() + 1).context("more than 2^31 news")?;
                 self.nid_of.insert(item.news_id.clone(), nid);
                 self.news.push(item);
+                Ok(true)
             }
         }
-        Ok(())
     }
 
     /// Logs the conflicting definitions `add` counted.

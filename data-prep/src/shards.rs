@@ -304,7 +304,8 @@ pub fn write_split(
     let last = current.1.finish()?;
     files.push(file_entry(dir, &shard_path(current.0), last)?);
     shard_rows += last;
-    // Shards after the last impression (the input ends in blank lines) are still created, empty.
+    // Shards after the last impression written (the input's last rows were blank lines, or
+    // impressions dropped) are still created, empty.
     for k in current.0 + 1..shards {
         files.push(file_entry(dir, &shard_path(k), open(k)?.finish()?)?);
     }

@@ -26,13 +26,15 @@ fn model() -> PathBuf {
 /// first word only, "Bladets" is another word). Train: impression 3's lists are null; impression
 /// 4 shows article 999 (no such article); user 11 has no history row; user 12's history names
 /// article 555 (none). Validation is written as polars writes: large lists of int64 and
-/// nanosecond timestamps.
+/// nanosecond timestamps. `testset/` is laid out as EB-NeRD's test download: its own copy of
+/// `articles.parquet` beside `test/`, whose behaviours have no `article_ids_clicked`.
 const HAND: &str = r#"
 import os, sys, datetime
 import pyarrow as pa, pyarrow.parquet as pq
 root = sys.argv[1]
 os.makedirs(os.path.join(root, "train"))
 os.makedirs(os.path.join(root, "validation"))
+os.makedirs(os.path.join(root, "testset", "test"))
 ints = pa.list_(pa.int32())
 texts = pa.list_(pa.string())
 pq.write_table(pa.table({
@@ -46,6 +48,7 @@ pq.write_table(pa.table({
                               ["Bladet"]], texts),
     "entity_groups": pa.array([["PER", "LOC", "LOC"], ["ORG", "ORG", "LOC", "LOC"], None, ["ORG"]], texts),
 }), os.path.join(root, "articles.parquet"))
+pq.write_table(pq.read_table(os.path.join(root, "articles.parquet")), os.path.join(root, "testset", "articles.parquet"))
 at = lambda minute: datetime.datetime(2023, 5, 18, 7, minute)
 pq.write_table(pa.table({
     "impression_id": pa.array([1, 2, 3, 4], pa.uint32()),
@@ -70,6 +73,17 @@ pq.write_table(pa.table({
     "user_id": pa.array([10, 13], pa.uint32()),
     "article_id_fixed": pa.array([[102], [101]], large),
 }), os.path.join(root, "validation", "history.parquet"))
+pq.write_table(pa.table({
+    "impression_id": pa.array([7], pa.uint32()),
+    "user_id": pa.array([14], pa.uint32()),
+    "impression_time": pa.array([at(7)], pa.timestamp("us")),
+    "article_ids_inview": pa.array([[101, 102]], ints),
+    "is_beyond_accuracy": [False],
+}), os.path.join(root, "testset", "test", "behaviors.parquet"))
+pq.write_table(pa.table({
+    "user_id": pa.array([14], pa.uint32()),
+    "article_id_fixed": pa.array([[104]], ints),
+}), os.path.join(root, "testset", "test", "history.parquet"))
 "#;
 
 fn hand_made(dir: &Path) -> PathBuf {
@@ -127,8 +141,10 @@ fn ebnerd_prep_tags_ner_clusters_and_counts_each_quirk() {
     assert!(message.contains(&expected), "{message}");
     assert!(!refused.exists(), "a refused prep left {}", refused.display());
 
+    // With the test split, whose articles.parquet repeats every article: each counts once.
     let shards = dir.path().join("shards");
-    let summary = text(&prep(&data, &shards, &["--drop-unknown-news"]));
+    let test = data.join("testset/test");
+    let summary = text(&prep(&data, &shards, &["--drop-unknown-news", "--test", test.to_str().unwrap()]));
     println!("{summary}");
     assert!(
         summary.contains("ner_clusters 8: in the title 6 (75.0%); articles with null ner_clusters 1"),
@@ -204,6 +220,14 @@ fn ebnerd_prep_tags_ner_clusters_and_counts_each_quirk() {
         ]
     );
 
+    let rows: Vec<_> = read_eval(&shards, &manifest, Split::Test)
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.impression_id, i.user, i.time, i.history, i.candidates, i.labels))
+        .collect();
+    assert_eq!(rows, [(7, 0, at(7), vec![4], vec![1, 2], None)], "test: unlabeled");
+    assert!(!manifest.splits.test.as_ref().unwrap().labeled);
+
     // Typed tags (O, B-LOC, I-LOC, B-ORG, I-ORG, B-PER, I-PER), and the subtitle joined to the
     // title, where Jylland is found too.
     let typed = dir.path().join("typed");
@@ -218,9 +242,11 @@ fn ebnerd_prep_tags_ner_clusters_and_counts_each_quirk() {
     assert_eq!(news.ner_tags[2], [-1, 3, 4, 0, 0, 3, 4, 4, 4, 0, 1, 2, 0, 0, 0, -1]);
 }
 
-/// A file without a column prep needs, or with one of another type, is refused by name.
+/// Bad input is refused naming the file, the 0-based row, the field and the id, and leaves nothing
+/// at `--out`: each case breaks a file read before the previous case's (articles, then train,
+/// then validation), so each run fails on its own case.
 #[test]
-fn ebnerd_prep_names_a_missing_or_mistyped_column() {
+fn ebnerd_prep_names_the_file_row_field_and_id_of_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let data = hand_made(dir.path());
     let rewrite = |script: &str| {
@@ -232,24 +258,41 @@ fn ebnerd_prep_names_a_missing_or_mistyped_column() {
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     };
+    let refused = |case: &str, file: &str, message: &str, extra: &[&str]| {
+        let out_dir = dir.path().join(case);
+        let out = prep(&data, &out_dir, extra);
+        let expected = format!("{}: {message}", data.join(file).display());
+        assert!(!out.status.success() && text(&out).contains(&expected), "{case}: {}", text(&out));
+        assert!(!out_dir.exists(), "{case}: {} left behind", out_dir.display());
+    };
+
     rewrite(
         "p = root + '/validation/behaviors.parquet'\n\
          pq.write_table(pq.read_table(p).drop_columns(['article_ids_clicked']).append_column(\
          'article_ids_clicked', pa.array(['101', '103'])), p)",
     );
-    let out = prep(&data, &dir.path().join("a"), &["--drop-unknown-news"]);
-    let expected = format!(
-        "{}: column `article_ids_clicked`: expected a list of integers, found Utf8",
-        data.join("validation/behaviors.parquet").display()
+    let mistyped = "column `article_ids_clicked`: expected a list of integers, found Utf8";
+    refused("mistyped", "validation/behaviors.parquet", mistyped, &["--drop-unknown-news"]);
+
+    // User 12's history without its unknown article: the in-view one (999) is met next.
+    rewrite(
+        "p = root + '/train/history.parquet'\n\
+         pq.write_table(pa.table({'user_id': pa.array([10, 12], pa.uint32()), \
+         'article_id_fixed': pa.array([[103, 104], [101]], pa.list_(pa.int32()))}), p)",
     );
-    assert!(!out.status.success() && text(&out).contains(&expected), "{}", text(&out));
+    let unknown = "row 3: `article_ids_inview`: article 999 of impression 4 is in no articles.parquet";
+    refused("unknown", "train/behaviors.parquet", unknown, &[]);
+
+    rewrite(
+        "p = root + '/articles.parquet'\nt = pq.read_table(p)\n\
+         pq.write_table(t.set_column(1, 'title', pa.array(['a', 'b', None, 'd'])), p)",
+    );
+    refused("null title", "articles.parquet", "row 2: `title`: null (article 103)", &["--drop-unknown-news"]);
 
     rewrite(
         "p = root + '/articles.parquet'\npq.write_table(pq.read_table(p).drop_columns(['category_str']), p)",
     );
-    let out = prep(&data, &dir.path().join("b"), &["--drop-unknown-news"]);
-    let expected = format!("{}: column `category_str`: missing", data.join("articles.parquet").display());
-    assert!(!out.status.success() && text(&out).contains(&expected), "{}", text(&out));
+    refused("missing", "articles.parquet", "column `category_str`: missing", &["--drop-unknown-news"]);
 }
 
 /// The NER tags transformers' fast tokenizer implies for each article of `articles.parquet`

@@ -27,12 +27,13 @@
 //!   `category` int32, `subcategory` int32, `title` utf8, `input_ids` list<int32>
 //!   (`[CLS] ... [SEP]`, at most `max_title_len` pieces), `ner_tags` list<int8> aligned to
 //!   `input_ids` (-1 on special tokens; B on an entity occurrence's first piece, I on the rest, O
-//!   elsewhere), `entities` list<int32> (rows of the entity table, 1-based, distinct, in order of
+//!   elsewhere; all -1 where the data set says nothing of the title's entities: `ner_scheme`
+//!   `none`, or EB-NeRD's null `ner_clusters`), `entities` list<int32> (rows of the entity table, 1-based, distinct, in order of
 //!   first appearance in `title_entities`; entities without a vector are left out).
 //! - `entity_embedding.parquet`: `row` int32 (1..=num_entities), `wikidata_id` utf8, `vector`
 //!   list<float32> (`entity_dim` values).
 //! - `train/part-NNNNN.parquet`: `impression_id` int64, `user` int32, `time` int64 (unix seconds,
-//!   UTC), `history` list<int32> (nids, oldest first, the last `max_history` kept), `clicked`
+//!   UTC; EB-NeRD's timestamps carry no zone and are read as UTC), `history` list<int32> (nids, oldest first, the last `max_history` kept), `clicked`
 //!   list<int32>, `non_clicked` list<int32>.
 //! - `dev/part-NNNNN.parquet`, `test/part-NNNNN.parquet`: `impression_id`, `user`, `time`,
 //!   `history` as in train, `candidates` list<int32> (original order), `labels` list<int8>

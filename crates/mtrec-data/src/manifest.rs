@@ -105,8 +105,10 @@ impl Splits {
 pub struct SplitReport {
     /// Input rows read: `behaviors.tsv` lines (MIND), `behaviors.parquet` rows (EB-NeRD).
     pub lines: u64,
-    /// News-id occurrences (history or candidates) dropped because no `news.tsv` defines them
-    /// (only with `--drop-unknown-news`; otherwise such an id is an error).
+    /// News-id occurrences dropped because no `news.tsv` (EB-NeRD: `articles.parquet`) defines
+    /// them (only with `--drop-unknown-news`; otherwise such an id is an error): in candidates,
+    /// and in histories, counted per impression for MIND (each line has its own) and per user for
+    /// EB-NeRD (one `history.parquet` row each).
     pub dropped_unknown_news: u64,
     /// Impressions dropped because nothing usable was left (train: no click or no non-click;
     /// dev/test: no candidate).

@@ -356,7 +356,6 @@ impl<'a> Trainer<'a> {
         let checkpoints = Checkpointer {
             writer: CheckpointWriter::new(&run_dir, config.checkpoint.keep)?,
             // A resumed run competes with the best checkpoint the run has so far.
-            // (one written after the resumed step belongs to steps this run replays: not kept)
             // (one written after the resumed step belongs to steps this run replays: not kept; one
             // chosen by another eval.metric does not compete)
             best: resume_from
@@ -364,6 +363,7 @@ impl<'a> Trainer<'a> {
                 .and_then(|_| Best::read(&run_dir))
                 .filter(|b| b.step <= start_step && b.metric == config.eval.metric.name()),
             metric: config.eval.metric,
+            min_delta: config.eval.min_delta,
             last: None,
             main_rank,
             run_dir,
@@ -618,12 +618,15 @@ fn trainer_state(
     }
 }
 
-/// Rank 0's checkpoints: written in the background, the best by `eval.metric` kept.
+/// Rank 0's checkpoints: written in the background, the best by `eval.metric` kept; an
+/// evaluation is better when it exceeds the best by more than `eval.min_delta`, as early stopping
+/// counts, so that the best step early stopping names is the one kept.
 struct Checkpointer {
     writer: CheckpointWriter,
     run_dir: PathBuf,
     best: Option<Best>,
     metric: EvalMetric,
+    min_delta: f64,
     last: Option<PathBuf>,
     main_rank: bool,
 }
@@ -639,7 +642,7 @@ impl Checkpointer {
     ) -> Result<(), TrainError> {
         let step = state.step;
         let value = evaluation.map(|m| self.metric.of(m));
-        let improved = value.filter(|&v| self.best.as_ref().is_none_or(|b| v > b.value));
+        let improved = value.filter(|&v| self.best.as_ref().is_none_or(|b| v > b.value + self.min_delta));
         if let Some(v) = improved {
             self.best = Some(Best::at(step, self.metric.name(), v));
         }
