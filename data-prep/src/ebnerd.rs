@@ -46,7 +46,7 @@ use rayon::prelude::*;
 use crate::news::{Article, NewsTable, write_news};
 use crate::shards::{
     Origin, PrepOptions, Row, SplitOutput, SplitTarget, progress, publish_shards, record_split, shard_count,
-    write_split,
+    stream_split,
 };
 use crate::tokenize::TitleTokenizer;
 
@@ -646,42 +646,23 @@ fn write_split_folder(
     let bar = progress(rows, &format!("{} behaviors", split.name()), "{pos}/{len} rows");
     let mut without_history: HashSet<i64> = HashSet::new();
     let mut null_lists = 0u64;
-    let output = std::thread::scope(|scope| -> Result<SplitOutput> {
-        let (tx, rx) = mpsc::sync_channel::<Result<Batch, DataError>>(4);
-        scope.spawn(move || {
-            for batch in input.batches() {
-                // A failed send means the consumer already stopped with its own error.
-                if tx.send(batch).is_err() {
-                    return;
-                }
+    let read = move |tx: mpsc::SyncSender<Result<Batch, DataError>>| {
+        for batch in input.batches() {
+            if tx.send(batch).is_err() {
+                return;
             }
-        });
-        let (rtx, rrx) = mpsc::sync_channel::<Vec<Row>>(2);
-        let target = &target;
-        let writer_report = report.clone();
-        let writer = scope.spawn(move || write_split(target, writer_report, rrx, users));
-        let parsed = (|| -> Result<(), DataError> {
-            for batch in rx {
-                let batch = batch?;
-                bar.inc(batch.len as u64);
-                let rows = behaviour_rows(path, &batch, resolver, histories)?;
-                null_lists += (batch.len - rows.len()) as u64;
-                let mut out = Vec::with_capacity(rows.len());
-                for resolved in rows {
-                    without_history.extend(resolved.user_without_history);
-                    out.push(resolved.row);
-                }
-                if rtx.send(out).is_err() {
-                    break;
-                }
-            }
-            Ok(())
-        })();
-        drop(rtx);
-        let written =
-            writer.join().map_err(|_| anyhow::anyhow!("{}: writer thread panicked", path.display()))?;
-        parsed?;
-        written
+        }
+    };
+    let output = stream_split(&target, report, users, read, |batch| {
+        bar.inc(batch.len as u64);
+        let rows = behaviour_rows(path, &batch, resolver, histories)?;
+        null_lists += (batch.len - rows.len()) as u64;
+        let mut out = Vec::with_capacity(rows.len());
+        for resolved in rows {
+            without_history.extend(resolved.user_without_history);
+            out.push(resolved.row);
+        }
+        Ok(out)
     })?;
     bar.finish_and_clear();
     let (info, mut report, files) = output;

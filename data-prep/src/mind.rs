@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use crate::news::{Article, NewsTable, write_news};
 use crate::shards::{
     Origin, PrepOptions, Row, SplitOutput, SplitTarget, progress, publish_shards, record_split, shard_count,
-    write_split,
+    stream_split,
 };
 use crate::tokenize::TitleTokenizer;
 
@@ -314,41 +314,24 @@ impl BehaviorsCtx<'_> {
             shards: shard_count(self.opts.shards, lines),
         };
         let bar = progress(total_bytes, &format!("{} behaviors", split.name()), "{bytes}/{total_bytes}");
-        // Three stages: a reader thread, parsing on the rayon pool (here), a writer thread; the
-        // bounded channels between them keep memory flat.
-        let output = std::thread::scope(|scope| -> Result<SplitOutput> {
-            let (tx, rx) = mpsc::sync_channel::<Result<Chunk, DataError>>(4);
-            scope.spawn(move || read_chunks(path, &tx));
-            let (ptx, prx) = mpsc::sync_channel::<Vec<Row>>(2);
-            let report = SplitReport { lines, ..Default::default() };
-            let target = &target;
-            let writer = scope.spawn(move || write_split(target, report, prx, users));
-            let parsed = (|| -> Result<(), DataError> {
-                // When this returns early, `rx` is dropped and the reader's next send fails.
-                for chunk in rx {
-                    let chunk = chunk?;
-                    bar.inc(chunk.text.len() as u64);
-                    let lines: Vec<&[u8]> = chunk.text.split_inclusive(|&b| b == b'\n').collect();
-                    let parsed: Vec<Row> = lines
-                        .par_iter()
-                        .enumerate()
-                        .map(|(i, raw)| self.parse(path, chunk.first_line + i as u64, raw))
-                        .collect::<Vec<_>>()
-                        .into_iter()
-                        .collect::<Result<_, DataError>>()?;
-                    if ptx.send(parsed).is_err() {
-                        // The writer stopped; its error is returned below.
-                        break;
-                    }
-                }
-                Ok(())
-            })();
-            drop(ptx);
-            let written =
-                writer.join().map_err(|_| anyhow::anyhow!("{}: writer thread panicked", path.display()))?;
-            parsed?;
-            written
-        })?;
+        let report = SplitReport { lines, ..Default::default() };
+        let output = stream_split(
+            &target,
+            report,
+            users,
+            |tx| read_chunks(path, &tx),
+            |chunk: Chunk| {
+                bar.inc(chunk.text.len() as u64);
+                let lines: Vec<&[u8]> = chunk.text.split_inclusive(|&b| b == b'\n').collect();
+                lines
+                    .par_iter()
+                    .enumerate()
+                    .map(|(i, raw)| self.parse(path, chunk.first_line + i as u64, raw))
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .collect()
+            },
+        )?;
         bar.finish_and_clear();
         Ok(output)
     }

@@ -204,6 +204,41 @@ impl Shard {
     }
 }
 
+/// Streams one split into its shards in three stages, with bounded channels between them so that
+/// memory stays flat: `read`, on a thread of its own, sends batches of input (or the error that
+/// stopped it; a failed send means the consumer stopped with its own error); `parse`, here (on the
+/// rayon pool), turns each batch into rows; [`write_split`], on a third thread, writes them with
+/// `report`. The first error wins: reading's or parsing's, then writing's.
+pub fn stream_split<B: Send>(
+    target: &SplitTarget,
+    report: SplitReport,
+    users: &mut HashMap<String, i32>,
+    read: impl FnOnce(mpsc::SyncSender<Result<B, DataError>>) + Send,
+    mut parse: impl FnMut(B) -> Result<Vec<Row>, DataError>,
+) -> Result<SplitOutput> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::sync_channel::<Result<B, DataError>>(4);
+        scope.spawn(move || read(tx));
+        let (rows_tx, rows_rx) = mpsc::sync_channel::<Vec<Row>>(2);
+        let writer = scope.spawn(move || write_split(target, report, rows_rx, users));
+        let parsed = (|| -> Result<(), DataError> {
+            // When this returns early, `rx` is dropped and the reader's next send fails.
+            for batch in rx {
+                if rows_tx.send(parse(batch?)?).is_err() {
+                    // The writer stopped; its error is returned below.
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        drop(rows_tx);
+        let source = target.source.display();
+        let written = writer.join().map_err(|_| anyhow::anyhow!("{source}: writer thread panicked"))?;
+        parsed?;
+        written
+    })
+}
+
 /// Writes the row batches of `rx` into the shards of `target`. `report` comes with the reader's
 /// own counts and gets the writer's. Train's users are numbered in `users` as they first occur;
 /// dev and test users not in it get 0.
