@@ -15,7 +15,8 @@
 //!   `max_history` (default 50); `categories` / `subcategories` (index = id in `news.parquet`);
 //!   `ner_scheme` (`"bio"`, `"typed"`, or `"none"`: no NER labels, titles from `--titles`) and `ner_tags` (`["O","B","I"]` for bio; index = tag id);
 //!   `num_news` (nids `1..=num_news`, 0 is padding); `num_users` (users of train get
-//!   `1..=num_users`, users seen only in dev/test get 0); `entity_dim` (100 for MIND; EB-NeRD has no entity vectors: 100, unused);
+//!   `1..=num_users`, users seen only in dev/test get 0); `entity_dim` (100 for MIND; EB-NeRD
+//!   has no entity vectors: 100, unused);
 //!   `num_entities`; `files` (every file written: relative `path`, `rows`, `sha256`); `splits`
 //!   (`train`/`dev`/`test`, each absent or `{impressions, labeled, shards}`, shards in input
 //!   order); `prep_report` (per split: input lines or rows, unknown news dropped, impressions
@@ -28,12 +29,14 @@
 //!   (`[CLS] ... [SEP]`, at most `max_title_len` pieces), `ner_tags` list<int8> aligned to
 //!   `input_ids` (-1 on special tokens; B on an entity occurrence's first piece, I on the rest, O
 //!   elsewhere; all -1 where the data set says nothing of the title's entities: `ner_scheme`
-//!   `none`, or EB-NeRD's null `ner_clusters`), `entities` list<int32> (rows of the entity table, 1-based, distinct, in order of
+//!   `none`, or EB-NeRD's null `ner_clusters`), `entities` list<int32> (rows of the entity
+//!   table, 1-based, distinct, in order of
 //!   first appearance in `title_entities`; entities without a vector are left out).
 //! - `entity_embedding.parquet`: `row` int32 (1..=num_entities), `wikidata_id` utf8, `vector`
 //!   list<float32> (`entity_dim` values).
 //! - `train/part-NNNNN.parquet`: `impression_id` int64, `user` int32, `time` int64 (unix seconds,
-//!   UTC; EB-NeRD's timestamps carry no zone and are read as UTC), `history` list<int32> (nids, oldest first, the last `max_history` kept), `clicked`
+//!   UTC; EB-NeRD's timestamps carry no zone and are read as UTC), `history` list<int32> (nids,
+//!   oldest first, the last `max_history` kept), `clicked`
 //!   list<int32>, `non_clicked` list<int32>.
 //! - `dev/part-NNNNN.parquet`, `test/part-NNNNN.parquet`: `impression_id`, `user`, `time`,
 //!   `history` as in train, `candidates` list<int32> (original order), `labels` list<int8>
